@@ -1,0 +1,86 @@
+"""`memoir eval` and `memoir calibrate`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("eval", help="sequential editing evaluation on an edit file (ZsRE, CounterFact, ...)")
+    p.add_argument("--data", required=True, help="JSON edit file, e.g. ../shared/data/zsre/zsre_edit_dev_500.json")
+    p.add_argument("--limit", type=int, default=None, help="first N records (T)")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--extend", default=None, help="a second file whose records continue the stream")
+    p.add_argument("--extend-limit", type=int, default=None)
+    p.add_argument("--checkpoints", type=int, default=10)
+    p.add_argument("--out", default=None, help="JSON report")
+    p.add_argument("--plot", default=None, help="PNG of the metrics along the stream")
+    add_model_args(p)
+    p.set_defaults(func=run_eval)
+
+
+def add_model_args(p) -> None:
+    p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--config", default=None, help="JSON file of MemoirConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one config field")
+
+
+def build_config(args):
+    from memoir_core.config import MemoirConfig
+
+    data = json.loads(Path(args.config).read_text()) if args.config else {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        data[key] = json.loads(value) if value[:1] in "[{0123456789-.tfn" else value
+    return MemoirConfig.from_dict(data)
+
+
+def build_memoir(args):
+    from memoir_core import models
+    from memoir_core.memoir import Memoir
+
+    model, tokenizer = models.load(args.model, device=args.device, dtype=args.dtype)
+    return Memoir(model, tokenizer, build_config(args))
+
+
+def run_eval(args) -> int:
+    from memoir_core.datasets import load_cases
+    from memoir_core.evaluate import run_stream
+
+    cases = load_cases(args.data, args.limit, args.offset)
+    if args.extend:
+        cases += load_cases(args.extend, args.extend_limit)
+    t0 = time.time()
+    memoir = build_memoir(args)
+    bar = tqdm(total=len(cases), desc="editing", unit="edit", file=sys.stderr)
+
+    def progress(done: int, stat: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(steps=stat["steps"], loss=f"{stat['loss']:.3f}", s=f"{stat['seconds']:.2f}")
+
+    result = run_stream(memoir, cases, checkpoints=args.checkpoints, progress=progress)
+    bar.close()
+    m = result.metrics
+    report = {
+        "data": args.data, "extend": args.extend, "edits": len(cases), "model": args.model or "default",
+        "config": memoir.config.to_dict(), "metrics": m, "checkpoints": result.checkpoints,
+        "edit_stats": result.edits, "wall_seconds": time.time() - t0,
+    }
+    keys = ("reliability", "generalization", "locality", "greedy_reliability", "greedy_generalization",
+            "routing_accuracy", "routing_accuracy_subject", "false_activation_rate", "edit_seconds_median",
+            "edit_seconds_p90", "steps_median")
+    print(" ".join(f"{k}={m[k]:.3f}" for k in keys if k in m))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    if args.plot:
+        from .plots import plot_curve
+
+        plot_curve(result.checkpoints, args.plot, title=f"{Path(args.data).name}, T={len(cases)}")
+    return 0

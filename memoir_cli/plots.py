@@ -1,0 +1,27 @@
+"""Evaluation curves as a PNG (matplotlib without a display)."""
+
+from __future__ import annotations
+
+
+def plot_curve(checkpoints: list[dict], path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [c["edits"] for c in checkpoints]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for key, style in (("reliability", "o-"), ("generalization", "s-"), ("locality", "^-"),
+                       ("greedy_reliability", "d--")):
+        ys = [c.get(key) for c in checkpoints]
+        if any(y is not None for y in ys):
+            ax.plot(xs, ys, style, label=key, markersize=4)
+    ax.set_xlabel("edits applied (sequential)")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,97 @@
+"""MemoirConfig: every knob of the method in one dataclass, with defaults derived from the model's shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Seeds of the short prefixes the base model writes once; the prefixed training rows make an
+# edit hold when the question comes after some other text.
+PREFIX_SEEDS = ("I", "You", "Because", "Yes", "Q: ")
+PREFIX_LENGTHS = (5, 10)
+
+
+@dataclass
+class MemoirConfig:
+    layer: int | None = None  # edited block; None: about 0.85 of the depth
+    k: int | None = None  # active columns per mask; None: about 2/7 of D (paper: 4096 of 14336)
+    tau: float = 0.5  # routing threshold on the mask overlap; `memoir calibrate` sets it from data
+    seed: int = 0  # permutation and prefix sampling
+
+    # optimisation of one edit
+    optimizer: str = "adam"  # "adam" or "sgd" (the paper's: lr 1.0, clip 1.0)
+    lr: float = 0.03
+    max_steps: int = 40
+    stop_loss: float = 0.02
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0  # the authors' 1e-5 slowly erases old edits
+    max_edit_seconds: float = 60.0
+    vocab_candidates: int = 256  # after step 1, softmax over the tokens in any position's top-N (0: all)
+
+    # training rows
+    prefix_seeds: tuple[str, ...] = PREFIX_SEEDS
+    prefix_lengths: tuple[int, ...] = PREFIX_LENGTHS
+    chat_rows: bool = True  # also train the chat-templated question, so /v1/chat answers change
+    # weight of KL(base || edited) at the token after the target: after the new answer the
+    # model goes on as the base model would (0: off, and one forward per edit saved)
+    continuation_weight: float = 1.0
+    # the memory reads a - mu (mu: the background mean): the shared part of all activations
+    # then drives no update, so edits disturb each other less
+    centre: bool = True
+
+    # co-training with neighbours: edits whose mask overlaps the new one's by at least this
+    # much (None: tau) are kept intact and made robust to being routed to each other
+    neighbour_overlap: float | None = None
+    max_neighbours: int = 2
+
+    # limits on input
+    max_prompt_tokens: int = 256
+    max_target_tokens: int = 48
+
+    # background features
+    n_background: int = 100
+
+    def resolved(self, num_layers: int, width: int) -> "MemoirConfig":
+        """A copy with layer and k filled in from the model's shape."""
+        layer = self.layer if self.layer is not None else default_layer(num_layers)
+        k = self.k if self.k is not None else default_k(width)
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"layer {layer} is outside 0..{num_layers - 1}")
+        if not 0 < k <= width:
+            raise ValueError(f"k {k} is outside 1..{width}")
+        return dataclasses.replace(self, layer=layer, k=k)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MemoirConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def default_layer(num_layers: int) -> int:
+    return min(num_layers - 1, int(0.85 * num_layers))
+
+
+def default_k(width: int) -> int:
+    return max(8, int(round(width * 2 / 7 / 8)) * 8)
+
+
+# Per-family presets: settings measured to work, applied before the shape-derived defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+}
+
+
+def preset(name: str = "default", **overrides: Any) -> MemoirConfig:
+    values = dict(PRESETS.get(name, {}))
+    values.update(overrides)
+    return MemoirConfig(**values)
+

@@ -1,0 +1,71 @@
+"""Edit cases from the public evaluation files (ZsRE, CounterFact, hallucination, temporal).
+
+Each format names its fields differently; `load_cases` maps them all to `Case`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Case:
+    prompt: str
+    target: str
+    rephrases: list[str] = field(default_factory=list)
+    loc_prompt: str | None = None
+    loc_answer: str | None = None
+    subject: str | None = None
+    case_id: str | None = None
+
+
+def _first(rec: dict, *names):
+    for n in names:
+        if rec.get(n) not in (None, ""):
+            return rec[n]
+    return None
+
+
+def _list(value) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [v for v in value if v]
+
+
+def to_case(rec: dict, i: int) -> Case:
+    prompt = _first(rec, "src", "prompt")
+    target = _first(rec, "alt", "target_new")
+    if prompt is None or target is None:
+        raise ValueError(f"record {i} has no prompt (src/prompt) or target (alt/target_new)")
+    loc = _first(rec, "loc", "locality_prompt")
+    loc_ans = _first(rec, "loc_ans", "locality_ground_truth")
+    if isinstance(loc_ans, list):
+        loc_ans = loc_ans[0] if loc_ans else None
+    return Case(
+        prompt=prompt,
+        target=target,
+        rephrases=_list(_first(rec, "rephrase", "rephrase_prompt", "ood_rephrase")),
+        loc_prompt=loc,
+        loc_answer=loc_ans,
+        subject=rec.get("subject"),
+        case_id=str(rec.get("case_id", i)),
+    )
+
+
+def load_cases(path: str | Path, limit: int | None = None, offset: int = 0) -> list[Case]:
+    records = json.loads(Path(path).read_text())
+    records = records[offset : offset + limit if limit else None]
+    return [to_case(r, offset + i) for i, r in enumerate(records)]
+
+
+def loc_strings(path: str | Path, limit: int = 100) -> list[str]:
+    """Unrelated texts (`loc + ' ' + loc_ans`) for background features or false-activation checks."""
+    out = []
+    for c in load_cases(path):
+        if c.loc_prompt:
+            out.append(f"{c.loc_prompt} {c.loc_answer or ''}".strip())
+        if len(out) >= limit:
+            break
+    return out

@@ -1,0 +1,197 @@
+"""The EasyEdit metrics (reliability, generalization, locality) and the greedy checks a user sees.
+
+Sequential protocol: apply all T edits one after another, then evaluate every edit on the
+final model. Routing is decided from the prompt alone, as the server does at prefill.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .datasets import Case
+from .generate import SamplingParams
+from .memoir import Memoir
+from .memory import Decision, Routing
+from .prompts import Encoded
+
+
+@dataclass
+class Scored:
+    predictions: list[list[int]]  # argmax at each target position
+    nll: list[float]  # mean negative log-likelihood of the target tokens
+    decisions: list[Decision]
+
+
+@torch.inference_mode()
+def teacher_forced(memoir: Memoir, contexts: list[Encoded], targets: list[list[int]], *, memory: bool = True,
+                   batch_size: int = 16) -> Scored:
+    """Argmax predictions and NLL at the target positions of `context + target`, routed on the context span."""
+    preds, nlls, decisions = [], [], []
+    pad = memoir.encoder.pad_id
+    for start in range(0, len(contexts), batch_size):
+        ctxs, tgts = contexts[start : start + batch_size], targets[start : start + batch_size]
+        seqs = [c.ids + t for c, t in zip(ctxs, tgts)]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        span = torch.zeros((len(seqs), width), dtype=torch.bool)
+        active = torch.zeros((len(seqs), width), dtype=torch.bool)
+        for i, (s, c) in enumerate(zip(seqs, ctxs)):
+            off = width - len(s)
+            ids[i, off:] = torch.tensor(s)
+            mask[i, off:] = 1
+            span[i, off + c.span[0] : off + c.span[1]] = True
+            active[i, off + c.span[0] :] = True
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        decide = memoir.decide if memory else memoir._decide_off
+        routing = Routing(decide=decide, span=span, active=active)
+        dev = memoir.device
+        with memoir.layer.use(routing):
+            logits = memoir.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                  position_ids=positions.to(dev), use_cache=False).logits.float()
+        logprobs = logits.log_softmax(-1)
+        for i, (s, c, t) in enumerate(zip(seqs, ctxs, tgts)):
+            off = width - len(s)
+            at = torch.arange(off + len(c.ids) - 1, off + len(s) - 1)
+            tgt = torch.tensor(t)
+            preds.append(logits[i, at].argmax(-1).tolist())
+            nlls.append(float(-logprobs[i, at, tgt.to(logprobs.device)].mean()))
+        decisions += routing.decisions
+    return Scored(preds, nlls, decisions)
+
+
+def token_accuracy(pred: list[int], target: list[int]) -> float:
+    return sum(p == t for p, t in zip(pred, target)) / max(1, len(target))
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+@dataclass
+class Probe:
+    """The fixed inputs of an evaluation: encoded prompts, targets, and the base model's locality answers."""
+
+    cases: list[Case]
+    prompts: list[Encoded]
+    rephrases: list[Encoded]
+    rephrase_case: list[int]
+    targets: list[list[int]]
+    loc: list[Encoded]
+    loc_targets: list[list[int]]
+    loc_case: list[int]
+    loc_base: list[list[int]] = field(default_factory=list)
+
+
+def make_probe(memoir: Memoir, cases: list[Case]) -> Probe:
+    enc = memoir.encoder
+    rephrases, rephrase_case, loc, loc_targets, loc_case = [], [], [], [], []
+    for i, c in enumerate(cases):
+        for r in c.rephrases:
+            rephrases.append(enc.plain(r))
+            rephrase_case.append(i)
+        if c.loc_prompt and c.loc_answer:
+            loc.append(enc.plain(c.loc_prompt))
+            loc_targets.append(enc.target(c.loc_answer))
+            loc_case.append(i)
+    probe = Probe(cases, [enc.plain(c.prompt) for c in cases], rephrases, rephrase_case,
+                  [enc.target(c.target) for c in cases], loc, loc_targets, loc_case)
+    probe.loc_base = teacher_forced(memoir, loc, loc_targets, memory=False).predictions
+    return probe
+
+
+def score(memoir: Memoir, probe: Probe, upto: int | None = None, greedy: bool = False,
+          edit_ids: list[str] | None = None) -> dict[str, float]:
+    """Metrics over the first `upto` cases on the model as it is now."""
+    n = len(probe.cases) if upto is None else upto
+    tg = probe.targets[:n]
+    rel = teacher_forced(memoir, probe.prompts[:n], tg)
+    sel = [j for j, i in enumerate(probe.rephrase_case) if i < n]
+    gen = teacher_forced(memoir, [probe.rephrases[j] for j in sel], [tg[probe.rephrase_case[j]] for j in sel])
+    lsel = [j for j, i in enumerate(probe.loc_case) if i < n]
+    loc = teacher_forced(memoir, [probe.loc[j] for j in lsel], [probe.loc_targets[j] for j in lsel])
+    out = {
+        "reliability": _mean(token_accuracy(p, t) for p, t in zip(rel.predictions, tg)),
+        "generalization": _mean(token_accuracy(p, tg[probe.rephrase_case[j]]) for p, j in zip(gen.predictions, sel)),
+        "locality": _mean(token_accuracy(p, probe.loc_base[j]) for p, j in zip(loc.predictions, lsel)),
+        "target_perplexity": _mean(math.exp(v) for v in rel.nll),
+        "false_activation_rate": _mean(d.route is not None for d in loc.decisions),
+    }
+    if edit_ids is not None:
+        own = [edit_ids[probe.rephrase_case[j]] for j in sel]
+        subjects = {eid: probe.cases[i].subject for i, eid in enumerate(edit_ids[:n])}
+        routed = [d.best_edit_id if d.route is not None else None for d in gen.decisions]
+        out["routing_accuracy"] = _mean(r == o for r, o in zip(routed, own))
+        out["routing_accuracy_subject"] = _mean(
+            r is not None and subjects.get(r) == subjects.get(o) for r, o in zip(routed, own)
+        )
+        out["rephrase_activation_rate"] = _mean(r is not None for r in routed)
+    if greedy:
+        out["greedy_reliability"] = _greedy(memoir, probe.prompts[:n], probe.cases[:n])
+        out["greedy_generalization"] = _greedy(
+            memoir, [probe.rephrases[j] for j in sel], [probe.cases[probe.rephrase_case[j]] for j in sel]
+        )
+    return out
+
+
+def _greedy(memoir: Memoir, prompts: list[Encoded], cases: list[Case]) -> float:
+    """Share of prompts whose greedy continuation begins with the target."""
+    if not prompts:
+        return float("nan")
+    longest = max(len(memoir.encoder.target(c.target)) for c in cases)
+    seqs = memoir.generate(prompts, SamplingParams(max_new_tokens=longest + 1))
+    return _mean(
+        " ".join(s.text.split()).startswith(" ".join(c.target.split())) for s, c in zip(seqs, cases)
+    )
+
+
+@dataclass
+class StreamResult:
+    metrics: dict[str, float]
+    checkpoints: list[dict[str, float]]
+    edits: list[dict]
+
+
+def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10,
+               progress: Callable[[int, dict], None] | None = None) -> StreamResult:
+    """Apply the cases as sequential edits, scoring the edits so far at evenly spaced checkpoints."""
+    probe = make_probe(memoir, cases)
+    marks = sorted({max(1, round(len(cases) * (i + 1) / checkpoints)) for i in range(checkpoints)}) if checkpoints else []
+    ids, stats, curve = [], [], []
+    successor: dict[str, str] = {}  # superseded edit -> the edit that replaced it
+    for i, case in enumerate(cases):
+        t0 = time.perf_counter()
+        rec = memoir.edit(case.prompt, case.target, subject=case.subject, edit_id=f"case-{case.case_id}-{i}")
+        if rec.supersedes:
+            successor[rec.supersedes] = rec.id
+        ids.append(rec.id)
+        stats.append({"id": rec.id, "steps": rec.steps, "loss": rec.final_loss, "seconds": time.perf_counter() - t0,
+                      "best_overlap": rec.best_overlap, "supersedes": rec.supersedes})
+        if progress:
+            progress(i + 1, stats[-1])
+        if i + 1 in marks and i + 1 < len(cases):
+            point = score(memoir, probe, upto=i + 1)
+            curve.append({"edits": i + 1, **point})
+    def live(eid: str) -> str:
+        while eid in successor:
+            eid = successor[eid]
+        return eid
+
+    final = score(memoir, probe, greedy=True, edit_ids=[live(e) for e in ids])
+    curve.append({"edits": len(cases), **{k: final[k] for k in ("reliability", "generalization", "locality")}})
+    secs = sorted(s["seconds"] for s in stats)
+    final.update({
+        "edits": len(cases),
+        "edit_seconds_median": statistics.median(secs),
+        "edit_seconds_p90": secs[min(len(secs) - 1, int(0.9 * len(secs)))],
+        "steps_median": statistics.median(s["steps"] for s in stats),
+        "superseded": sum(s["supersedes"] is not None for s in stats),
+    })
+    return StreamResult(final, curve, stats)

@@ -1,0 +1,224 @@
+"""Batched generation with per-sequence routing and the decision fixed for every new token.
+
+A `Decoder` owns one running batch. `add` prefills new sequences together (left-padded); the
+memory layer reads each one's prompt-span activations in that same pass, routes it, and the
+route (with W_m's columns frozen at that moment) is kept for all of its tokens. When the
+cache allows it, new sequences join a batch that is already decoding (continuous batching).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from . import kvcache
+from .errors import InvalidRequestError
+from .memory import Decide, Decision, ResidualMemory, Routing
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InvalidRequestError("max_new_tokens must be at least 1")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise InvalidRequestError("temperature must be between 0 and 5")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidRequestError("top_p must be in (0, 1]")
+        if any(not s for s in self.stop):
+            raise InvalidRequestError("stop strings must not be empty")
+
+
+@dataclass
+class Sequence:
+    prompt_ids: list[int]
+    span: tuple[int, int]
+    params: SamplingParams
+    tag: Any = None  # the caller's handle (a request id, a queue)
+    decision: Decision | None = None
+    out_ids: list[int] = field(default_factory=list)
+    text: str = ""  # decoded output, cut at a stop string
+    emitted: int = 0  # characters of `text` already handed out
+    finish_reason: str | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class Event:
+    sequence: Sequence
+    piece: str  # new text since the last event
+    finished: bool
+
+
+class Decoder:
+    def __init__(self, model, layer: ResidualMemory, decide: Decide, encoder, max_batch: int = 16):
+        self.model = model
+        self.layer = layer
+        self.decide = decide
+        self.encoder = encoder
+        self.max_batch = max_batch
+        self.device = next(model.parameters()).device
+        self.eos = encoder.eos_ids
+        self.running: list[Sequence] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self._routing = Routing()
+
+    # -- scheduling -----------------------------------------------------------------------
+    @property
+    def room(self) -> int:
+        if self.running and self._cache is not None and not kvcache.joinable(self._cache):
+            return 0
+        return self.max_batch - len(self.running)
+
+    @torch.inference_mode()
+    def add(self, sequences: list[Sequence]) -> list[Event]:
+        """Prefill `sequences` together, route each, sample its first token and join the batch."""
+        if not sequences:
+            return []
+        if len(sequences) > self.room:
+            raise RuntimeError("no room in the running batch")
+        for seq in sequences:
+            seq.params.validate()
+            if seq.generator is None and seq.params.temperature > 0:
+                seed = seq.params.seed if seq.params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+                seq.generator = torch.Generator(device=self.device).manual_seed(seed)
+        width = max(len(s.prompt_ids) for s in sequences)
+        ids = torch.full((len(sequences), width), self.encoder.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        span = torch.zeros((len(sequences), width), dtype=torch.bool)
+        active = torch.zeros((len(sequences), width), dtype=torch.bool)
+        for i, s in enumerate(sequences):
+            pad = width - len(s.prompt_ids)
+            ids[i, pad:] = torch.tensor(s.prompt_ids)
+            mask[i, pad:] = 1
+            span[i, pad + s.span[0] : pad + s.span[1]] = True
+            active[i, pad + s.span[0] :] = True
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        cache = DynamicCache(config=self.model.config)
+        routing = Routing(decide=self.decide, span=span, active=active)
+        with self.layer.use(routing):
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+            )
+        for seq, decision in zip(sequences, routing.decisions):
+            seq.decision = decision
+        next_positions = mask.sum(1)
+        if self.running:
+            self._cache, self._mask = kvcache.join(self._cache, self._mask, cache, mask)
+            self._positions = torch.cat([self._positions, next_positions])
+            self._routing = self._routing.extend(routing)
+        else:
+            self._cache, self._mask, self._positions, self._routing = cache, mask, next_positions, routing
+        self.running.extend(sequences)
+        events = self._emit(sequences, out.logits[:, -1])
+        self._drop_finished()
+        return events
+
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        """One new token for every running sequence."""
+        if not self.running:
+            return []
+        last = torch.tensor([[s.out_ids[-1]] for s in self.running], device=self.device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.running), 1))], dim=1)
+        with self.layer.use(self._routing):
+            out = self.model(
+                input_ids=last,
+                attention_mask=self._mask,
+                position_ids=self._positions.unsqueeze(1),
+                cache=self._cache,
+                use_cache=True,
+            )
+        self._positions = self._positions + 1
+        events = self._emit(self.running, out.logits[:, -1])
+        self._drop_finished()
+        return events
+
+    def cancel(self, tag: Any) -> None:
+        for seq in self.running:
+            if seq.tag is tag:
+                seq.finish_reason = "cancelled"
+        self._drop_finished()
+
+    # -- internals ------------------------------------------------------------------------
+    def _emit(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Event]:
+        tokens = sample(logits.float(), sequences)
+        events = []
+        for seq, tok in zip(sequences, tokens):
+            seq.out_ids.append(tok)
+            events.append(self._advance(seq, tok))
+        return events
+
+    def _advance(self, seq: Sequence, tok: int) -> Event:
+        if tok in self.eos:
+            seq.out_ids.pop()
+            seq.finish_reason = "stop"
+        text = self.encoder.decode(seq.out_ids)
+        for stop in seq.params.stop:
+            at = text.find(stop)
+            if at >= 0:
+                text = text[:at]
+                seq.finish_reason = "stop"
+        if seq.finish_reason is None and len(seq.out_ids) >= seq.params.max_new_tokens:
+            seq.finish_reason = "length"
+        seq.text = text
+        safe = len(text)
+        if not seq.finished:
+            if text.endswith("\ufffd"):  # half of a multi-byte character
+                safe -= 1
+            for stop in seq.params.stop:  # hold back what may be the start of a stop string
+                for n in range(min(len(stop) - 1, len(text)), 0, -1):
+                    if text.endswith(stop[:n]):
+                        safe = min(safe, len(text) - n)
+                        break
+        piece = text[seq.emitted : max(safe, seq.emitted)]
+        seq.emitted += len(piece)
+        return Event(seq, piece, seq.finished)
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, s in enumerate(self.running) if not s.finished]
+        if len(keep) == len(self.running):
+            return
+        self.running = [self.running[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = self._positions = None
+            self._routing = Routing()
+            return
+        rows = torch.tensor(keep, device=self.device)
+        self._cache, self._mask = kvcache.select(self._cache, self._mask, rows)
+        self._positions = self._positions.index_select(0, rows)
+        self._routing = self._routing.select(keep)
+
+
+def sample(logits: torch.Tensor, sequences: list[Sequence]) -> list[int]:
+    greedy = logits.argmax(dim=-1).tolist()
+    tokens = []
+    for i, seq in enumerate(sequences):
+        p = seq.params
+        if p.temperature == 0:
+            tokens.append(greedy[i])
+            continue
+        probs = torch.softmax(logits[i] / p.temperature, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        tokens.append(int(torch.multinomial(probs, 1, generator=seq.generator)))
+    return tokens

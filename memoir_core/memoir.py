@@ -1,0 +1,378 @@
+"""Memoir: a Hugging Face causal LM with a residual memory that takes edits.
+
+The one object the rest of the project talks to. It wraps the edited block's projection,
+holds the memory (W_m, the mask bank, the edit registry, the version) and the fixed basis
+every stored mask depends on (permutation, background mean, training prefixes), and offers
+edit / remove / route / generate. It is not thread-safe: one thread owns it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+import torch
+
+from . import arch
+from .blockrun import capture
+from .config import MemoirConfig
+from .contexts import ContextCache
+from .editor import Trainer, TrainOutcome, build_rows, collate, training_contexts
+from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
+from .generate import Decoder, SamplingParams, Sequence
+from .maskbank import MaskBank
+from .memory import Decision, ResidualMemory, Route
+from .prompts import Encoded, PromptEncoder
+from .records import EditRecord
+from .residual import ResidualWeights, quantise
+from .tophash import TopHash, random_permutation, span_mean
+
+
+def background_texts() -> list[str]:
+    text = resources.files("memoir_core").joinpath("data/background.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class Basis:
+    """What every stored mask and edit depends on; persisted with the state."""
+
+    permutation: torch.Tensor  # [D] int64
+    background_mean: torch.Tensor  # [D] fp32
+    prefixes: list[str]
+
+
+@dataclass
+class EditProposal:
+    """A trained edit not yet applied: commit() applies it, dropping it changes nothing."""
+
+    record: EditRecord
+    outcome: TrainOutcome
+    rows: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+class Memoir:
+    def __init__(self, model, tokenizer, config: MemoirConfig | None = None, *, basis: Basis | None = None,
+                 background: Iterable[str] | None = None):
+        spec = arch.spec_for(model)
+        blocks = arch.get_path(model, spec.blocks)
+        probe = arch.get_path(blocks[0], spec.down)  # every block has the same widths
+        base = probe.base_layer if isinstance(probe, ResidualMemory) else probe
+        width, d_out = arch.projection_shape(base, spec.conv1d)
+        self.config = (config or MemoirConfig()).resolved(len(blocks), width)
+        down_path = f"{spec.blocks}.{self.config.layer}.{spec.down}"
+        down = arch.get_path(model, down_path)
+        if not isinstance(down, ResidualMemory):
+            down = ResidualMemory(down)
+            arch.set_path(model, down_path, down)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layer: ResidualMemory = down
+        self.blocks = blocks
+        self.encoder = PromptEncoder(tokenizer)
+        self.width, self.d_out = width, d_out
+        self.device = down.base_layer.weight.device
+        self.weights = ResidualWeights(d_out, width, self.device)
+        self.bank = MaskBank(width, self.config.k)
+        self.edits: dict[str, EditRecord] = {}
+        self.version = 0
+        self.trainer = Trainer(model, blocks, down, self.config.layer, self.config)
+        self._routes: dict[str, Route] = {}
+        self.basis = basis or self._make_basis(list(background) if background is not None else background_texts())
+        self.tophash = TopHash(self.config.k, self.basis.permutation, self.basis.background_mean)
+        self.contexts = ContextCache(model, training_contexts(self.encoder, self.basis.prefixes, self.config.chat_rows))
+
+    # -- the basis --------------------------------------------------------------------------
+    def _make_basis(self, texts: list[str]) -> Basis:
+        permutation = random_permutation(self.width, self.config.seed)
+        mean = self.features([self.encoder.plain(t) for t in texts]).mean(dim=0)
+        prefixes = self._sample_prefixes()
+        return Basis(permutation, mean, prefixes)
+
+    def _sample_prefixes(self) -> list[str]:
+        """Short texts the base model writes once from fixed seeds; reused by every edit."""
+        cfg = self.config
+        seqs = [
+            Sequence(self.encoder.plain(seed).ids, (0, 0),
+                     SamplingParams(max_new_tokens=n, temperature=1.0, top_p=0.9, seed=cfg.seed + i))
+            for i, (seed, n) in enumerate((s, n) for n in cfg.prefix_lengths for s in cfg.prefix_seeds)
+        ]
+        self._run(seqs, memory=False)
+        starts = [s for n in cfg.prefix_lengths for s in cfg.prefix_seeds]
+        return [" ".join(f"{start} {seq.text}".split()) for start, seq in zip(starts, seqs)]
+
+    # -- masks and routing ------------------------------------------------------------------
+    @torch.inference_mode()
+    def features(self, encoded: list[Encoded], batch_size: int = 16) -> torch.Tensor:
+        """Mean activation entering the memory over each text's span -> [B, D] fp32 (memory off)."""
+        out = []
+        pad = self.encoder.pad_id
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            width = max(len(e.ids) for e in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            span = torch.zeros((len(chunk), width), dtype=torch.bool)
+            for i, e in enumerate(chunk):
+                ids[i, : len(e.ids)] = torch.tensor(e.ids)
+                mask[i, : len(e.ids)] = 1
+                span[i, e.span[0] : e.span[1]] = True
+            acts, _ = capture(self.model.base_model, self.blocks, self.config.layer, self.layer,
+                              input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            out.append(span_mean(acts, span).cpu())
+        return torch.cat(out)
+
+    def masks(self, encoded: list[Encoded]) -> torch.Tensor:
+        return self.tophash.masks(self.features(encoded))
+
+    def decide(self, features: torch.Tensor) -> list[Decision]:
+        """Routing of a batch from its prompt features: the best stored mask, on if overlap >= tau."""
+        masks = self.tophash.masks(features).numpy()
+        decisions = []
+        for match in self.bank.best(masks):
+            route = None
+            if match.edit_id is not None and match.overlap >= self.config.tau:
+                route = self._route(match.edit_id)
+            decisions.append(Decision(route, match.edit_id, match.overlap, self.version))
+        return decisions
+
+    def _decide_off(self, features: torch.Tensor) -> list[Decision]:
+        return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
+
+    def _route(self, edit_id: str) -> Route:
+        route = self._routes.get(edit_id)
+        if route is None:
+            rec = self.edits[edit_id]
+            idx = rec.idx.to(self.device)
+            cols = self.weights.columns(idx).T.contiguous()
+            route = Route(edit_id, self.version, idx, cols, self._offset(idx))
+            self._routes[edit_id] = route
+        return route
+
+    # -- edits ------------------------------------------------------------------------------
+    def validate(self, prompt: str, target: str) -> tuple[str, str]:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequestError("prompt must be a non-empty string")
+        if not isinstance(target, str) or not target.strip():
+            raise InvalidRequestError("target_new must be a non-empty string")
+        prompt, target = prompt.strip(), target.strip()
+        n = len(self.encoder.plain(prompt).ids)
+        if n > self.config.max_prompt_tokens:
+            raise InvalidRequestError(f"prompt is {n} tokens; the limit is {self.config.max_prompt_tokens}")
+        n = len(self.encoder.target(target))
+        if n > self.config.max_target_tokens:
+            raise InvalidRequestError(f"target_new is {n} tokens; the limit is {self.config.max_target_tokens}")
+        return prompt, target
+
+    def existing(self, edit_id: str, prompt: str, target: str) -> EditRecord | None:
+        """The stored edit for an idempotent retry; a reused id with other content is a conflict."""
+        rec = self.edits.get(edit_id)
+        if rec is None:
+            return None
+        if (rec.prompt, rec.target_new) != (prompt.strip(), target.strip()):
+            raise EditConflictError(f"edit id {edit_id!r} already exists with a different prompt or target")
+        return rec
+
+    def propose(self, prompt: str, target: str, *, edit_id: str | None = None, rephrases=(), subject=None,
+                metadata=None, author=None, deadline: float | None = None) -> Generator[None, None, EditProposal]:
+        """Train an edit step by step (a generator: one yield per optimisation step); nothing is applied."""
+        t0 = time.perf_counter()
+        prompt, target = self.validate(prompt, target)
+        rephrases = tuple(p.strip() for p in rephrases or () if p and p.strip())
+        for p in rephrases:
+            self.validate(p, target)
+        edit_id = edit_id or uuid.uuid4().hex[:16]
+        plain = self.encoder.plain(prompt)
+        idx = self.masks([plain])[0]
+        match = self.bank.best(idx.numpy()[None])[0]
+        superseded = self._superseded_by(prompt, match)
+        neighbours = self._neighbours(idx, exclude=superseded)
+        rows = build_rows(self.encoder, self.contexts, prompt, target, len(self.basis.prefixes),
+                          chat=self.config.chat_rows, rephrases=rephrases)
+        rows += self._co_training_rows(plain.ids, self.encoder.target(target), neighbours)
+        batch = collate(rows, self.contexts, self.encoder.pad_id, self.device,
+                        after=self.config.continuation_weight > 0)
+        prepared = self.trainer.prepare(batch)
+        t_prep = time.perf_counter()
+        yield
+        dev_idx = idx.to(self.device)
+        if superseded is not None:
+            old = self.edits[superseded]
+            start = self.weights.columns_without(dev_idx, old.idx, old.delta)
+        else:
+            start = self.weights.columns(dev_idx)
+        gate, const = self._row_routes(rows, dev_idx, prepared.acts)
+        if deadline is None:
+            deadline = t0 + self.config.max_edit_seconds
+        outcome = yield from self.trainer.optimise(prepared, dev_idx, start, self._offset(dev_idx), deadline,
+                                                   gate, const)
+        delta = quantise(outcome.columns - start)
+        other_id, other_overlap = (match.edit_id, match.overlap) if match.edit_id != superseded else (None, 0.0)
+        if superseded is not None and len(self.bank) > 1:
+            other_id, other_overlap = self._best_other(idx, superseded)
+        record = EditRecord(
+            id=edit_id, prompt=prompt, target_new=target, rephrase_prompts=list(rephrases), subject=subject,
+            metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
+            final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
+            best_overlap_id=other_id, supersedes=superseded, idx=idx.long().cpu(), delta=delta.cpu(),
+        )
+        return EditProposal(record, outcome, rows=len(rows),
+                            timings={"prepare": t_prep - t0, "train": time.perf_counter() - t_prep})
+
+    # -- co-training with neighbours ----------------------------------------------------------
+    # Edits about one subject get nearly the same mask, so a question about one may be routed
+    # to the other, and a new edit's update lands on columns its neighbour relies on. The new
+    # edit therefore also trains, on its own columns: the neighbour's prompt read through the
+    # neighbour's mask (keep it intact), the neighbour's prompt through the new mask, and the
+    # new prompt through the neighbour's mask (either may win the routing).
+    def _neighbours(self, idx: torch.Tensor, exclude: str | None) -> list[EditRecord]:
+        limit = self.config.max_neighbours
+        if not limit or not len(self.bank):
+            return []
+        threshold = self.config.neighbour_overlap if self.config.neighbour_overlap is not None else self.config.tau
+        counts = self.bank.counts(idx.numpy()).astype(np.int64)
+        ids = self.bank.ids
+        order = np.argsort(-counts)[: limit + 1]
+        found = [ids[i] for i in order if counts[i] / self.config.k >= threshold and ids[i] != exclude]
+        return [self.edits[e] for e in found[:limit]]
+
+    def _co_training_rows(self, prompt_ids: list[int], target_ids: list[int], neighbours: list[EditRecord]):
+        from .editor import Row
+
+        rows = []
+        for rec in neighbours:
+            ids, tgt = self.encoder.plain(rec.prompt).ids, self.encoder.target(rec.target_new)
+            rows += [Row(0, ids, tgt, route=rec.id), Row(0, ids, tgt), Row(0, prompt_ids, target_ids, route=rec.id)]
+        return rows
+
+    def _row_routes(self, rows, idx: torch.Tensor, acts: torch.Tensor):
+        if all(r.route is None for r in rows):
+            return None, None
+        gate = torch.ones(len(rows), idx.numel(), device=acts.device)
+        const = torch.zeros(acts.shape[0], acts.shape[1], self.d_out, device=acts.device)
+        for i, r in enumerate(rows):
+            if r.route is None:
+                continue
+            other = self.edits[r.route].idx.to(idx.device)
+            gate[i] = torch.isin(idx, other).float()
+            private = other[~torch.isin(other, idx)]
+            if private.numel():
+                picked = acts[i].index_select(-1, private).float()
+                offset = self._offset(private)
+                if offset is not None:
+                    picked = picked - offset
+                const[i] = picked @ self.weights.columns(private).T
+        return gate, const
+
+    def _offset(self, idx: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.centre:
+            return None
+        return self.basis.background_mean.to(idx.device)[idx]
+
+    def _superseded_by(self, prompt: str, match) -> str | None:
+        if match.edit_id is not None and match.overlap >= 1.0:
+            return match.edit_id
+        key = _normalise(prompt)
+        for rec in self.edits.values():
+            if _normalise(rec.prompt) == key:
+                return rec.id
+        return None
+
+    def _best_other(self, idx: torch.Tensor, exclude: str) -> tuple[str | None, float]:
+        counts = self.bank.counts(idx.numpy())
+        ids = self.bank.ids
+        for i in np.argsort(-counts.astype(np.int64))[:2]:
+            if ids[i] != exclude:
+                return ids[i], float(counts[i]) / self.config.k
+        return None, 0.0
+
+    def commit(self, proposal: EditProposal) -> EditRecord:
+        """Apply a trained edit: its delta joins W_m, its mask the bank; the version moves on."""
+        rec = proposal.record
+        if rec.id in self.edits:
+            raise EditConflictError(f"edit id {rec.id!r} already exists")
+        if rec.supersedes is not None and rec.supersedes in self.edits:
+            self._unapply(self.edits.pop(rec.supersedes))
+        self.version += 1
+        rec.version = self.version
+        self.apply(rec)
+        return rec
+
+    def apply(self, rec: EditRecord) -> None:
+        """Add a stored edit (replay): no training, no version change."""
+        self.weights.add(rec.idx.to(self.device), rec.delta)
+        self.bank.add(rec.id, rec.idx.numpy())
+        self.edits[rec.id] = rec
+        self._routes.clear()
+
+    def edit(self, prompt: str, target: str, **kwargs) -> EditRecord:
+        edit_id = kwargs.get("edit_id")
+        if edit_id is not None:
+            found = self.existing(edit_id, prompt, target)
+            if found is not None:
+                return found
+        gen = self.propose(prompt, target, **kwargs)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return self.commit(stop.value)
+
+    def remove(self, edit_id: str) -> EditRecord:
+        """Roll one edit back: its delta leaves W_m exactly, its mask leaves the bank."""
+        rec = self.edits.pop(edit_id, None)
+        if rec is None:
+            raise EditNotFoundError(f"no edit with id {edit_id!r}")
+        self._unapply(rec)
+        self.version += 1
+        return rec
+
+    def _unapply(self, rec: EditRecord) -> None:
+        self.weights.subtract(rec.idx.to(self.device), rec.delta)
+        self.bank.remove(rec.id)
+        self._routes.clear()
+
+    def shared_columns(self, edit_id: str) -> dict[str, int]:
+        """Other edits that share columns with this one, and how many."""
+        rec = self.edits.get(edit_id)
+        if rec is None:
+            raise EditNotFoundError(f"no edit with id {edit_id!r}")
+        counts = self.bank.counts(rec.idx.numpy())
+        return {other: int(c) for other, c in zip(self.bank.ids, counts) if other != edit_id and c > 0}
+
+    # -- generation -------------------------------------------------------------------------
+    def decoder(self, max_batch: int = 16, memory: bool = True) -> Decoder:
+        return Decoder(self.model, self.layer, self.decide if memory else self._decide_off, self.encoder, max_batch)
+
+    def encode(self, prompt: str | Encoded) -> Encoded:
+        return prompt if isinstance(prompt, Encoded) else self.encoder.plain(prompt)
+
+    def generate(self, prompts: list[str | Encoded], params: SamplingParams | None = None, *,
+                 memory: bool = True, max_batch: int = 16) -> list[Sequence]:
+        params = params or SamplingParams()
+        seqs = [Sequence(e.ids, e.span, params) for e in map(self.encode, prompts)]
+        for s in seqs:
+            if not s.prompt_ids:
+                raise InvalidRequestError("prompt must not be empty")
+        self._run(seqs, memory=memory, max_batch=max_batch)
+        return seqs
+
+    def _run(self, seqs: list[Sequence], memory: bool = True, max_batch: int = 16) -> None:
+        decoder = self.decoder(max_batch, memory)
+        pending = list(seqs)
+        while pending or decoder.running:
+            room = decoder.room
+            if pending and room:
+                decoder.add(pending[:room])
+                pending = pending[room:]
+            else:
+                decoder.step()

@@ -1,0 +1,137 @@
+"""The residual-memory layer: wraps the MLP output projection of one block, PEFT style.
+
+    out = base_layer(a) + W_m[:, idx] @ a[idx]     for sequences whose memory is on
+    out = base_layer(a)                            otherwise (bit-identical: nothing is added)
+
+The layer holds no memory and no per-request state of its own. For the length of one batch a
+`Routing` is attached to it: at prefill the layer reports each sequence's mean activation
+over its prompt span to the routing's decide function (the mask of a text is read from the
+very activations the forward pass computes, so routing costs no extra pass), and from then on
+it applies the routes that came back, with the columns they froze at prefill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .tophash import span_mean
+
+
+@dataclass
+class Route:
+    """The memory of one sequence: the matched edit's columns, frozen at prefill."""
+
+    edit_id: str
+    version: int
+    idx: torch.Tensor  # [k] column indices of the matched edit's stored mask
+    cols: torch.Tensor  # [k, d_out] fp32: W_m[:, idx].T at the version the sequence started at
+    offset: torch.Tensor | None = None  # [k] subtracted from a[idx] first (de-centred memory)
+
+
+@dataclass
+class Decision:
+    """What routing decided for one sequence (route None: memory off)."""
+
+    route: Route | None
+    best_edit_id: str | None
+    best_overlap: float
+    version: int
+
+
+Decide = Callable[[torch.Tensor], list[Decision]]
+
+
+@dataclass
+class Routing:
+    """Per-row memory decisions of one running batch."""
+
+    decide: Decide | None = None  # called once, at prefill, with features [B, D]
+    span: torch.Tensor | None = None  # [B, T] bool: the tokens whose mean makes the mask
+    # [B, T] bool, prefill only: where the memory acts (from the prompt span on). What precedes
+    # the prompt (a chat template's system prompt) is read as the base model reads it.
+    active: torch.Tensor | None = None
+    decisions: list[Decision] = field(default_factory=list)
+    _groups: list[tuple] | None = None
+
+    @classmethod
+    def fixed(cls, decisions: Sequence[Decision]) -> "Routing":
+        return cls(decisions=list(decisions))
+
+    @property
+    def pending(self) -> bool:
+        return self.decide is not None
+
+    def resolve(self, acts: torch.Tensor) -> torch.Tensor | None:
+        """Decide every row from its prompt features; returns the prefill's active mask (used once)."""
+        features = span_mean(acts, self.span)
+        self.decisions = self.decide(features)
+        active = self.active
+        self.decide = self.span = self.active = None
+        self._groups = None
+        return active
+
+    def select(self, rows: Sequence[int]) -> "Routing":
+        return Routing.fixed([self.decisions[i] for i in rows])
+
+    def extend(self, other: "Routing") -> "Routing":
+        return Routing.fixed(self.decisions + other.decisions)
+
+    def groups(self, device: torch.device):
+        """(rows or None for all, idx, cols, offset) per distinct route: rows that share a route share one gather."""
+        if self._groups is None:
+            by_route: dict[int, list[int]] = {}
+            routes: dict[int, Route] = {}
+            for row, decision in enumerate(self.decisions):
+                if decision.route is not None:
+                    key = id(decision.route)
+                    by_route.setdefault(key, []).append(row)
+                    routes[key] = decision.route
+            groups = []
+            n = len(self.decisions)
+            for key, rows in by_route.items():
+                route = routes[key]
+                row_index = None if len(rows) == n else torch.tensor(rows, device=device)
+                offset = None if route.offset is None else route.offset.to(device)
+                groups.append((row_index, route.idx.to(device), route.cols.to(device), offset))
+            self._groups = groups
+        return self._groups
+
+
+class ResidualMemory(nn.Module):
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.routing: Routing | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        routing = self.routing
+        if routing is None:
+            return out
+        active = routing.resolve(x) if routing.pending else None
+        for rows, idx, cols, offset in routing.groups(x.device):
+            xs = x if rows is None else x.index_select(0, rows)
+            picked = xs.index_select(-1, idx).float()
+            delta = (picked if offset is None else picked - offset) @ cols
+            if active is not None:
+                on = active.to(x.device) if rows is None else active.to(x.device).index_select(0, rows)
+                delta = delta * on.unsqueeze(-1)
+            delta = delta.to(out.dtype)
+            if rows is None:
+                out = out + delta
+            else:
+                out = out.index_add(0, rows, delta)
+        return out
+
+    @contextmanager
+    def use(self, routing: Routing | None):
+        previous, self.routing = self.routing, routing
+        try:
+            yield routing
+        finally:
+            self.routing = previous

@@ -1,0 +1,43 @@
+"""The registry entry of one edit: what was asked, who asked, what it did to W_m."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class EditRecord:
+    id: str
+    prompt: str
+    target_new: str
+    rephrase_prompts: list[str] = field(default_factory=list)
+    subject: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    author: str | None = None
+    created_at: float = 0.0
+    version: int = 0  # memory version this edit created
+    steps: int = 0
+    final_loss: float = 0.0
+    seconds: float = 0.0
+    best_overlap: float = 0.0  # with the most similar edit already in the bank
+    best_overlap_id: str | None = None
+    supersedes: str | None = None
+    # tensors: the mask (sorted column indices) and the quantised delta on those columns
+    idx: torch.Tensor = field(default=None, repr=False)  # [k] int64
+    delta: torch.Tensor = field(default=None, repr=False)  # [d_out, k] int32
+
+    def info(self) -> dict[str, Any]:
+        """Every field but the tensors, JSON-ready."""
+        return {
+            f.name: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+            for f in fields(self)
+            if f.name not in ("idx", "delta")
+            for v in (getattr(self, f.name),)
+        }
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any], idx: torch.Tensor, delta: torch.Tensor) -> "EditRecord":
+        return cls(**info, idx=idx, delta=delta)

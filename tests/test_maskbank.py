@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memoir_core.maskbank import MaskBank, pack, unpack
+
+
+def random_mask(rng, width, k):
+    return np.sort(rng.choice(width, size=k, replace=False))
+
+
+def test_pack_unpack_roundtrip():
+    rng = np.random.default_rng(0)
+    m = random_mask(rng, 1536, 440)
+    assert np.array_equal(unpack(pack(m, 1536)[0], 1536), m)
+    assert pack(m, 1536).shape == (1, 24)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 60), st.integers(0, 2**31 - 1))
+def test_best_match_equals_brute_force(n, seed):
+    rng = np.random.default_rng(seed)
+    width, k = 200, 40
+    bank = MaskBank(width, k)
+    masks = {}
+    for i in range(n):
+        masks[f"e{i}"] = random_mask(rng, width, k)
+        bank.add(f"e{i}", masks[f"e{i}"])
+    query = random_mask(rng, width, k)
+    overlaps = {eid: len(np.intersect1d(m, query)) / k for eid, m in masks.items()}
+    match = bank.best(query[None])[0]
+    assert match.overlap == pytest.approx(max(overlaps.values()))
+    assert overlaps[match.edit_id] == pytest.approx(match.overlap)
+
+
+def test_remove_keeps_the_rest_findable():
+    rng = np.random.default_rng(1)
+    bank = MaskBank(300, 30, capacity=2)  # forces growth
+    masks = {f"e{i}": random_mask(rng, 300, 30) for i in range(10)}
+    for eid, m in masks.items():
+        bank.add(eid, m)
+    for eid in ("e0", "e5", "e9"):
+        bank.remove(eid)
+        del masks[eid]
+    assert len(bank) == 7
+    for eid, m in masks.items():
+        match = bank.best(m[None])[0]
+        assert (match.edit_id, match.overlap) == (eid, 1.0)
+        assert np.array_equal(bank.mask_of(eid), m)
+    with pytest.raises(KeyError):
+        bank.add("e1", masks["e1"])
+
+
+def test_empty_bank_matches_nothing():
+    bank = MaskBank(128, 16)
+    match = bank.best(np.arange(16)[None])[0]
+    assert match.edit_id is None and match.overlap == 0.0
+
+
+def test_bytes_per_mask_for_default_model_width():
+    assert MaskBank(1536, 440).bytes_per_mask == 192
