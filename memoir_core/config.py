@@ -45,6 +45,8 @@ class MemoirConfig:
     # much (None: tau) are kept intact and made robust to being routed to each other
     neighbour_overlap: float | None = None
     max_neighbours: int = 2
+    neighbour_stop_loss: float = 0.1
+    neighbour_extra_steps: int = 4
 
     # limits on input
     max_prompt_tokens: int = 256

@@ -6,8 +6,11 @@ Each format names its fields differently; `load_cases` maps them all to `Case`.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,9 +58,17 @@ def to_case(rec: dict, i: int) -> Case:
 
 
 def load_cases(path: str | Path, limit: int | None = None, offset: int = 0) -> list[Case]:
+    """Cases from a file; records without a prompt or a target (zsre_train_1k has two) are skipped."""
     records = json.loads(Path(path).read_text())
-    records = records[offset : offset + limit if limit else None]
-    return [to_case(r, offset + i) for i, r in enumerate(records)]
+    cases = []
+    for i, rec in enumerate(records[offset:], start=offset):
+        if limit is not None and len(cases) >= limit:
+            break
+        try:
+            cases.append(to_case(rec, i))
+        except ValueError as exc:
+            log.warning("skipping %s: %s", Path(path).name, exc)
+    return cases
 
 
 def loc_strings(path: str | Path, limit: int = 100) -> list[str]:

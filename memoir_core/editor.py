@@ -1,4 +1,4 @@
-"""One edit: its training rows, and the masked optimisation of W_m's k columns.
+"""One edit: the masked optimisation of W_m's k columns over the edit's rows (rows.py).
 
 Only the k columns of the edit's mask are trained (a [d_out, k] parameter initialised from
 W_m's current values there); the loss is cross-entropy on the target tokens only. Rows start
@@ -14,99 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from .blockrun import capture, replay_from
 from .config import MemoirConfig
-from .contexts import ContextCache
-from .prompts import PromptEncoder
-
-
-@dataclass(frozen=True)
-class Row:
-    context: int  # index into the ContextCache (0: none)
-    tokens: list[int]  # the row's own tokens before the target (the memory acts on these)
-    target: list[int]
-    # None: the memory reads the new edit's columns. An edit id: the row is read through that
-    # edit's mask instead, so only the shared columns are trained for it (co-training, below).
-    route: str | None = None
-
-
-def training_contexts(encoder: PromptEncoder, prefixes: list[str], chat: bool) -> list[list[int]]:
-    """[none, each prefix, chat preamble]: the contexts every edit's rows start with."""
-    contexts = [[]] + [encoder.plain(p).ids for p in prefixes]
-    if chat and encoder.has_chat:
-        enc = encoder.chat([{"role": "user", "content": "PLACEHOLDER"}])
-        contexts.append(enc.ids[: enc.span[0]])
-    return contexts
-
-
-def build_rows(encoder: PromptEncoder, contexts: ContextCache, prompt: str, target: str, n_prefixes: int, *,
-               chat: bool, rephrases: tuple[str, ...] = ()) -> list[Row]:
-    """The plain row, one row per prefix, one per given paraphrase, and the chat-templated row."""
-    target_ids = encoder.target(target)
-    rows = [Row(0, encoder.plain(prompt).ids, target_ids)]
-    cont = encoder.tokenizer(" " + prompt, add_special_tokens=False).input_ids
-    rows += [Row(1 + i, cont, target_ids) for i in range(n_prefixes)]
-    rows += [Row(0, encoder.plain(p).ids, target_ids) for p in rephrases]
-    if chat and encoder.has_chat:
-        enc = encoder.chat([{"role": "user", "content": prompt}])
-        preamble = contexts.index(enc.ids[: enc.span[0]])
-        chat_target = encoder.target(target, after_chat=True)
-        if preamble is not None:
-            rows.append(Row(preamble, enc.ids[enc.span[0]:], chat_target))
-        else:  # a template whose preamble depends on the message: no cached context
-            rows.append(Row(0, enc.ids, chat_target))
-    return rows
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # [R, T] the rows' own tokens, right-padded
-    attention_mask: torch.Tensor  # [R, P + T] context (left-padded) then own tokens
-    position_ids: torch.Tensor  # [R, T]
-    context: list[tuple[torch.Tensor, torch.Tensor]] | None  # per-layer cached K, V [R, H, P, d]
-    rows: torch.Tensor  # [N] row of each predicted target token
-    positions: torch.Tensor  # [N] position (in own tokens) whose output predicts it
-    labels: torch.Tensor  # [N]
-    # Per row, the position right after its target: there the edited model should go on as
-    # the base model would (this keeps "Jane Roe" from becoming "Jane Roe Roe Roe").
-    after_rows: torch.Tensor
-    after_positions: torch.Tensor
-
-    def inputs(self) -> dict:
-        cache = DynamicCache(ddp_cache_data=self.context) if self.context is not None else None
-        return dict(input_ids=self.input_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
-                    cache=cache, use_cache=cache is not None)
-
-
-def collate(rows: list[Row], contexts: ContextCache, pad_id: int, device, after: bool = True) -> Batch:
-    # Positions past the last target token never influence the loss; the last target token is
-    # input only when the position after the target is trained too.
-    cut = 0 if after else 1
-    width = max(len(r.tokens) + len(r.target) - cut for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    own_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    row_of, pos_of, labels, after_rows, after_pos = [], [], [], [], []
-    for i, r in enumerate(rows):
-        seq = r.tokens + r.target
-        seq = seq[: len(seq) - cut]
-        ids[i, : len(seq)] = torch.tensor(seq)
-        own_mask[i, : len(seq)] = 1
-        start = contexts.length(r.context)
-        positions[i] = torch.arange(start, start + width)
-        for j, tok in enumerate(r.target):
-            row_of.append(i)
-            pos_of.append(len(r.tokens) + j - 1)
-            labels.append(tok)
-        if after and r.route is None:
-            after_rows.append(i)
-            after_pos.append(len(seq) - 1)
-    kv, ctx_mask = contexts.batch([r.context for r in rows])
-    t = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
-    return Batch(ids.to(device), torch.cat([ctx_mask, own_mask], dim=1).to(device), positions.to(device), kv,
-                 t(row_of), t(pos_of), t(labels), t(after_rows), t(after_pos))
+from .rows import Batch
 
 
 @dataclass
@@ -127,11 +38,20 @@ class Prepared:
     acts: torch.Tensor  # [R, T, D]
     base_out: torch.Tensor  # [R, T, d_out]
     started: float
-    after_logprobs: torch.Tensor | None = None  # [R, V] base model's log-probs after each target
+    after_logprobs: torch.Tensor | None = None  # [A, V] base model's log-probs after each target
 
     def features(self, row: int, length: int) -> torch.Tensor:
         """Mean activation over the first `length` own tokens of one row -> [D] fp32."""
         return self.acts[row, :length].float().mean(dim=0).cpu()
+
+    def extend(self, other: "Prepared") -> "Prepared":
+        """Both preparations as one batch (rows of `other` after ours)."""
+        t = max(self.acts.shape[1], other.acts.shape[1])
+        pad = lambda x: F.pad(x, (0, 0, 0, t - x.shape[1]))  # noqa: E731
+        after = [a for a in (self.after_logprobs, other.after_logprobs) if a is not None]
+        return Prepared(self.batch.concat(other.batch), torch.cat([pad(self.acts), pad(other.acts)]),
+                        torch.cat([pad(self.base_out), pad(other.base_out)]), self.started,
+                        torch.cat(after) if after else None)
 
 
 class Trainer:
@@ -151,9 +71,13 @@ class Trainer:
         acts, base_out = capture(self.backbone, self.blocks, self.layer, self.down, **batch.inputs())
         prepared = Prepared(batch, acts, base_out, t0)
         if batch.after_rows.numel() and self.config.continuation_weight > 0:
-            with torch.no_grad():
-                _, after = self._logits(prepared, base_out)
-            prepared.after_logprobs = after.log_softmax(-1)
+            # The base model's next-token distribution after each target, from the rows that
+            # train it only (the memory is off here: block L's output is the captured one).
+            rows = batch.after_rows
+            with torch.no_grad(), replay_from(self.blocks, self.layer, base_out.index_select(0, rows)):
+                hidden = self.backbone(**batch.select(rows)).last_hidden_state
+                logits = self.head(hidden[torch.arange(rows.numel()), batch.after_positions]).float()
+            prepared.after_logprobs = logits.log_softmax(-1)
         return prepared
 
     def _hidden(self, prepared: Prepared, out: torch.Tensor) -> torch.Tensor:
@@ -166,11 +90,6 @@ class Trainer:
         rows = torch.cat([batch.rows, batch.after_rows])
         positions = torch.cat([batch.positions, batch.after_positions])
         return hidden[rows, positions]
-
-    def _logits(self, prepared: Prepared, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.head(self._hidden(prepared, out)).float()
-        n = prepared.batch.rows.numel()
-        return logits[:n], logits[n:]
 
     def optimise(self, prepared: Prepared, idx: torch.Tensor, start: torch.Tensor,
                  offset: torch.Tensor | None = None, deadline: float | None = None,
@@ -208,23 +127,37 @@ class Trainer:
         labels = batch.labels.to(base_out.device)
         after = prepared.after_logprobs
         head = None  # (weight rows, bias) of the candidate vocabulary once chosen
+        own = batch.own.to(base_out.device)
+        has_neighbours = bool((~own).any())
         losses: list[float] = []
         best = (float("inf"), cols.detach().clone())
-        steps = 0
+        steps, converged_at = 0, None
         while True:
             hidden = self._hidden(prepared, (base_out_f + acts_k @ cols.T).to(base_out.dtype))
             all_logits = (self.head(hidden) if head is None else F.linear(hidden, *head)).float()
             logits, after_logits = all_logits[:n], all_logits[n:]
-            loss = F.cross_entropy(logits, labels)
-            value = float(loss.detach())  # early stop and reports use the target loss alone
+            token_loss = F.cross_entropy(logits, labels, reduction="none")
+            own_loss = token_loss[own].mean()
+            loss = own_loss
+            value = float(own_loss.detach())  # early stop and reports use the new edit's targets
+            neighbour_value = 0.0
+            if has_neighbours:
+                neighbour_loss = token_loss[~own].mean()
+                neighbour_value = float(neighbour_loss.detach())
+                loss = loss + neighbour_loss
             if after is not None:
                 drift = F.kl_div(after_logits.log_softmax(-1), after, log_target=True, reduction="batchmean")
                 loss = loss + cfg.continuation_weight * drift
             losses.append(value)
-            if value < best[0]:
+            if value <= cfg.stop_loss and converged_at is None:
+                converged_at = steps
+            if value < best[0] or (value <= cfg.stop_loss and best[0] <= cfg.stop_loss):
                 best = (value, cols.detach().clone())
             out_of_time = deadline is not None and time.perf_counter() > deadline
-            if value <= cfg.stop_loss or steps >= cfg.max_steps or out_of_time or value != value:
+            # Neighbours may conflict with the new fact: once it holds, they get a few steps more.
+            neighbours_done = neighbour_value <= cfg.neighbour_stop_loss or (
+                converged_at is not None and steps - converged_at >= cfg.neighbour_extra_steps)
+            if (value <= cfg.stop_loss and neighbours_done) or steps >= cfg.max_steps or out_of_time or value != value:
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -21,7 +21,8 @@ from . import arch
 from .blockrun import capture
 from .config import MemoirConfig
 from .contexts import ContextCache
-from .editor import Trainer, TrainOutcome, build_rows, collate, training_contexts
+from .editor import Trainer, TrainOutcome
+from .rows import collate, edit_rows, neighbour_rows, training_contexts
 from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
 from .generate import Decoder, SamplingParams, Sequence
 from .maskbank import MaskBank
@@ -191,17 +192,21 @@ class Memoir:
         for p in rephrases:
             self.validate(p, target)
         edit_id = edit_id or uuid.uuid4().hex[:16]
-        plain = self.encoder.plain(prompt)
-        idx = self.masks([plain])[0]
+        rows = edit_rows(self.encoder, self.contexts, prompt, target, len(self.basis.prefixes),
+                         chat=self.config.chat_rows, rephrases=rephrases, after=self.config.continuation_weight > 0)
+        prepared = self.trainer.prepare(collate(rows, self.contexts, self.encoder.pad_id, self.device))
+        # Row 0 is the plain prompt followed by the target: its prompt positions give the mask.
+        idx = self.tophash.masks(prepared.features(0, len(rows[0].tokens))[None])[0]
         match = self.bank.best(idx.numpy()[None])[0]
         superseded = self._superseded_by(prompt, match)
         neighbours = self._neighbours(idx, exclude=superseded)
-        rows = build_rows(self.encoder, self.contexts, prompt, target, len(self.basis.prefixes),
-                          chat=self.config.chat_rows, rephrases=rephrases)
-        rows += self._co_training_rows(plain.ids, self.encoder.target(target), neighbours)
-        batch = collate(rows, self.contexts, self.encoder.pad_id, self.device,
-                        after=self.config.continuation_weight > 0)
-        prepared = self.trainer.prepare(batch)
+        if neighbours:
+            yield
+            extra = neighbour_rows(self.encoder, rows[0].tokens, rows[0].target,
+                                   [(r.id, r.prompt, r.target_new) for r in neighbours])
+            prepared = prepared.extend(self.trainer.prepare(collate(extra, self.contexts, self.encoder.pad_id,
+                                                                    self.device)))
+            rows = rows + extra
         t_prep = time.perf_counter()
         yield
         dev_idx = idx.to(self.device)
@@ -228,13 +233,8 @@ class Memoir:
         return EditProposal(record, outcome, rows=len(rows),
                             timings={"prepare": t_prep - t0, "train": time.perf_counter() - t_prep})
 
-    # -- co-training with neighbours ----------------------------------------------------------
-    # Edits about one subject get nearly the same mask, so a question about one may be routed
-    # to the other, and a new edit's update lands on columns its neighbour relies on. The new
-    # edit therefore also trains, on its own columns: the neighbour's prompt read through the
-    # neighbour's mask (keep it intact), the neighbour's prompt through the new mask, and the
-    # new prompt through the neighbour's mask (either may win the routing).
     def _neighbours(self, idx: torch.Tensor, exclude: str | None) -> list[EditRecord]:
+        """Stored edits whose masks overlap this one's enough to be confused with it (co-training)."""
         limit = self.config.max_neighbours
         if not limit or not len(self.bank):
             return []
@@ -244,15 +244,6 @@ class Memoir:
         order = np.argsort(-counts)[: limit + 1]
         found = [ids[i] for i in order if counts[i] / self.config.k >= threshold and ids[i] != exclude]
         return [self.edits[e] for e in found[:limit]]
-
-    def _co_training_rows(self, prompt_ids: list[int], target_ids: list[int], neighbours: list[EditRecord]):
-        from .editor import Row
-
-        rows = []
-        for rec in neighbours:
-            ids, tgt = self.encoder.plain(rec.prompt).ids, self.encoder.target(rec.target_new)
-            rows += [Row(0, ids, tgt, route=rec.id), Row(0, ids, tgt), Row(0, prompt_ids, target_ids, route=rec.id)]
-        return rows
 
     def _row_routes(self, rows, idx: torch.Tensor, acts: torch.Tensor):
         if all(r.route is None for r in rows):
