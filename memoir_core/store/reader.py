@@ -55,6 +55,8 @@ class View:
     torn: Torn | None = None
     leftovers: list[str] = field(default_factory=list)  # safe to delete
     recent: list[dict[str, Any]] = field(default_factory=list)  # newest log entries (headers)
+    manifest_body: dict[str, Any] = field(default_factory=dict)
+    basis_raw: bytes = b""
 
     def loaded(self) -> Loaded:
         reg = self.registry
@@ -90,7 +92,7 @@ def stray_state(root: str) -> list[str]:
     return found
 
 
-def read_basis(root: str, body: dict[str, Any], manifest: Manifest) -> Basis:
+def read_basis(root: str, body: dict[str, Any], manifest: Manifest) -> tuple[Basis, bytes]:
     try:
         buf = read_bytes(os.path.join(root, BASIS))
     except FileNotFoundError:
@@ -106,7 +108,7 @@ def read_basis(root: str, body: dict[str, Any], manifest: Manifest) -> Basis:
         raise corrupt(root, f"{BASIS} is unreadable: {e}") from None
     if tuple(perm.shape) != (manifest.width,) or tuple(mean.shape) != (manifest.width,):
         raise corrupt(root, f"{BASIS} does not match width {manifest.width}")
-    return Basis(perm, mean, list(prefixes))
+    return Basis(perm.clone(), mean.clone(), list(prefixes)), bytes(buf)
 
 
 def _leftovers(root: str, current: str | None) -> list[str]:
@@ -141,10 +143,11 @@ def read(root: str, expect: Manifest | None = None, keep_recent: int = 0) -> Vie
     manifest, body = found
     if expect is not None:
         check_manifest(manifest, expect, f"state directory {root}")
-    basis = read_basis(root, body, manifest)
+    basis, basis_raw = read_basis(root, body, manifest)
     dims = {"d_out": manifest.d_out, "width": manifest.width, "k": manifest.k}
     current = snapshot.read_current(root)
-    view = View(root, manifest, basis, Registry(manifest.k, manifest.d_out, manifest.width))
+    view = View(root, manifest, basis, Registry(manifest.k, manifest.d_out, manifest.width),
+                manifest_body=body, basis_raw=basis_raw)
     if current is not None:
         version, records, order, acc, size = snapshot.read(root, current, dims)
         try:
