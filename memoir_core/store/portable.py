@@ -51,8 +51,9 @@ def verify(root: str) -> tuple[reader.View, list[str]]:
         raise StateError(f"{root} holds no memory state (no {MANIFEST})")
     reg = view.registry
     summed = snapshot.accumulate(reg.live.values(), view.manifest.d_out, view.manifest.width)
-    if not torch.equal(summed, reg.acc):
-        bad = int((summed != reg.acc).any(dim=0).sum())
+    stored = reg.acc.tensor()
+    if not torch.equal(summed, stored):
+        bad = int((summed != stored).any(dim=0).sum())
         raise corrupt(root, f"the snapshot's W_m accumulator differs from the sum of the live deltas in {bad} columns")
     warnings = []
     if view.torn is not None:

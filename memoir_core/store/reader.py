@@ -12,14 +12,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..basis import Basis
 from ..state import Loaded, Manifest, check_manifest
 from . import journal, snapshot, tensorfile
 from .layout import (BASIS, CURRENT, JOURNAL, LOCK, MANIFEST, SEGMENT_SUFFIX, SNAPSHOTS, TMP_MARK, corrupt,
                      parse_checked, parse_version, read_bytes, sha256)
-from .registry import Registry, RegistryError
+from .registry import Accumulator, Registry, RegistryError
 
 
 @dataclass
@@ -45,7 +43,7 @@ class View:
     root: str
     manifest: Manifest
     basis: Basis
-    registry: Registry  # live edits after replay; .acc is W_m's accumulator
+    registry: Registry  # live edits after replay; .acc is W_m's accumulator (Accumulator)
     snapshot: str | None = None
     snapshot_version: int = 0
     snapshot_bytes: int = 0
@@ -60,7 +58,8 @@ class View:
 
     def loaded(self) -> Loaded:
         reg = self.registry
-        return Loaded(self.manifest, self.basis, list(reg.live.values()), reg.version, reg.acc, list(reg.order))
+        acc = reg.acc.tensor() if reg.acc is not None else None
+        return Loaded(self.manifest, self.basis, list(reg.live.values()), reg.version, acc, list(reg.order))
 
     @property
     def dims(self) -> dict[str, int]:
@@ -154,10 +153,10 @@ def read(root: str, expect: Manifest | None = None, keep_recent: int = 0) -> Vie
             view.registry.put(records, order, version)
         except RegistryError as e:
             raise corrupt(root, f"{SNAPSHOTS}/{current['snapshot']}: {e}") from None
-        view.registry.acc = acc
+        view.registry.acc = Accumulator(manifest.d_out, manifest.width, acc)
         view.snapshot, view.snapshot_version, view.snapshot_bytes = current["snapshot"], version, size
     else:
-        view.registry.acc = torch.zeros(manifest.d_out, manifest.width, dtype=torch.int64)
+        view.registry.acc = Accumulator(manifest.d_out, manifest.width)
     view.leftovers = _leftovers(root, view.snapshot)
     _replay(view, _segments(root), keep_recent)
     return view

@@ -7,9 +7,35 @@ RegistryError into StateCorruptError with the record's location).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..records import EditRecord
+
+
+class Accumulator:
+    """W_m's exact int64 accumulator while edits are summed (start-up, snapshots).
+
+    Kept transposed, [D, d_out], so an edit's k columns are k contiguous rows: adding one is a
+    row gather (~1 ms at d_out 576, k 440) instead of a strided column gather (~10x slower).
+    numpy, single-threaded: torch's parallel kernels spin on a busy machine and would take
+    cores from generation while a snapshot runs in the background.
+    """
+
+    def __init__(self, d_out: int, width: int, initial: torch.Tensor | None = None):
+        self._t = np.zeros((width, d_out), np.int64) if initial is None else np.ascontiguousarray(initial.numpy().T)
+
+    def add(self, idx: torch.Tensor, delta: torch.Tensor, sign: int = 1) -> None:
+        """acc[:, idx] += sign * delta, exactly (idx is sorted and distinct)."""
+        i, d = idx.cpu().numpy(), delta.cpu().numpy().T
+        if sign > 0:
+            self._t[i] += d
+        else:
+            self._t[i] -= d
+
+    def tensor(self) -> torch.Tensor:
+        """[d_out, D] int64."""
+        return torch.from_numpy(np.ascontiguousarray(self._t.T))
 
 
 class RegistryError(ValueError):
@@ -23,13 +49,13 @@ class Registry:
     exactly as the running one did.
     """
 
-    def __init__(self, k: int, d_out: int, width: int, version: int = 0, acc: torch.Tensor | None = None):
+    def __init__(self, k: int, d_out: int, width: int, version: int = 0, acc: Accumulator | None = None):
         self.k, self.d_out, self.width = k, d_out, width
         self.live: dict[str, EditRecord] = {}
         self.order: list[str] = []
         self._slot: dict[str, int] = {}
         self.version = version
-        self.acc = acc  # int64 [d_out, width] when tracked (start-up only)
+        self.acc = acc  # W_m's accumulator, when tracked (start-up only)
 
     def check(self, rec: EditRecord) -> None:
         """Shapes, dtypes and range of a record's tensors (garbage in W_m is worse than a refusal)."""
@@ -68,7 +94,7 @@ class Registry:
         self._slot[rec.id] = len(self.order)
         self.order.append(rec.id)
         if self.acc is not None:
-            self.acc.index_add_(1, rec.idx, rec.delta.long())
+            self.acc.add(rec.idx, rec.delta)
         self.version = rec.version
 
     def remove(self, edit_id: str, version: int) -> EditRecord:
@@ -97,5 +123,5 @@ class Registry:
             self._slot[moved] = slot
         self.order.pop()
         if self.acc is not None:
-            self.acc.index_add_(1, rec.idx, rec.delta.long(), alpha=-1)
+            self.acc.add(rec.idx, rec.delta, -1)
         return rec

@@ -27,9 +27,11 @@ from ..records import EditRecord
 from . import fsio, tensorfile
 from .journal import record_from_info
 from .layout import CURRENT, SNAPSHOTS, TMP_MARK, checked_json, corrupt, parse_checked, read_bytes, sha256, snapshot_name
+from .registry import Accumulator
 
 REGISTRY, EDITS, MEMORY = "registry.json", "edits.safetensors", "memory.safetensors"
 _CHUNK = 4 << 20
+_FLUSH = 8 << 20
 
 
 class Cancelled(Exception):
@@ -38,17 +40,17 @@ class Cancelled(Exception):
 
 def accumulate(records: Iterable[EditRecord], d_out: int, width: int, cancel: threading.Event | None = None):
     """W_m's int64 accumulator as the exact sum of the live deltas."""
-    acc = torch.zeros(d_out, width, dtype=torch.int64)
+    acc = Accumulator(d_out, width)
     for rec in records:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        acc.index_add_(1, rec.idx, rec.delta.to(torch.int64))
-    return acc
+        acc.add(rec.idx, rec.delta)
+    return acc.tensor()
 
 
 def _stream(path: str, parts: Iterable, cancel: threading.Event | None) -> dict[str, Any]:
     """Write parts to a new file in ~4 MB writes, hashing on the way; fsync it."""
-    h, size, pending, held = hashlib.sha256(), 0, [], 0
+    h, size, pending, held, flushed = hashlib.sha256(), 0, [], 0, 0
     fd = fsio.create(path)
     try:
         for part in parts:
@@ -61,6 +63,9 @@ def _stream(path: str, parts: Iterable, cancel: threading.Event | None) -> dict[
             if held >= _CHUNK:
                 fsio.write_all(fd, b"".join(pending))
                 pending, held = [], 0
+                if size - flushed >= _FLUSH:  # bounded dirty data: the journal's fsyncs do not queue behind it
+                    fsio.fsync(fd)
+                    flushed = size
         if pending:
             fsio.write_all(fd, b"".join(pending))
         fsio.fsync(fd)
