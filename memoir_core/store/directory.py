@@ -88,6 +88,8 @@ class DirectoryStore:
     def load(self, expect: Manifest | None = None) -> Loaded | None:
         with self._mu:
             self._open_check()
+            if self._registry is not None:
+                raise StateError("load() or create() was already called on this store")
             view = reader.read(self.root, expect)
             if view is None:
                 return None
@@ -105,7 +107,7 @@ class DirectoryStore:
         if view.torn is not None:
             t = view.torn
             msg = (f"cut a torn last record from {os.path.relpath(t.path, self.root)}: {t.size} bytes at byte "
-                   f"{t.offset} ({t.why}); it was never acknowledged")
+                   f"{t.offset} ({t.why}): a write that never completed, so never acknowledged")
             log.warning("%s: %s", self.root, msg)
             self.notes.append(msg)
             try:
@@ -135,7 +137,7 @@ class DirectoryStore:
     def create(self, manifest: Manifest, basis: Basis) -> None:
         with self._mu:
             self._open_check()
-            if reader.read_manifest(self.root) is not None:
+            if self._registry is not None or reader.read_manifest(self.root) is not None:
                 raise StateError(f"state directory {self.root} already holds a memory; load it instead")
             stray = reader.stray_state(self.root)
             if stray:
