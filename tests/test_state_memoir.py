@@ -12,7 +12,7 @@ from memoir_core.memoir import Memoir
 from memoir_core.state import Manifest, restore
 from memoir_core.store import DirectoryStore
 
-from .conftest import CORPUS, make_memoir, tiny_model, tiny_tokenizer
+from .conftest import make_memoir, tiny_model, tiny_tokenizer
 
 PROMPTS = [
     "who is the chief executive of the company", "what is the capital city of the country",
