@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import arch
+from .basis import Basis  # noqa: F401  (re-exported: Basis used to live here)
 from .blockrun import capture
 from .config import MemoirConfig
 from .contexts import ContextCache
@@ -36,15 +37,6 @@ from .tophash import TopHash, random_permutation, span_mean
 def background_texts() -> list[str]:
     text = resources.files("memoir_core").joinpath("data/background.txt").read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-@dataclass
-class Basis:
-    """What every stored mask and edit depends on; persisted with the state."""
-
-    permutation: torch.Tensor  # [D] int64
-    background_mean: torch.Tensor  # [D] fp32
-    prefixes: list[str]
 
 
 @dataclass

@@ -130,10 +130,12 @@ def fingerprint(model) -> str:
     """A cheap identity of the base weights: names, shapes and a sample of every tensor.
 
     Samples are compared at bfloat16 precision, so the same checkpoint loaded in fp32 on a CPU
-    and in bf16 on a GPU has one fingerprint and can share a state directory.
+    and in bf16 on a GPU has one fingerprint and can share a state directory. Names are taken
+    as before the memory wrapped its projection (".base_layer" dropped), so the fingerprint is
+    the same before and after a Memoir is built on the model.
     """
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted((n.replace(".base_layer.", "."), t) for n, t in model.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         step = max(1, flat.numel() // 4096)
         sample = flat[::step][:4096].to(torch.bfloat16).float().cpu().contiguous()

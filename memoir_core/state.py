@@ -1,26 +1,44 @@
 """Persistence of the memory: the interface the service writes through, and an in-memory store.
 
-The durable implementation (a state directory with a write-ahead journal and snapshots) lives
-beside this interface; everything that changes the memory goes through a `MemoryStore`, and a
-change is acknowledged to a client only after the store's method has returned.
+The durable implementation is memoir_core.store.DirectoryStore (a state directory with a
+write-ahead journal and snapshots). Everything that changes the memory goes through a
+`MemoryStore`, and a change is acknowledged to a client only after the store's method returned.
 
 What is stored, and in what order:
-  manifest  the base model and its fingerprint, block, k, tau, seed and format version
+  manifest  the base model and its fingerprint, block, k, width, d_out, config and format version
   basis     the permutation, the background mean and the training prefixes (masks depend on them)
   log       every applied edit (its record with mask and quantised delta) and every removal,
             each with the memory version it produced; replaying it rebuilds W_m bit for bit
+
+How the engine uses a store (one writer thread):
+  store = DirectoryStore(path)            # takes the directory's lock (StateLockedError)
+  loaded = store.load(expect)             # None: empty; StateMismatchError / StateCorruptError
+  if loaded is None: build the Memoir, store.create(Manifest.of(memoir, ...), memoir.basis)
+  else: build the Memoir with basis=loaded.basis, then restore(memoir, loaded)
+  per edit: set record.version = memoir.version + 1, store.log_edit(record), then memoir.commit
+  per rollback: store.log_removal(edit_id, memoir.version + 1), then memoir.remove(edit_id)
+  DurabilityError from a log_* call: the change is not acknowledged and must not be applied;
+  the store stays failed (store.ready is False) until the process restarts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .memoir import Basis, Memoir
+import torch
+
+from .basis import Basis
+from .errors import StateMismatchError
 from .records import EditRecord
 
+if TYPE_CHECKING:
+    from .memoir import Memoir
+
 FORMAT_VERSION = 1
+# Config fields that change what a stored delta means; the rest (tau, optimiser...) may change freely.
+_MEANING = ("centre",)
 
 
 @dataclass
@@ -35,12 +53,56 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def of(cls, memoir: Memoir, model_name: str, fingerprint: str) -> "Manifest":
+    def of(cls, memoir: "Memoir", model_name: str, fingerprint: str) -> "Manifest":
         return cls(model=model_name, fingerprint=fingerprint, layer=memoir.config.layer, k=memoir.config.k,
                    width=memoir.width, d_out=memoir.d_out, config=memoir.config.to_dict())
 
+    @classmethod
+    def expected(cls, model, config, model_name: str, fingerprint: str | None = None) -> "Manifest":
+        """The manifest a Memoir on this model and config would have, without building one
+        (so a state can be checked before the basis is computed or the log replayed)."""
+        from . import arch, models
+        from .config import MemoirConfig
+
+        spec = arch.spec_for(model)
+        blocks = arch.get_path(model, spec.blocks)
+        probe = arch.get_path(blocks[0], spec.down)
+        width, d_out = arch.projection_shape(getattr(probe, "base_layer", probe), spec.conv1d)
+        cfg = (config or MemoirConfig()).resolved(len(blocks), width)
+        return cls(model=model_name, fingerprint=fingerprint or models.fingerprint(model), layer=cfg.layer,
+                   k=cfg.k, width=width, d_out=d_out, config=cfg.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+def check_manifest(stored: Manifest, expected: Manifest, where: str = "the state") -> None:
+    """StateMismatchError naming every difference that makes the stored memory meaningless here."""
+    diffs = []
+    if stored.format_version > FORMAT_VERSION:
+        diffs.append(f"format version: the state has {stored.format_version}, this memoir reads up to "
+                     f"{FORMAT_VERSION} (upgrade memoir)")
+    if stored.fingerprint != expected.fingerprint:
+        diffs.append(f"base model: the state was made for {stored.model!r} (fingerprint {stored.fingerprint}), "
+                     f"the running model is {expected.model!r} (fingerprint {expected.fingerprint})")
+    for name in ("layer", "k", "width", "d_out"):
+        a, b = getattr(stored, name), getattr(expected, name)
+        if a != b:
+            diffs.append(f"{name}: the state has {a}, the running configuration {b}")
+    for name in _MEANING:
+        a, b = stored.config.get(name), expected.config.get(name)
+        if a is not None and b is not None and a != b:
+            diffs.append(f"config {name}: the state has {a}, the running configuration {b}")
+    if diffs:
+        raise StateMismatchError(
+            f"{where} was made for another model or memory layout: " + "; ".join(diffs)
+            + ". Start with the model and settings the state was made for (`memoir state inspect DIR` shows "
+            "them), or use a new, empty state directory."
+        )
 
 
 @dataclass
@@ -51,11 +113,14 @@ class Loaded:
     basis: Basis
     edits: list[EditRecord]  # live edits in the order they were applied
     version: int
+    acc: torch.Tensor | None = None  # W_m's int64 accumulator, when the store has it (else summed)
+    bank_order: list[str] | None = None  # mask bank slot order (ties in best match break by it)
 
 
 class MemoryStore(Protocol):
-    def load(self) -> Loaded | None:
-        """The stored memory, or None for an empty store."""
+    def load(self, expect: Manifest | None = None) -> Loaded | None:
+        """The stored memory, or None for an empty store; with `expect`, StateMismatchError first
+        if the state was made for another model, block, k or width."""
 
     def create(self, manifest: Manifest, basis: Basis) -> None:
         """Start a new memory (durable before return)."""
@@ -66,16 +131,25 @@ class MemoryStore(Protocol):
     def log_removal(self, edit_id: str, version: int) -> None:
         """Record a rollback (durable before return)."""
 
+    @property
+    def ready(self) -> bool:
+        """False once a write failed: the store refuses every further write (DurabilityError)."""
+
     def close(self) -> None: ...
 
 
 class InMemoryStore:
     """Keeps nothing across processes; for tests and throwaway servers."""
 
+    ready = True
+    failure: str | None = None
+
     def __init__(self) -> None:
         self._loaded: Loaded | None = None
 
-    def load(self) -> Loaded | None:
+    def load(self, expect: Manifest | None = None) -> Loaded | None:
+        if self._loaded is not None and expect is not None:
+            check_manifest(self._loaded.manifest, expect)
         return self._loaded
 
     def create(self, manifest: Manifest, basis: Basis) -> None:
@@ -95,10 +169,23 @@ class InMemoryStore:
         pass
 
 
-def restore(memoir: Memoir, loaded: Loaded) -> None:
+def restore(memoir: "Memoir", loaded: Loaded) -> None:
     """Apply a stored memory to a Memoir built with `loaded.basis` and an empty memory."""
+    from .maskbank import MaskBank, pack
+
     if memoir.edits or memoir.version:
         raise ValueError("restore needs an empty memory")
-    for rec in loaded.edits:
-        memoir.apply(rec)
+    if loaded.acc is None:
+        for rec in loaded.edits:
+            memoir.apply(rec)
+    else:
+        memoir.weights.load(loaded.acc.to(memoir.device))
+        memoir.edits = {rec.id: rec for rec in loaded.edits}
+    if loaded.bank_order is not None or loaded.acc is not None:
+        order = loaded.bank_order if loaded.bank_order is not None else [r.id for r in loaded.edits]
+        k = memoir.config.k
+        masks = torch.stack([memoir.edits[e].idx for e in order]).numpy() if order else []
+        bits = pack(masks, memoir.width) if order else None
+        memoir.bank = MaskBank.restore(memoir.width, k, order, bits) if order else MaskBank(memoir.width, k)
+    memoir._routes.clear()
     memoir.version = loaded.version
