@@ -10,9 +10,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memoir", description="an LLM inference server that takes knowledge edits live")
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import evaluation
+    from . import evaluation, serve
 
     evaluation.add_parsers(sub)
+    serve.add_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args) or 0)
