@@ -42,3 +42,8 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(4096, ge=1, description="generation prompt, after the chat template")
     max_new_tokens: int = Field(2048, ge=1, description="upper bound a request may ask for")
     default_max_new_tokens: int = Field(256, ge=1, description="/generate and chat when the request names none")
+
+    @property
+    def new_tokens_default(self) -> int:
+        """max_new_tokens when a request names none: the default, within the limit."""
+        return min(self.default_max_new_tokens, self.max_new_tokens)

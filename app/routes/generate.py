@@ -25,7 +25,7 @@ async def generate(body: GenerateIn, engine: Engine = Depends(deps.engine),
                    settings: Settings = Depends(deps.settings), _: None = Depends(client_access)):
     """With stream true: SSE events `{"text": ...}`, the last one with finish_reason, usage and
     memory, then `data: [DONE]`."""
-    params = deps.sampling(settings, body.max_new_tokens or settings.default_max_new_tokens, body.temperature,
+    params = deps.sampling(settings, body.max_new_tokens or settings.new_tokens_default, body.temperature,
                            body.top_p, body.stop, body.seed)
     group = engine.generate([Prompt(text=body.prompt)], [params])
     if body.stream:

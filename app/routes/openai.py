@@ -122,7 +122,7 @@ async def completions(body: CompletionRequest, runtime: Runtime = Depends(deps.r
 async def chat_completions(body: ChatCompletionRequest, runtime: Runtime = Depends(deps.runtime),
                            engine: Engine = Depends(deps.engine), settings: Settings = Depends(deps.settings),
                            _: None = Depends(client_access)):
-    max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_new_tokens
+    max_tokens = body.max_completion_tokens or body.max_tokens or settings.new_tokens_default
     name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     params = _prepare(body, runtime, max_tokens, name)
     # "developer" is the newer name of "system"; most chat templates know only the latter.
