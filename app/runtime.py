@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import torch
+
 from memoir_core import models
 from memoir_core.config import MemoirConfig
 from memoir_core.errors import StateMismatchError
@@ -76,6 +78,8 @@ class Runtime:
     def _load(self) -> None:
         t0 = time.perf_counter()
         try:
+            if self.settings.threads:
+                torch.set_num_threads(self.settings.threads)
             self.store = self.store_factory(self.settings)
             loaded = self.store.load()
             memoir = self.builder(loaded)

@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(None, description="name in /v1/models; default: the model's name")
     device: str = "auto"
     dtype: str = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's (one per core). "
+                                "On a CPU shared with other work, fewer threads than cores is often much faster")
     # MemoirConfig fields for a fresh memory (a stored memory keeps the config it was made with),
     # e.g. MEMOIR_CONFIG='{"tau": 0.45}'
     config: dict[str, Any] = Field(default_factory=dict)

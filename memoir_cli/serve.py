@@ -16,6 +16,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--state-dir", help="where the memory is kept across restarts [MEMOIR_STATE_DIR; none: RAM only]")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... [MEMOIR_DEVICE]")
     p.add_argument("--dtype", help="auto, float32, bfloat16, float16 [MEMOIR_DTYPE]")
+    p.add_argument("--threads", type=int, help="torch CPU threads [MEMOIR_THREADS; default: one per core]")
     p.add_argument("--max-batch", type=int, help="sequences decoded together [MEMOIR_MAX_BATCH, 16]")
     p.add_argument("--edit-queue-size", type=int, help="edit requests waiting before 429 [MEMOIR_EDIT_QUEUE_SIZE, 16]")
     p.add_argument("--log-level", help="[MEMOIR_LOG_LEVEL, info]")
@@ -28,7 +29,7 @@ def run_serve(args) -> int:
     from app.main import create_app
     from app.settings import Settings
 
-    names = ("model", "served_model_name", "host", "port", "state_dir", "device", "dtype", "max_batch",
+    names = ("model", "served_model_name", "host", "port", "state_dir", "device", "dtype", "threads", "max_batch",
              "edit_queue_size", "log_level")
     settings = Settings(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
     # An app object (not an import string) runs in this process: one worker, which is what a

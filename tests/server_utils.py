@@ -72,11 +72,16 @@ def uvicorn_args(target: str, port: int) -> list[str]:
     return ["-m", "uvicorn", target, "--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
 
 
+# Torch threads of the test servers. On a CPU shared with other work (the test process, other
+# jobs) torch's default of one thread per core can be many times slower than one thread: its
+# OpenMP workers wait for each other while descheduled (measured on a busy 2-core machine:
+# 94 s vs 12 s to build the default model's memory basis).
+THREADS = os.environ.get("MEMOIR_TEST_THREADS", "1")
+
+
 def tiny(env: dict[str, str] | None = None) -> Server:
     port = free_port()
-    # One torch thread: the tests run beside other work on few cores.
-    env = {"OMP_NUM_THREADS": "1", **(env or {})}
-    return Server(uvicorn_args("tests.tiny_server:app", port), env, port)
+    return Server(uvicorn_args("tests.tiny_server:app", port), {"MEMOIR_THREADS": THREADS, **(env or {})}, port)
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +95,7 @@ def tiny_server():
 @pytest.fixture(scope="session")
 def real_server():
     port = free_port()
-    server = Server(["-m", "memoir_cli.main", "serve", "--port", str(port), "--log-level", "warning"], port=port)
+    server = Server(["-m", "memoir_cli.main", "serve", "--port", str(port), "--threads", THREADS,
+                     "--log-level", "warning"], port=port)
     yield server.start(600)
     server.stop()
