@@ -192,7 +192,7 @@ class Engine:
         if batch:
             try:
                 self._dispatch(self.decoder.add(batch))
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 log.exception("prefill failed")
                 for seq in batch:
                     self._fail(seq.tag, error)
@@ -202,7 +202,7 @@ class Engine:
         if work.prompt.messages is not None:
             try:
                 enc = encoder.chat(work.prompt.messages)
-            except Exception as error:  # jinja templates raise their own errors for odd conversations
+            except Exception as error:  # noqa: BLE001 - jinja templates raise their own errors
                 raise InvalidRequestError(f"the model's chat template refused the messages: {error}") from None
         else:
             enc = encoder.plain(work.prompt.text or "")
@@ -222,7 +222,7 @@ class Engine:
             return
         try:
             events = self.decoder.step()
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             log.exception("decoding failed; the running batch is dropped")
             for seq in self.decoder.running:
                 self._fail(seq.tag, error)

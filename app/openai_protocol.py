@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from .protocol import MAX_SEED, MAX_TEXT_CHARS, AnyText, MemoryOut, PromptText, Stops, Usage
 
 
-
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool | None = False

@@ -87,7 +87,7 @@ class EditOut(BaseModel):
     created_at: float
 
     @classmethod
-    def of(cls, record, replayed: bool) -> "EditOut":
+    def of(cls, record, replayed: bool) -> EditOut:
         return cls(id=record.id, version=record.version, steps=record.steps, final_loss=finite(record.final_loss),
                    seconds=round(record.seconds, 4), best_overlap=round(record.best_overlap, 6),
                    best_overlap_id=record.best_overlap_id, supersedes=record.supersedes, replayed=replayed,

@@ -95,7 +95,7 @@ class Runtime:
             self.status = "ready"
             log.info("ready in %.1f s: %s, %d edits, memory version %d", time.perf_counter() - t0,
                      self.model_name, len(memoir.edits), memoir.version)
-        except Exception as error:  # noqa: BLE001 - reported by /ready and the log
+        except Exception as error:
             self.status, self.error = "failed", f"{type(error).__name__}: {error}"
             log.exception("start-up failed")
 

@@ -33,7 +33,7 @@ class MemoryInfo:
     version: int
 
     @classmethod
-    def of(cls, decision) -> "MemoryInfo":
+    def of(cls, decision) -> MemoryInfo:
         on = decision.route is not None
         return cls(on, decision.route.edit_id if on else None, decision.best_edit_id,
                    round(float(decision.best_overlap), 6), decision.version)

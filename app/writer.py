@@ -107,7 +107,7 @@ class Writer:
         except EditBatchError as error:
             job.post(error)
             return True
-        except Exception as error:  # noqa: BLE001 - every failure goes back to the client
+        except Exception as error:
             if not isinstance(error, MemoirError):
                 log.exception("edit %d of a request failed", job.index)
             index = job.index if len(job.items) > 1 else None
@@ -166,7 +166,7 @@ class Writer:
             self._durable(self.store.log_removal, job.edit_id, version)
             record = self.memoir.remove(job.edit_id)
             job.post(Removal(record, shared, self.memoir.version))
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             if not isinstance(error, MemoirError):
                 log.exception("removing edit %s failed", job.edit_id)
             job.post(error)

@@ -34,10 +34,11 @@ class Server:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-        self.log = tempfile.NamedTemporaryFile(prefix="memoir-server-", suffix=".log", delete=False)
+        # kept open for the server's whole life; closed and removed by stop()
+        self.log = tempfile.NamedTemporaryFile(prefix="memoir-server-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 300.0) -> "Server":
+    def start(self, timeout: float = 300.0) -> Server:
         self.proc = subprocess.Popen([sys.executable, *self.args], cwd=REPO, env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

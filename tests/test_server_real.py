@@ -111,8 +111,8 @@ def world(real_server):
             streamed = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
             removed = (await c.delete(f"/edits/{FACTS[1].id}")).json()
             rolled_back = await asyncio.gather(*[generate(c, f.prompt) for f in FACTS])
-            return dict(before=before, edits=edits, after=after, streamed=streamed, removed=removed,
-                        rolled_back=rolled_back)
+            return {"before": before, "edits": edits, "after": after, "streamed": streamed, "removed": removed,
+                    "rolled_back": rolled_back}
 
     return asyncio.run(main())
 

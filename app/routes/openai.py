@@ -19,9 +19,18 @@ from .. import deps
 from ..auth import client_access
 from ..engine import Engine
 from ..errors import ModelNotFoundError, UnsupportedParameterError
-from ..openai_protocol import (AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse,
-                               CompletionChoice, CompletionRequest, CompletionResponse, ModelCard, ModelList,
-                               OpenAIRequest)
+from ..openai_protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    OpenAIRequest,
+)
 from ..protocol import MAX_SEED, MemoryOut, Usage
 from ..runtime import Runtime
 from ..settings import Settings

@@ -1,9 +1,11 @@
-"""How the server uses its MemoryStore (in process, tiny model): an edit is written to the
-store before it becomes visible, a failed write applies nothing and stops further writes,
-and a restart restores the stored memory."""
+"""Start-up and the store, in process on a tiny model: /health answers while the model loads
+and /ready says when it is done; an edit is written to the store before it becomes visible; a
+failed write applies nothing and stops further writes; a restart restores the stored memory,
+and a memory stored for other weights is refused."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -16,9 +18,21 @@ from memoir_core.memoir import Memoir
 from memoir_core.state import InMemoryStore
 
 from .conftest import make_memoir, tiny_model, tiny_tokenizer
+from .server_utils import THREADS
 
 pytestmark = pytest.mark.timeout(120)
 PROMPT = "who is the chief executive of the company"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As the subprocess servers do (see server_utils.THREADS); restored for the other tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(THREADS))
+    yield
+    torch.set_num_threads(before)
 
 
 class CheckingStore(InMemoryStore):
@@ -43,25 +57,47 @@ class CheckingStore(InMemoryStore):
         super().log_removal(edit_id, version)
 
 
-def serve(store: CheckingStore):
+def serve(store: CheckingStore, seed: int = 0, gate: threading.Event | None = None, wait: bool = True):
     def build(loaded):
+        if gate is not None:
+            gate.wait(30)
         if loaded is None:
             memoir = make_memoir()
         else:  # a restart: the stored basis and config on the same (seeded) tiny model
             tok = tiny_tokenizer()
-            memoir = Memoir(tiny_model("llama", len(tok)), tok, MemoirConfig.from_dict(loaded.manifest.config),
-                            basis=loaded.basis)
+            memoir = Memoir(tiny_model("llama", len(tok), seed=seed), tok,
+                            MemoirConfig.from_dict(loaded.manifest.config), basis=loaded.basis)
         store.memoir = memoir
         return memoir
 
     client = TestClient(create_app(Settings(served_model_name="tiny"), builder=build,
                                    store_factory=lambda settings: store))
     client.__enter__()
-    for _ in range(300):
-        if client.get("/ready").status_code == 200:
-            return client
+    for _ in range(300 if wait else 0):
+        if client.get("/ready").json()["status"] != "loading":
+            break
         time.sleep(0.1)
-    raise AssertionError(client.get("/ready").json())
+    return client
+
+
+def test_ready_only_once_loaded():
+    gate = threading.Event()
+    client = serve(CheckingStore(), gate=gate, wait=False)
+    try:
+        assert client.get("/health").json() == {"status": "ok"}
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "loading" and ready.headers["retry-after"]
+        r = client.post("/generate", json={"prompt": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        gate.set()
+        for _ in range(300):
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+        assert client.post("/generate", json={"prompt": "x", "max_new_tokens": 2}).status_code == 200
+    finally:
+        gate.set()
+        client.__exit__(None, None, None)
 
 
 def test_writes_come_first_and_a_restart_restores_the_memory():
@@ -80,6 +116,14 @@ def test_writes_come_first_and_a_restart_restores_the_memory():
         assert client.get("/ready").json()["version"] == 3
         assert [e["id"] for e in client.get("/edits").json()["edits"]] == ["a"]
         assert client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 8}).json() == before
+    finally:
+        client.__exit__(None, None, None)
+    client = serve(store, seed=1)  # other weights: the stored memory would be garbage on them
+    try:
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "failed"
+        assert "StateMismatchError" in ready.json()["error"] and "fingerprint" in ready.json()["error"]
+        assert "fingerprint" in client.get("/edits").json()["error"]["message"]
     finally:
         client.__exit__(None, None, None)
 
