@@ -69,6 +69,7 @@ class Engine:
         self._lock = threading.Lock()  # guards the two counters below (read on the loop, written on both)
         self._sequences = 0  # queued or running
         self._edit_requests = 0  # queued or training
+        self._edit_items = 0  # the edits (and removals) in those requests
         self._thread = threading.Thread(target=self._run, name="memoir-engine", daemon=True)
 
     # -- the event loop's side ----------------------------------------------------------------
@@ -120,9 +121,10 @@ class Engine:
         self.writer.refuse_if_failed()
         with self._lock:
             if self._edit_requests >= self.settings.edit_queue_size:
-                wait = math.ceil(max(1.0, self._edit_requests * self.writer.seconds_per_edit))
+                wait = math.ceil(max(1.0, self._edit_items * self.writer.seconds_per_edit))
                 raise QueueFullError(f"the edit queue is full ({self._edit_requests} requests waiting)", wait)
             self._edit_requests += 1
+            self._edit_items += weight
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._post(("job", make(_resolver(loop, future))))
@@ -248,12 +250,12 @@ class Engine:
             job = self._jobs.popleft()
             if isinstance(job, RemoveJob):
                 self.writer.remove(job)
-                self._job_done()
+                self._job_done(job)
                 return
             self._job = job
         if self.writer.step(self._job):
+            self._job_done(self._job)
             self._job = None
-            self._job_done()
 
     def _done(self, work: Work) -> None:
         if not work.done:
@@ -266,9 +268,10 @@ class Engine:
             work.group.post(error)
             self._done(work)
 
-    def _job_done(self) -> None:
+    def _job_done(self, job: EditJob | RemoveJob) -> None:
         with self._lock:
             self._edit_requests -= 1
+            self._edit_items -= len(job.items) if isinstance(job, EditJob) else 1
 
     def _shutdown(self) -> None:
         stopped = EngineStoppedError("the server is shutting down")
@@ -288,6 +291,6 @@ class Engine:
             self._fail(self._waiting.popleft(), stopped)
         for job in ([self._job] if self._job else []) + list(self._jobs):
             job.post(stopped)
-            self._job_done()
+            self._job_done(job)
         self._job = None
         self._jobs.clear()
