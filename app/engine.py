@@ -30,29 +30,11 @@ from memoir_core.state import MemoryStore
 
 from .errors import EngineStoppedError, QueueFullError
 from .settings import Settings
-from .streams import Chunk, Group, MemoryInfo, Prompt, Work
+from .streams import Chunk, Group, MemoryInfo, Prompt, Work, resolver
 from .writer import Applied, EditJob, EditSpec, Removal, RemoveJob, Writer
 
 log = logging.getLogger(__name__)
 _STOP = object()
-
-
-def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> Callable[[Any], None]:
-    def settle(result: Any) -> None:
-        if future.done():  # the caller went away
-            return
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
-
-    def post(result: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(settle, result)
-        except RuntimeError:  # loop closed
-            pass
-
-    return post
 
 
 class Engine:
@@ -113,7 +95,7 @@ class Engine:
         self._check_alive()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._post(("call", fn, _resolver(loop, future)))
+        self._post(("call", fn, resolver(loop, future)))
         return await future
 
     async def _submit_job(self, make, weight: int):
@@ -127,7 +109,7 @@ class Engine:
             self._edit_items += weight
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._post(("job", make(_resolver(loop, future))))
+        self._post(("job", make(resolver(loop, future))))
         return await future
 
     def _check_alive(self) -> None:
@@ -185,8 +167,15 @@ class Engine:
     def _admit(self) -> None:
         batch: list[Sequence] = []
         room = self.decoder.room
+        last = None
         while self._waiting and len(batch) < room:
-            work = self._waiting.popleft()
+            work = self._waiting[0]
+            # A request's sequences are admitted together, so they share one memory version;
+            # only one larger than the whole batch is split. (They are contiguous in the queue.)
+            if work.group is not last and (batch or self.decoder.running) and \
+                    len(batch) + work.group.size - work.index > room:
+                break
+            last = self._waiting.popleft().group
             try:
                 batch.append(self._sequence(work))
             except Exception as error:  # noqa: BLE001 - a bad prompt fails its own request only

@@ -8,10 +8,31 @@ one asyncio queue, tagged with the sequence's index.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from memoir_core.generate import SamplingParams
+
+
+def resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> Callable[[Any], None]:
+    """A function the engine thread calls with a result (or an exception) to settle `future`."""
+
+    def settle(result: Any) -> None:
+        if future.done():  # the caller went away
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    def post(result: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, result)
+        except RuntimeError:  # loop closed
+            pass
+
+    return post
 
 
 @dataclass(frozen=True)
