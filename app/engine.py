@@ -70,6 +70,9 @@ class Engine:
 
     def generate(self, prompts: list[Prompt], params: list[SamplingParams]) -> Group:
         self._check_alive()
+        if len(prompts) > self.settings.max_waiting:
+            raise InvalidRequestError(f"{len(prompts)} sequences in one request; the limit is "
+                                      f"{self.settings.max_waiting}")
         group = Group(asyncio.get_running_loop(), len(prompts))
         with self._lock:
             if self._sequences + len(prompts) > self.settings.max_waiting:
