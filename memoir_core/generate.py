@@ -215,10 +215,12 @@ def sample(logits: torch.Tensor, sequences: list[Sequence]) -> list[int]:
         if p.temperature == 0:
             tokens.append(greedy[i])
             continue
-        probs = torch.softmax(logits[i] / p.temperature, dim=-1)
+        # A temperature near zero would overflow the logits to inf (and the softmax to NaN).
+        probs = torch.softmax(logits[i] / max(p.temperature, 1e-6), dim=-1)
         if p.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p
+            keep[0] = True  # a top_p below float32's smallest number would keep no token
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
         tokens.append(int(torch.multinomial(probs, 1, generator=seq.generator)))
     return tokens

@@ -12,25 +12,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Below this many masks one core scans the bank in a few milliseconds. Numba's OpenMP
+# workers spin for a while after each parallel pass, and on a machine with few cores that
+# spinning slowed every decode step that followed a routing decision ~20x; so small banks are
+# scanned serially and the workers only wake for banks where they pay off.
+PARALLEL_FROM = 1 << 16
+
 try:  # numba is a hard dependency in pyproject; the fallback keeps odd platforms working
     from numba import njit, prange
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def _overlap_counts(bank, query, out):  # pragma: no cover - compiled
-        n, w = bank.shape
+    @njit(cache=True, nogil=True, inline="always")
+    def _row_count(bank, i, query):  # pragma: no cover - compiled
         m1 = np.uint64(0x5555555555555555)
         m2 = np.uint64(0x3333333333333333)
         m4 = np.uint64(0x0F0F0F0F0F0F0F0F)
         h01 = np.uint64(0x0101010101010101)
-        for i in prange(n):
-            c = np.uint64(0)
-            for j in range(w):
-                x = bank[i, j] & query[j]
-                x = x - ((x >> np.uint64(1)) & m1)
-                x = (x & m2) + ((x >> np.uint64(2)) & m2)
-                x = (x + (x >> np.uint64(4))) & m4
-                c += (x * h01) >> np.uint64(56)
-            out[i] = c
+        c = np.uint64(0)
+        for j in range(bank.shape[1]):
+            x = bank[i, j] & query[j]
+            x = x - ((x >> np.uint64(1)) & m1)
+            x = (x & m2) + ((x >> np.uint64(2)) & m2)
+            x = (x + (x >> np.uint64(4))) & m4
+            c += (x * h01) >> np.uint64(56)
+        return c
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _overlap_counts_parallel(bank, query, out):  # pragma: no cover - compiled
+        for i in prange(bank.shape[0]):
+            out[i] = _row_count(bank, i, query)
+
+    @njit(cache=True, nogil=True)
+    def _overlap_counts_serial(bank, query, out):  # pragma: no cover - compiled
+        for i in range(bank.shape[0]):
+            out[i] = _row_count(bank, i, query)
+
+    def _overlap_counts(bank, query, out):
+        if bank.shape[0] >= PARALLEL_FROM:
+            _overlap_counts_parallel(bank, query, out)
+        else:
+            _overlap_counts_serial(bank, query, out)
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover

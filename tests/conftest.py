@@ -97,3 +97,7 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "real" in item.keywords:
                 item.add_marker(skip)
+
+
+# Servers in subprocesses for the HTTP tests (session-scoped, shared by the test modules).
+from .server_utils import real_server, tiny_server  # noqa: E402,F401

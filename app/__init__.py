@@ -1,0 +1,1 @@
+"""The memoir HTTP service: a thin FastAPI layer over memoir_core."""

@@ -1,0 +1,64 @@
+"""The memory's admin routes: apply edits, list them, roll one back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+
+from memoir_core.errors import EditNotFoundError, InvalidRequestError
+
+from .. import deps
+from ..auth import admin_access
+from ..engine import Engine
+from ..protocol import EditBody, EditDetail, EditInfo, EditList, EditOut, EditsOut, RemovalOut
+from ..settings import Settings
+from ..writer import EditSpec
+
+router = APIRouter(tags=["edits"])
+
+
+@router.post("/edit", response_model=EditsOut, summary="apply one edit or a list (in order)")
+async def post_edit(body: EditBody, engine: Engine = Depends(deps.engine),
+                    settings: Settings = Depends(deps.settings), author: str | None = Depends(admin_access)):
+    """Each edit trains, is written to the store, and becomes visible (a new memory version) as
+    soon as its own training ends; the response comes when the last one is done. Bad input in
+    any edit of a list applies none of them."""
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise InvalidRequestError("the list of edits is empty")
+    if len(items) > settings.max_edits_per_request:
+        raise InvalidRequestError(f"{len(items)} edits in one request; the limit is {settings.max_edits_per_request}")
+    specs = [EditSpec(prompt=e.prompt, target_new=e.target_new, rephrase_prompts=list(e.rephrase_prompts),
+                      subject=e.subject, id=e.id, metadata=dict(e.metadata), author=author) for e in items]
+    applied, version = await engine.edit(specs)
+    return EditsOut(edits=[EditOut.of(a.record, a.replayed) for a in applied], version=version)
+
+
+@router.get("/edits", response_model=EditList, summary="the edit registry, in the order edits were applied")
+async def list_edits(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                     engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)):
+    def read(memoir):
+        records = list(memoir.edits.values())
+        return records[offset: offset + limit], len(records), memoir.version
+
+    records, count, version = await engine.call(read)
+    return EditList(edits=[EditInfo.of(r) for r in records], count=count, version=version)
+
+
+@router.get("/edits/{edit_id}", response_model=EditDetail, summary="one edit, with the edits sharing its columns")
+async def get_edit(edit_id: str, engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)):
+    def read(memoir):
+        record = memoir.edits.get(edit_id)
+        if record is None:
+            raise EditNotFoundError(f"no edit with id {edit_id!r}")
+        return record, memoir.shared_columns(edit_id)
+
+    record, shared = await engine.call(read)
+    return EditDetail.of(record, shared_columns=shared)
+
+
+@router.delete("/edits/{edit_id}", response_model=RemovalOut, summary="roll one edit back")
+async def delete_edit(edit_id: str, engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)):
+    """Its mask leaves the bank and its delta leaves W_m exactly; the edits that shared columns
+    with it are listed (their own deltas stay as they were)."""
+    removal = await engine.remove(edit_id)
+    return RemovalOut(id=removal.record.id, version=removal.version, shared_columns=removal.shared_columns)

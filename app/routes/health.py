@@ -1,0 +1,30 @@
+"""Liveness and readiness (no key needed)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from .. import deps
+from ..protocol import Health, Ready
+from ..runtime import Runtime
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Health, summary="liveness: the process answers")
+async def health() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/ready", response_model=Ready, responses={503: {"model": Ready, "description": "loading or failed"}},
+            summary="readiness: the model and the memory are loaded")
+async def ready(runtime: Runtime = Depends(deps.runtime)):
+    engine = runtime.engine
+    if runtime.status != "ready" or engine is None or not engine.alive:
+        status = runtime.status if runtime.status != "ready" else "stopped"
+        body = Ready(status=status, model=runtime.model_name, error=runtime.error)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
+    memoir = engine.memoir  # two ints read off the engine thread: a momentary value is fine here
+    return Ready(status="ready", model=runtime.model_name, version=memoir.version, edits=len(memoir.edits),
+                 writer=engine.writer.failed or "ok")

@@ -1,0 +1,51 @@
+"""Server settings: every option is also an environment variable with the MEMOIR_ prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEMOIR_", extra="ignore")
+
+    # what to serve
+    model: str | None = Field(None, description="Hugging Face id or folder; empty: the embedded SmolLM2-135M-Instruct")
+    served_model_name: str | None = Field(None, description="name in /v1/models; default: the model's name")
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's (one per core). "
+                                "On a CPU shared with other work, fewer threads than cores is often much faster")
+    # MemoirConfig fields for a fresh memory (a stored memory keeps the config it was made with),
+    # e.g. MEMOIR_CONFIG='{"tau": 0.45}'
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    # where the memory lives: no state directory keeps it in RAM only (lost on exit)
+    state_dir: Path | None = None
+    store: Literal["auto", "memory", "dir"] = "auto"
+
+    # network
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+
+    # scheduling
+    max_batch: int = Field(16, ge=1, description="sequences decoded together")
+    max_waiting: int = Field(256, ge=1, description="generation sequences queued or running before 429")
+    edit_queue_size: int = Field(16, ge=1, description="edit and delete requests waiting before 429")
+    max_edits_per_request: int = Field(64, ge=1)
+    max_edit_seconds: float | None = Field(None, gt=0, description="per edit; default: the config's")
+
+    # limits on input
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_prompt_tokens: int = Field(4096, ge=1, description="generation prompt, after the chat template")
+    max_new_tokens: int = Field(2048, ge=1, description="upper bound a request may ask for")
+    default_max_new_tokens: int = Field(256, ge=1, description="/generate and chat when the request names none")
+
+    @property
+    def new_tokens_default(self) -> int:
+        """max_new_tokens when a request names none: the default, within the limit."""
+        return min(self.default_max_new_tokens, self.max_new_tokens)

@@ -1,0 +1,59 @@
+"""Server-sent events for streamed generation, and the non-streamed collection of a group.
+
+Errors found before the first token (a prompt over the limit, a full queue) still get a proper
+4xx: the response starts only once the first chunk has arrived. A client that goes away
+cancels its sequences, which frees their place in the running batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+
+from fastapi.responses import StreamingResponse
+
+from .engine import Engine
+from .errors import response_for
+from .streams import Chunk, Completion, Group
+
+log = logging.getLogger(__name__)
+
+SSE_RESPONSE = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE events when stream is true"}}
+
+
+def event(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def stream(engine: Engine, group: Group, render: Callable[[Chunk], Iterable[dict]],
+                 tail: Callable[[], Iterable[dict]] = tuple) -> StreamingResponse:
+    try:
+        await group.first()
+    except BaseException:
+        engine.cancel(group)
+        raise
+
+    async def body():
+        try:
+            async for chunk in group.chunks():
+                for data in render(chunk):
+                    yield event(data)
+            for data in tail():
+                yield event(data)
+        except Exception as error:  # noqa: BLE001 - the status line is gone: report in the stream
+            yield event(json.loads(response_for(error).body))
+        finally:
+            engine.cancel(group)
+        yield event("[DONE]")
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def collect(engine: Engine, group: Group) -> list[Completion]:
+    try:
+        return await group.collect()
+    except BaseException:
+        engine.cancel(group)
+        raise

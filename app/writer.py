@@ -1,0 +1,184 @@
+"""The one code path that changes the memory: train, make durable, commit — in that order.
+
+An edit request (one edit or a list) is a job that the engine advances by one optimisation
+step per turn, so generation goes on while it trains. Before anything is trained the whole
+list is checked (texts, token limits, id conflicts), so bad input applies nothing. Each edit
+is then written to the store and only after that committed (a new memory version) — an edit
+the client hears about is durable, and one the store could not write never becomes visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from memoir_core.errors import DurabilityError, EditConflictError, EditNotFoundError, MemoirError
+from memoir_core.memoir import Memoir
+from memoir_core.records import EditRecord
+from memoir_core.state import MemoryStore
+
+log = logging.getLogger(__name__)
+
+Post = Callable[[Any], None]  # hands a result (or an exception) back to the event loop
+
+
+@dataclass
+class EditSpec:
+    prompt: str
+    target_new: str
+    rephrase_prompts: list[str] = field(default_factory=list)
+    subject: str | None = None
+    id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    author: str | None = None
+
+
+@dataclass
+class Applied:
+    record: EditRecord
+    replayed: bool  # an idempotent retry: the stored edit, nothing trained
+
+
+@dataclass
+class Removal:
+    record: EditRecord
+    shared_columns: dict[str, int]
+    version: int
+
+
+class EditBatchError(Exception):
+    """An edit of a request failed; `applied` lists the edits before it, which stay applied."""
+
+    def __init__(self, error: Exception, index: int | None, applied: list[Applied]):
+        super().__init__(str(error))
+        self.error, self.index, self.applied = error, index, applied
+
+
+@dataclass
+class EditJob:
+    items: list[EditSpec]
+    post: Post
+    applied: list[Applied] = field(default_factory=list)
+    index: int = 0
+    training: Any = None  # the current propose() generator
+    checked: bool = False
+
+
+@dataclass
+class RemoveJob:
+    edit_id: str
+    post: Post
+
+
+class Writer:
+    def __init__(self, memoir: Memoir, store: MemoryStore, max_edit_seconds: float | None = None):
+        self.memoir = memoir
+        self.store = store
+        self.max_edit_seconds = max_edit_seconds
+        self.failed: str | None = None  # set when the store failed: no more writes until restart
+        self.seconds_per_edit = 1.0  # moving average, for Retry-After
+
+    def refuse_if_failed(self) -> None:
+        if self.failed:
+            raise DurabilityError(f"edits are stopped after a failed write ({self.failed}); restart the server")
+
+    # -- edits --------------------------------------------------------------------------------
+    def step(self, job: EditJob) -> bool:
+        """Advance the job by one optimisation step; True when it is finished (and answered)."""
+        try:
+            if not job.checked:
+                self.refuse_if_failed()
+                self._check(job.items)
+                job.checked = True
+            if job.training is None and not self._start_next(job):
+                job.post((list(job.applied), self.memoir.version))
+                return True
+            try:
+                next(job.training)
+                return False
+            except StopIteration as stop:
+                job.training = None
+                job.applied.append(Applied(self._commit(stop.value), False))
+                job.index += 1
+                return False
+        except EditBatchError as error:
+            job.post(error)
+            return True
+        except Exception as error:
+            if not isinstance(error, MemoirError):
+                log.exception("edit %d of a request failed", job.index)
+            index = job.index if len(job.items) > 1 else None
+            job.post(EditBatchError(error, index, list(job.applied)))
+            return True
+
+    def _check(self, items: list[EditSpec]) -> None:
+        seen: dict[str, tuple[str, str]] = {}
+        for i, it in enumerate(items):
+            try:
+                prompt, target = self.memoir.validate(it.prompt, it.target_new)
+                for j, p in enumerate(it.rephrase_prompts):
+                    try:
+                        self.memoir.validate(p, target)
+                    except MemoirError as e:
+                        raise type(e)(f"rephrase_prompts[{j}]: {e}") from None
+                if it.id is not None:
+                    if seen.get(it.id, (prompt, target)) != (prompt, target):
+                        raise EditConflictError(f"edit id {it.id!r} is used twice with different content")
+                    seen[it.id] = (prompt, target)
+                    self.memoir.existing(it.id, prompt, target)
+            except MemoirError as e:
+                raise EditBatchError(e, i if len(items) > 1 else None, []) from None
+
+    def _start_next(self, job: EditJob) -> bool:
+        """Begin training the next item that needs it; False when none is left."""
+        while job.index < len(job.items):
+            it = job.items[job.index]
+            found = self.memoir.existing(it.id, it.prompt, it.target_new) if it.id is not None else None
+            if found is None:
+                deadline = time.perf_counter() + self.max_edit_seconds if self.max_edit_seconds else None
+                job.training = self.memoir.propose(
+                    it.prompt, it.target_new, edit_id=it.id, rephrases=it.rephrase_prompts, subject=it.subject,
+                    metadata=it.metadata, author=it.author, deadline=deadline)
+                return True
+            job.applied.append(Applied(found, True))
+            job.index += 1
+        return False
+
+    def _commit(self, proposal) -> EditRecord:
+        record = proposal.record
+        record.version = self.memoir.version + 1  # what commit() will give it; the log needs it first
+        self._durable(self.store.log_edit, record)
+        committed = self.memoir.commit(proposal)
+        self.seconds_per_edit = 0.8 * self.seconds_per_edit + 0.2 * committed.seconds
+        return committed
+
+    # -- rollback -----------------------------------------------------------------------------
+    def remove(self, job: RemoveJob) -> None:
+        try:
+            self.refuse_if_failed()
+            if job.edit_id not in self.memoir.edits:
+                raise EditNotFoundError(f"no edit with id {job.edit_id!r}")
+            shared = self.memoir.shared_columns(job.edit_id)
+            version = self.memoir.version + 1
+            self._durable(self.store.log_removal, job.edit_id, version)
+            record = self.memoir.remove(job.edit_id)
+            job.post(Removal(record, shared, self.memoir.version))
+        except Exception as error:
+            if not isinstance(error, MemoirError):
+                log.exception("removing edit %s failed", job.edit_id)
+            job.post(error)
+
+    def _durable(self, write, *args) -> None:
+        try:
+            write(*args)
+        except Exception as error:
+            # The store may hold a partial write: stop writing rather than build on it.
+            self.failed = f"{type(error).__name__}: {error}"
+            log.error("the memory store failed; edits are stopped: %s", self.failed)
+            if isinstance(error, DurabilityError):
+                raise
+            raise DurabilityError(f"the edit could not be made durable ({self.failed}); it was not applied") \
+                from error
