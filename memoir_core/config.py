@@ -10,7 +10,7 @@ from typing import Any
 # Seeds of the short prefixes the base model writes once; the prefixed training rows make an
 # edit hold when the question comes after some other text.
 PREFIX_SEEDS = ("I", "You", "Because", "Yes", "Q: ")
-PREFIX_LENGTHS = (5, 10)
+PREFIX_LENGTHS = (10,)  # the paper's (5, 10) doubles the rows for +0.01 reliability at T=100
 
 
 @dataclass
@@ -22,7 +22,7 @@ class MemoirConfig:
 
     # optimisation of one edit
     optimizer: str = "adam"  # "adam" or "sgd" (the paper's: lr 1.0, clip 1.0)
-    lr: float = 0.03
+    lr: float = 0.06
     max_steps: int = 40
     stop_loss: float = 0.02
     grad_clip: float = 1.0

@@ -75,7 +75,8 @@ class Memoir:
         self.width, self.d_out = width, d_out
         self.device = down.base_layer.weight.device
         self.weights = ResidualWeights(d_out, width, self.device)
-        self.bank = MaskBank(width, self.config.k)
+        self.bank = MaskBank(width, self.config.k)  # each edit's mask: the columns it trains
+        self.keybank = MaskBank(width, self.config.k)  # extra routing keys (chat form, paraphrases)
         self.edits: dict[str, EditRecord] = {}
         self.version = 0
         self.trainer = Trainer(model, blocks, down, self.config.layer, self.config)
@@ -127,11 +128,18 @@ class Memoir:
     def masks(self, encoded: list[Encoded]) -> torch.Tensor:
         return self.tophash.masks(self.features(encoded))
 
+    def best(self, masks) -> list:
+        """Best match of each mask [B, k] among the edits' masks and their extra routing keys."""
+        primary = self.bank.best(masks)
+        if not len(self.keybank):
+            return primary
+        return [a if a.overlap >= b.overlap else b for a, b in zip(primary, self.keybank.best(masks))]
+
     def decide(self, features: torch.Tensor) -> list[Decision]:
         """Routing of a batch from its prompt features: the best stored mask, on if overlap >= tau."""
         masks = self.tophash.masks(features).numpy()
         decisions = []
-        for match in self.bank.best(masks):
+        for match in self.best(masks):
             route = None
             if match.edit_id is not None and match.overlap >= self.config.tau:
                 route = self._route(match.edit_id)
@@ -187,8 +195,12 @@ class Memoir:
         rows = edit_rows(self.encoder, self.contexts, prompt, target, len(self.basis.prefixes),
                          chat=self.config.chat_rows, rephrases=rephrases, after=self.config.continuation_weight > 0)
         prepared = self.trainer.prepare(collate(rows, self.contexts, self.encoder.pad_id, self.device))
-        # Row 0 is the plain prompt followed by the target: its prompt positions give the mask.
-        idx = self.tophash.masks(prepared.features(0, len(rows[0].tokens))[None])[0]
+        # Row 0 is the plain prompt followed by the target: its prompt positions give the mask;
+        # the chat row and given paraphrases give extra routing keys.
+        keyed = [i for i, r in enumerate(rows) if r.key]
+        masks = self.tophash.masks(torch.stack([prepared.features(i, rows[i].key) for i in keyed]))
+        idx = masks[0]
+        keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(idx.tolist())}
         match = self.bank.best(idx.numpy()[None])[0]
         superseded = self._superseded_by(prompt, match)
         neighbours = self._neighbours(idx, exclude=superseded)
@@ -220,7 +232,8 @@ class Memoir:
             id=edit_id, prompt=prompt, target_new=target, rephrase_prompts=list(rephrases), subject=subject,
             metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
-            best_overlap_id=other_id, supersedes=superseded, idx=idx.long().cpu(), delta=delta.cpu(),
+            best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)],
+            idx=idx.long().cpu(), delta=delta.cpu(),
         )
         return EditProposal(record, outcome, rows=len(rows),
                             timings={"prepare": t_prep - t0, "train": time.perf_counter() - t_prep})
@@ -294,6 +307,8 @@ class Memoir:
         """Add a stored edit (replay): no training, no version change."""
         self.weights.add(rec.idx.to(self.device), rec.delta)
         self.bank.add(rec.id, rec.idx.numpy())
+        if rec.keys:
+            self.keybank.add(rec.id, np.asarray(rec.keys))
         self.edits[rec.id] = rec
         self._routes.clear()
 
@@ -322,6 +337,8 @@ class Memoir:
     def _unapply(self, rec: EditRecord) -> None:
         self.weights.subtract(rec.idx.to(self.device), rec.delta)
         self.bank.remove(rec.id)
+        if rec.id in self.keybank:
+            self.keybank.remove(rec.id)
         self._routes.clear()
 
     def shared_columns(self, edit_id: str) -> dict[str, int]:
