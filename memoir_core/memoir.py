@@ -138,13 +138,19 @@ class Memoir:
     def decide(self, features: torch.Tensor) -> list[Decision]:
         """Routing of a batch from its prompt features: the best stored mask, on if overlap >= tau."""
         masks = self.tophash.masks(features).numpy()
+        tau = self.tau
         decisions = []
         for match in self.best(masks):
             route = None
-            if match.edit_id is not None and match.overlap >= self.config.tau:
+            if match.edit_id is not None and match.overlap >= tau:
                 route = self._route(match.edit_id)
             decisions.append(Decision(route, match.edit_id, match.overlap, self.version))
         return decisions
+
+    @property
+    def tau(self) -> float:
+        """The routing threshold at the current bank size."""
+        return self.config.tau_at(len(self.edits))
 
     def _decide_off(self, features: torch.Tensor) -> list[Decision]:
         return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
