@@ -31,6 +31,7 @@ from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import ServiceError, envelope
+from .logs import annotate
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,7 @@ def keys_of(request: Request) -> Keys:
 
 
 def _remember(request: Request, key: Key | None) -> None:
-    from .logs import annotate  # the access log names the key (never the key itself)
-
+    """The access log names the key (never the key itself)."""
     if key is not None:
         annotate(key=key.name)
 
