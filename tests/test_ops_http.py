@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 import httpx
 import pytest
@@ -52,6 +53,17 @@ def log_lines(server: Server) -> list[dict]:
         if line.startswith("{"):
             lines.append(json.loads(line))
     return lines
+
+
+def logged(server: Server, **fields) -> dict:
+    """The last log line with these fields; waits a little (a request's line follows its answer)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [e for e in log_lines(server) if all(e.get(k) == v for k, v in fields.items())]
+        if found or time.monotonic() > deadline:
+            assert found, f"no log line with {fields}"
+            return found[-1]
+        time.sleep(0.1)
 
 
 # -- every route: no key, a client key, an admin key ---------------------------------------------
@@ -144,8 +156,7 @@ def test_the_author_is_the_name_of_the_key(client, server):
         assert r.status_code == 422 and "author" in r.json()["error"]["message"]
     finally:
         client.delete("/edits/by-bob", headers=AS_ALICE)
-    events = [e for e in log_lines(server) if e.get("event") == "edit_applied" and e.get("id") == "by-bob"]
-    assert events and events[-1]["author"] == "bob"
+    assert logged(server, event="edit_applied", id="by-bob")["author"] == "bob"
 
 
 # -- request ids and access logs -------------------------------------------------------------------
@@ -159,13 +170,12 @@ def test_request_ids_are_taken_or_made_and_logged(client, server):
     assert re.fullmatch(r"[0-9a-f]{32}", odd)
     assert client.get("/nope", headers={"X-Request-Id": "ops-404"}).headers["x-request-id"] == "ops-404"
 
-    lines = log_lines(server)
-    line = next(e for e in lines if e.get("event") == "request" and e.get("request_id") == "ops-req-1")
+    line = logged(server, event="request", request_id="ops-req-1")
     assert line["method"] == "POST" and line["path"] == "/generate" and line["status"] == 200
     assert line["key"] == "app" and line["memory"] in ("on", "off") and isinstance(line["memory_version"], int)
     assert line["duration_ms"] > 0 and line["level"] == "info" and line["ts"].endswith("Z")
     assert CLIENT not in server.output(tail=2_000_000), "a key was written to the log"
-    missing = next(e for e in lines if e.get("request_id") == "ops-404")
+    missing = logged(server, event="request", request_id="ops-404")
     assert missing["status"] == 404 and missing["route"] == "unmatched"
 
 
