@@ -209,11 +209,11 @@ class Memoir:
         keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(idx.tolist())}
         match = self.bank.best(idx.numpy()[None])[0]
         superseded = self._superseded_by(prompt, match)
-        neighbours = self._neighbours(idx, exclude=superseded)
+        neighbours = self._neighbours(masks.numpy(), exclude=superseded)
         if neighbours:
             yield
-            extra = neighbour_rows(self.encoder, rows[0].tokens, rows[0].target,
-                                   [(r.id, r.prompt, r.target_new) for r in neighbours])
+            extra = neighbour_rows(self.encoder, self.contexts, rows[0].tokens, rows[0].target,
+                                   [(r.id, r.prompt, r.target_new) for r in neighbours], chat=self.config.chat_rows)
             prepared = prepared.extend(self.trainer.prepare(collate(extra, self.contexts, self.encoder.pad_id,
                                                                     self.device)))
             rows = rows + extra
@@ -244,16 +244,26 @@ class Memoir:
         return EditProposal(record, outcome, rows=len(rows),
                             timings={"prepare": t_prep - t0, "train": time.perf_counter() - t_prep})
 
-    def _neighbours(self, idx: torch.Tensor, exclude: str | None) -> list[EditRecord]:
-        """Stored edits whose masks overlap this one's enough to be confused with it (co-training)."""
+    def _neighbours(self, queries: np.ndarray, exclude: str | None) -> list[EditRecord]:
+        """Stored edits whose masks or keys overlap this edit's mask or keys enough to be confused
+        with it (co-training). The chat keys matter most: the chat template makes chat forms of
+        different questions look alike, so their answers interfere first."""
         limit = self.config.max_neighbours
         if not limit or not len(self.bank):
             return []
         threshold = self.config.neighbour_overlap if self.config.neighbour_overlap is not None else self.config.tau
-        counts = self.bank.counts(idx.numpy()).astype(np.int64)
-        ids = self.bank.ids
-        order = np.argsort(-counts)[: limit + 1]
-        found = [ids[i] for i in order if counts[i] / self.config.k >= threshold and ids[i] != exclude]
+        best: dict[str, int] = {}
+        for bank in (self.bank, self.keybank):
+            if not len(bank):
+                continue
+            ids = bank.ids
+            for q in queries:
+                counts = bank.counts(q).astype(np.int64)
+                for i in np.argsort(-counts)[: limit + 2]:
+                    if counts[i] > best.get(ids[i], -1):
+                        best[ids[i]] = int(counts[i])
+        found = sorted((e for e, c in best.items() if c / self.config.k >= threshold and e != exclude),
+                       key=lambda e: -best[e])
         return [self.edits[e] for e in found[:limit]]
 
     def _row_routes(self, rows, idx: torch.Tensor, acts: torch.Tensor):

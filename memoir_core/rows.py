@@ -65,20 +65,27 @@ def edit_rows(encoder: PromptEncoder, contexts: ContextCache, prompt: str, targe
     return rows
 
 
-def neighbour_rows(encoder: PromptEncoder, prompt_ids: list[int], target_ids: list[int],
-                   neighbours: list[tuple[str, str, str]]) -> list[Row]:
+def neighbour_rows(encoder: PromptEncoder, contexts: ContextCache, prompt_ids: list[int], target_ids: list[int],
+                   neighbours: list[tuple[str, str, str]], chat: bool) -> list[Row]:
     """Co-training rows for neighbours given as (edit id, prompt, target).
 
     Edits about one subject get nearly the same mask, so a question about one may be routed
     to the other, and a new edit's update lands on columns its neighbour relies on. So the new
     edit also trains, on its own columns: the neighbour's prompt read through the neighbour's
     mask (keep it intact), the neighbour's prompt through the new mask, and the new prompt
-    through the neighbour's mask (either may win the routing)."""
+    through the neighbour's mask (either may win the routing), and the neighbour's chat form
+    through its own mask."""
     rows = []
     for edit_id, prompt, target in neighbours:
         ids, tgt = encoder.plain(prompt).ids, encoder.target(target)
         rows += [Row(0, ids, tgt, route=edit_id, own=False), Row(0, ids, tgt, own=False),
                  Row(0, prompt_ids, target_ids, route=edit_id, own=False)]
+        if chat and encoder.has_chat:
+            enc = encoder.chat([{"role": "user", "content": prompt}])
+            preamble = contexts.index(enc.ids[: enc.span[0]])
+            if preamble is not None:
+                rows.append(Row(preamble, enc.ids[enc.span[0]:], encoder.target(target, after_chat=True),
+                                route=edit_id, own=False))
     return rows
 
 
