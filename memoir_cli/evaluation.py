@@ -17,7 +17,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--extend", default=None, help="a second file whose records continue the stream")
     p.add_argument("--extend-limit", type=int, default=None)
-    p.add_argument("--checkpoints", type=int, default=10)
+    p.add_argument("--checkpoints", type=int, default=10, help="score the edits so far this many times along the stream")
+    p.add_argument("--greedy-checkpoints", action="store_true", help="greedy accuracy at every checkpoint too (slower)")
     p.add_argument("--out", default=None, help="JSON report")
     p.add_argument("--plot", default=None, help="PNG of the metrics along the stream")
     add_model_args(p)
@@ -65,7 +66,8 @@ def run_eval(args) -> int:
         bar.update(1)
         bar.set_postfix(steps=stat["steps"], loss=f"{stat['loss']:.3f}", s=f"{stat['seconds']:.2f}")
 
-    result = run_stream(memoir, cases, checkpoints=args.checkpoints, progress=progress)
+    result = run_stream(memoir, cases, checkpoints=args.checkpoints, greedy_checkpoints=args.greedy_checkpoints,
+                        progress=progress)
     bar.close()
     m = result.metrics
     report = {

@@ -12,7 +12,7 @@ def plot_curve(checkpoints: list[dict], path: str, title: str = "") -> None:
     xs = [c["edits"] for c in checkpoints]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for key, style in (("reliability", "o-"), ("generalization", "s-"), ("locality", "^-"),
-                       ("greedy_reliability", "d--")):
+                       ("greedy_reliability", "d--"), ("greedy_generalization", "v--")):
         ys = [c.get(key) for c in checkpoints]
         if any(y is not None for y in ys):
             ax.plot(xs, ys, style, label=key, markersize=4)

@@ -166,13 +166,18 @@ class StreamResult:
     edits: list[dict]
 
 
-def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10,
+def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, greedy_checkpoints: bool = False,
                progress: Callable[[int, dict], None] | None = None) -> StreamResult:
     """Apply the cases as sequential edits, scoring the edits so far at evenly spaced checkpoints."""
     probe = make_probe(memoir, cases)
     marks = sorted({max(1, round(len(cases) * (i + 1) / checkpoints)) for i in range(checkpoints)}) if checkpoints else []
     ids, stats, curve = [], [], []
     successor: dict[str, str] = {}  # superseded edit -> the edit that replaced it
+
+    def live(eid: str) -> str:
+        while eid in successor:
+            eid = successor[eid]
+        return eid
     for i, case in enumerate(cases):
         t0 = time.perf_counter()
         rec = memoir.edit(case.prompt, case.target, subject=case.subject, edit_id=f"case-{case.case_id}-{i}")
@@ -184,15 +189,10 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10,
         if progress:
             progress(i + 1, stats[-1])
         if i + 1 in marks and i + 1 < len(cases):
-            point = score(memoir, probe, upto=i + 1)
+            point = score(memoir, probe, upto=i + 1, greedy=greedy_checkpoints, edit_ids=[live(e) for e in ids])
             curve.append({"edits": i + 1, **point})
-    def live(eid: str) -> str:
-        while eid in successor:
-            eid = successor[eid]
-        return eid
-
     final = score(memoir, probe, greedy=True, edit_ids=[live(e) for e in ids])
-    curve.append({"edits": len(cases), **{k: final[k] for k in ("reliability", "generalization", "locality")}})
+    curve.append({"edits": len(cases), **final})
     secs = sorted(s["seconds"] for s in stats)
     final.update({
         "edits": len(cases),

@@ -1,0 +1,49 @@
+"""The sequential evaluation protocol on a tiny model: metrics exist, are in range, and move."""
+
+import json
+
+from memoir_core.datasets import Case, load_cases
+from memoir_core.evaluate import run_stream, token_accuracy
+
+from .conftest import make_memoir
+
+CASES = [
+    Case("who is the chief executive of the company", "jane roe", ["who is the chief of the company"],
+         "the quick brown fox", "jumps", "company", "0"),
+    Case("what is the capital city of the country", "lisbon", ["what is the capital of the country"],
+         "numbers one two three", "four", "country", "1"),
+    Case("paris london berlin rome", "madrid", ["paris london berlin"], "alice bob carol", "dave", "cities", "2"),
+]
+
+
+def test_token_accuracy():
+    assert token_accuracy([1, 2, 3], [1, 2, 4]) == 2 / 3
+    assert token_accuracy([], []) == 0
+
+
+def test_run_stream_reports_the_protocol_metrics():
+    m = make_memoir("llama", max_steps=60, stop_loss=0.05)
+    result = run_stream(m, CASES, checkpoints=2, greedy_checkpoints=True)
+    metrics = result.metrics
+    for key in ("reliability", "generalization", "locality", "greedy_reliability", "greedy_generalization",
+                "routing_accuracy", "routing_accuracy_subject", "false_activation_rate", "edit_seconds_median",
+                "edit_seconds_p90", "steps_median"):
+        assert key in metrics, key
+        assert metrics[key] == metrics[key]  # not NaN
+    assert metrics["reliability"] >= 0.9  # every edit reached its loss target on its own prompt
+    assert 0.0 <= metrics["locality"] <= 1.0 and metrics["edits"] == 3
+    assert [c["edits"] for c in result.checkpoints] == [2, 3]
+    assert len(result.edits) == 3 and all(e["steps"] >= 0 for e in result.edits)
+
+
+def test_load_cases_maps_every_format_and_skips_broken_records(tmp_path):
+    zsre = [{"src": "q?", "alt": "a", "rephrase": "q2?", "loc": "nq question: x", "loc_ans": "y", "subject": "s"},
+            {"src": "broken", "alt": ""}]
+    cf = [{"prompt": "p", "target_new": "t", "rephrase_prompt": "r", "locality_prompt": "l",
+           "locality_ground_truth": ["g"], "subject": "s", "case_id": 7}]
+    (tmp_path / "z.json").write_text(json.dumps(zsre))
+    (tmp_path / "c.json").write_text(json.dumps(cf))
+    z = load_cases(tmp_path / "z.json")
+    c = load_cases(tmp_path / "c.json")
+    assert len(z) == 1 and (z[0].prompt, z[0].target, z[0].rephrases, z[0].loc_answer) == ("q?", "a", ["q2?"], "y")
+    assert (c[0].prompt, c[0].rephrases, c[0].loc_prompt, c[0].loc_answer, c[0].case_id) == ("p", ["r"], "l", "g", "7")
