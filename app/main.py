@@ -17,16 +17,18 @@ from memoir_core.state import MemoryStore
 from . import errors
 from .middleware import BodyLimit
 from .routes import edits, generate, health, openai
-from .runtime import Builder, Runtime
+from .runtime import Builder, Runtime, exit_process
 from .settings import Settings
 from .stores import open_store
 
 
 def create_app(settings: Settings | None = None, *, builder: Builder | None = None,
-               store_factory: Callable[[Settings], MemoryStore] = open_store) -> FastAPI:
-    """`builder` makes the Memoir (tests pass a tiny model); by default it loads settings.model."""
+               store_factory: Callable[[Settings], MemoryStore] = open_store,
+               on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """`builder` makes the Memoir (tests pass a tiny model); by default it loads settings.model.
+    `on_fatal`: what a server process does when the memory's state stops the start (Runtime)."""
     settings = settings or Settings()
-    runtime = Runtime(settings, builder, store_factory)
+    runtime = Runtime(settings, builder, store_factory, on_fatal)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -47,5 +49,5 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
 
 
 def app_factory() -> FastAPI:
-    """For `uvicorn --factory`: settings from the environment."""
-    return create_app(Settings())
+    """For `uvicorn --factory`: settings from the environment; a state error exits the process."""
+    return create_app(Settings(), on_fatal=exit_process)

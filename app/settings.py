@@ -23,9 +23,12 @@ class Settings(BaseSettings):
     # e.g. MEMOIR_CONFIG='{"tau": 0.45}'
     config: dict[str, Any] = Field(default_factory=dict)
 
-    # where the memory lives: no state directory keeps it in RAM only (lost on exit)
+    # where the memory lives (app/stores.py): a state directory, MEMOIR_STATE_DIR or by default
+    # ~/.local/share/memoir/state/<model>; MEMOIR_STORE=memory keeps it in RAM only (lost on exit)
     state_dir: Path | None = None
     store: Literal["auto", "memory", "dir"] = "auto"
+    snapshot_min_bytes: int = Field(64 << 20, ge=0, description="journal bytes written before a background "
+                                    "snapshot compacts it (at least the last snapshot's size)")
 
     # network
     host: str = "127.0.0.1"

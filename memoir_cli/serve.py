@@ -13,7 +13,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--served-model-name", help="the name in /v1/models [MEMOIR_SERVED_MODEL_NAME]")
     p.add_argument("--host", help="address to listen on [MEMOIR_HOST, 127.0.0.1]")
     p.add_argument("--port", type=int, help="[MEMOIR_PORT, 8000]")
-    p.add_argument("--state-dir", help="where the memory is kept across restarts [MEMOIR_STATE_DIR; none: RAM only]")
+    p.add_argument("--state-dir", help="where the memory is kept across restarts [MEMOIR_STATE_DIR; default: "
+                   "~/.local/share/memoir/state/<model>]")
+    p.add_argument("--store", choices=("auto", "dir", "memory"),
+                   help="memory: keep edits in RAM only, lost at exit [MEMOIR_STORE, auto: the state directory]")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... [MEMOIR_DEVICE]")
     p.add_argument("--dtype", help="auto, float32, bfloat16, float16 [MEMOIR_DTYPE]")
     p.add_argument("--threads", type=int, help="torch CPU threads [MEMOIR_THREADS; default: one per core]")
@@ -24,15 +27,31 @@ def add_parsers(sub) -> None:
 
 
 def run_serve(args) -> int:
+    import sys
+
     import uvicorn
 
     from app.main import create_app
     from app.settings import Settings
 
-    names = ("model", "served_model_name", "host", "port", "state_dir", "device", "dtype", "threads", "max_batch",
-             "edit_queue_size", "log_level")
+    names = ("model", "served_model_name", "host", "port", "state_dir", "store", "device", "dtype", "threads",
+             "max_batch", "edit_queue_size", "log_level")
     settings = Settings(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+
+    def stop(message: str) -> None:  # the memory's state stops the start: shut down, then exit non-zero
+        server.should_exit = True
+
     # An app object (not an import string) runs in this process: one worker, which is what a
     # single model owner needs.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
-    return 0
+    app = create_app(settings, on_fatal=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                           log_level=settings.log_level.lower()))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    fatal = app.state.runtime.fatal
+    if fatal:
+        print(f"memoir serve: cannot start: {fatal}", file=sys.stderr)
+        return 3
+    return 0 if server.started else 3  # 3: uvicorn's code for a failed start (port in use...)

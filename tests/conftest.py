@@ -8,6 +8,11 @@ import os
 import pytest
 import torch
 
+# Servers started by the tests keep their memory in RAM unless a test gives them a state
+# directory (MEMOIR_STORE=auto or dir, and MEMOIR_STATE_DIR): the default, a durable directory
+# under ~/.local/share, would carry edits from one test run into the next.
+os.environ.setdefault("MEMOIR_STORE", "memory")
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
