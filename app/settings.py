@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     # ~/.local/share/memoir/state/<model>; MEMOIR_STORE=memory keeps it in RAM only (lost on exit)
     state_dir: Path | None = None
     store: Literal["auto", "memory", "dir"] = "auto"
-    snapshot_min_bytes: int = Field(64 << 20, ge=0, description="journal bytes written before a background "
-                                    "snapshot compacts it (at least the last snapshot's size)")
+    # a background snapshot compacts the journal once it holds max(min_bytes, ratio x the last snapshot)
+    snapshot_min_bytes: int = Field(64 << 20, ge=0)
+    snapshot_ratio: float = Field(1.0, ge=0)
 
     # network
     host: str = "127.0.0.1"

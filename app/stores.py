@@ -53,7 +53,8 @@ def directory_store(settings: Settings) -> MemoryStore:
         "the default; MEMOIR_STATE_DIR or --state-dir to choose another, MEMOIR_STORE=memory for RAM only"
     log.info("the memory is kept in %s (%s)", path.resolve(), how)
     # DirectoryStore creates the directory, then takes its lock (StateLockedError: in use)
-    return DirectoryStore(str(path), snapshot_min_bytes=settings.snapshot_min_bytes)
+    return DirectoryStore(str(path), snapshot_min_bytes=settings.snapshot_min_bytes,
+                          snapshot_ratio=settings.snapshot_ratio)
 
 
 def memory_store(settings: Settings) -> MemoryStore:
