@@ -98,6 +98,7 @@ class Runtime:
         self.store: MemoryStore | None = None
         self.on_fatal = on_fatal
         self.fatal: str | None = None  # why the state stopped the start
+        self._stopping = False
         self._thread = threading.Thread(target=self._load, name="memoir-load", daemon=True)
 
     def start(self) -> None:
@@ -146,6 +147,9 @@ class Runtime:
                      self.model_name, len(memoir.edits), memoir.version)
         except Exception as error:
             self.status, self.error = "failed", f"{type(error).__name__}: {error}"
+            if self._stopping:  # stopped while loading (the store was closed underneath): no fault
+                log.info("start-up abandoned: the server is stopping")
+                return
             if not isinstance(error, (StateError, DurabilityError)):
                 log.exception("start-up failed")
                 return
@@ -164,6 +168,7 @@ class Runtime:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Blocking; run it off the event loop."""
+        self._stopping = True
         if self.engine is not None:
             self.engine.stop(timeout)
         self._close_store()  # a snapshot in flight is abandoned: the journal still holds its edits
