@@ -19,6 +19,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from memoir_core.generate import SamplingParams, Sequence
 from memoir_core.memoir import Memoir
 from memoir_core.state import MemoryStore
 
+from . import limits, telemetry
 from .errors import EngineStoppedError, QueueFullError
 from .settings import Settings
 from .streams import Chunk, Group, MemoryInfo, Prompt, Work, resolver
@@ -41,6 +43,7 @@ class Engine:
     def __init__(self, memoir: Memoir, store: MemoryStore, settings: Settings):
         self.memoir = memoir
         self.settings = settings
+        limits.apply(memoir, settings)
         self.writer = Writer(memoir, store, settings.max_edit_seconds)
         self.decoder = memoir.decoder(settings.max_batch)
         self.context = getattr(memoir.model.config, "max_position_embeddings", None)
@@ -52,6 +55,7 @@ class Engine:
         self._sequences = 0  # queued or running
         self._edit_requests = 0  # queued or training
         self._edit_items = 0  # the edits (and removals) in those requests
+        self._stop_by = 0.0  # stop(): until when an edit that is training may go on
         self._thread = threading.Thread(target=self._run, name="memoir-engine", daemon=True)
 
     # -- the event loop's side ----------------------------------------------------------------
@@ -59,10 +63,12 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Blocking: call it off the event loop."""
+        """Blocking: call it off the event loop. An edit that is training finishes first (within
+        the timeout), so an orderly shutdown does not throw its work away; queued ones are refused."""
         if self._thread.is_alive():
+            self._stop_by = time.monotonic() + timeout
             self._inbox.put(_STOP)
-            self._thread.join(timeout)
+            self._thread.join(timeout + 1.0)
 
     @property
     def alive(self) -> bool:
@@ -74,6 +80,7 @@ class Engine:
             raise InvalidRequestError(f"{len(prompts)} sequences in one request; the limit is "
                                       f"{self.settings.max_waiting}")
         group = Group(asyncio.get_running_loop(), len(prompts))
+        telemetry.generation_started(group)
         with self._lock:
             if self._sequences + len(prompts) > self.settings.max_waiting:
                 raise QueueFullError(f"{self._sequences} sequences are queued or running; try again shortly", 1)
@@ -88,10 +95,10 @@ class Engine:
 
     async def edit(self, items: list[EditSpec]) -> tuple[list[Applied], int]:
         """Apply edits in order; returns them and the memory version when the last one was done."""
-        return await self._submit_job(lambda post: EditJob(items, post), len(items))
+        return await self._submit_job(lambda post: EditJob(items, telemetry.watch_edits(post)), len(items))
 
     async def remove(self, edit_id: str) -> Removal:
-        return await self._submit_job(lambda post: RemoveJob(edit_id, post), 1)
+        return await self._submit_job(lambda post: RemoveJob(edit_id, telemetry.watch_removal(post, edit_id)), 1)
 
     async def call(self, fn: Callable[[Memoir], Any]) -> Any:
         """Run a short read of the memory (the registry) on the engine thread."""
@@ -128,6 +135,8 @@ class Engine:
             while self._take_commands(wait=not (self._waiting or self.decoder.running or self._job or self._jobs)):
                 self._admit()
                 self._step()
+                self._advance_job()
+            while self._job is not None and time.monotonic() < self._stop_by:  # stopping: finish the edit
                 self._advance_job()
         except Exception:  # a bug: answer everyone rather than leave them hanging
             log.exception("the engine thread failed")
@@ -231,6 +240,7 @@ class Engine:
                 continue
             chunk = Chunk(work.index, ev.piece, ev.finished, seq.finish_reason, len(seq.prompt_ids),
                           len(seq.out_ids), MemoryInfo.of(seq.decision), seq.text if ev.finished else None)
+            telemetry.on_chunk(work, chunk)
             work.group.post(chunk)
             if ev.finished:
                 self._done(work)

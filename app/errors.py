@@ -109,8 +109,10 @@ def response_for_plain(error: BaseException, prefix: str, **extra: Any) -> JSONR
     else:
         message = str(error)
     retry = getattr(error, "retry_after", None)
-    headers = {"Retry-After": str(retry)} if retry else None
-    return envelope(status, prefix + message, code, getattr(error, "param", None), headers, **extra)
+    headers = dict(getattr(error, "headers", None) or {}) if isinstance(error, ServiceError) else {}
+    if retry:
+        headers["Retry-After"] = str(retry)
+    return envelope(status, prefix + message, code, getattr(error, "param", None), headers or None, **extra)
 
 
 def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None]:

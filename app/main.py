@@ -14,12 +14,14 @@ from fastapi import FastAPI
 
 from memoir_core.state import MemoryStore
 
-from . import errors
+from . import errors, logs, metrics, server
+from .auth import Keys, LoopbackOnly, check_exposure
 from .middleware import BodyLimit
 from .routes import edits, generate, health, openai
 from .runtime import Builder, Runtime, exit_process
 from .settings import Settings
 from .stores import open_store
+from .telemetry import Telemetry
 
 
 def create_app(settings: Settings | None = None, *, builder: Builder | None = None,
@@ -28,7 +30,10 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     """`builder` makes the Memoir (tests pass a tiny model); by default it loads settings.model.
     `on_fatal`: what a server process does when the memory's state stops the start (Runtime)."""
     settings = settings or Settings()
-    runtime = Runtime(settings, builder, store_factory, on_fatal)
+    keys = Keys.from_settings(settings)  # a malformed key stops the start here, with its reason
+    check_exposure(settings.host, keys, settings.allow_insecure)
+    runtime = Runtime(settings, builder, lambda s: metrics.instrument_store(store_factory(s)), on_fatal)
+    metrics.SERVER.bind(runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -36,18 +41,25 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
         try:
             yield
         finally:
-            await asyncio.to_thread(runtime.stop)
+            await asyncio.to_thread(runtime.stop, server.time_left(settings))
 
     app = FastAPI(title="memoir", version="0.1.0", lifespan=lifespan,
                   description="An LLM inference server that takes knowledge corrections live (MEMOIR).")
     app.state.runtime = runtime
+    app.state.keys = keys
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    for module in (health, edits, generate, openai):
+    if not keys.admin and not settings.allow_insecure:
+        app.add_middleware(LoopbackOnly)
+    app.add_middleware(Telemetry)  # outermost: every answer gets a request id, a log line and a count
+    for module in (health, edits, generate, openai, metrics):
         app.include_router(module.router)
     return app
 
 
 def app_factory() -> FastAPI:
-    """For `uvicorn --factory`: settings from the environment; a state error exits the process."""
-    return create_app(Settings(), on_fatal=exit_process)
+    """For `uvicorn --factory`: settings from the environment (and the log format they name); a
+    state error exits the process."""
+    settings = Settings()
+    logs.configure(settings.log_format, settings.log_level)
+    return create_app(settings, on_fatal=exit_process)

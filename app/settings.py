@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,22 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(4096, ge=1, description="generation prompt, after the chat template")
     max_new_tokens: int = Field(2048, ge=1, description="upper bound a request may ask for")
     default_max_new_tokens: int = Field(256, ge=1, description="/generate and chat when the request names none")
+
+    # operations (auth, logs, shutdown, edit limits): see docs/operations.md
+    api_key: SecretStr | None = Field(None, description="client key: generation and /v1 routes need it")
+    api_keys: SecretStr | None = Field(None, description='named client keys, "name:key,name:key"')
+    admin_key: SecretStr | None = Field(None, description="admin key: every route that changes or reveals the "
+                                        "memory; also grants the client routes")
+    admin_keys: SecretStr | None = Field(None, description='named admin keys, "alice:key1,bob:key2"; the name is '
+                                         "recorded as the author of the edits made with the key")
+    allow_insecure: bool = Field(False, description="listen beyond 127.0.0.1 without an admin key")
+    metrics_auth: bool = Field(False, description="/metrics needs an admin key (default: open, like /health)")
+    log_format: Literal["json", "text"] = "json"
+    shutdown_timeout: float = Field(30.0, gt=0, description="seconds a SIGTERM waits for requests in flight "
+                                    "and the running edit before the process exits")
+    max_edit_steps: int | None = Field(None, ge=1, description="optimisation steps per edit; default: the config's")
+    max_edit_prompt_tokens: int | None = Field(None, ge=1, description="edit prompt; default: the config's")
+    max_target_tokens: int | None = Field(None, ge=1, description="edit target_new; default: the config's")
 
     @property
     def new_tokens_default(self) -> int:

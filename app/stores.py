@@ -74,6 +74,9 @@ def register(kind: str, factory: StoreFactory) -> None:
 
 def open_store(settings: Settings) -> MemoryStore:
     kind = "dir" if settings.store == "auto" else settings.store
+    if kind == "memory" and settings.state_dir is not None:
+        raise StateError(f"MEMOIR_STORE=memory (RAM only) contradicts MEMOIR_STATE_DIR={settings.state_dir}; "
+                         "unset one of them")
     factory = STORES.get(kind)
     if factory is None:
         raise StateError(f"no memory store of kind {kind!r} in this build (known: {', '.join(sorted(STORES))})")

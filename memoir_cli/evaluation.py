@@ -74,7 +74,7 @@ def run_eval(args) -> int:
         "edit_stats": result.edits, "wall_seconds": time.time() - t0,
     }
     keys = ("reliability", "generalization", "locality", "greedy_reliability", "greedy_generalization",
-            "routing_accuracy", "routing_accuracy_subject", "false_activation_rate", "edit_seconds_median",
+            "chat_reliability", "chat_generalization", "routing_accuracy", "routing_accuracy_subject", "false_activation_rate", "edit_seconds_median",
             "edit_seconds_p90", "steps_median")
     print(" ".join(f"{k}={m[k]:.3f}" for k in keys if k in m))
     if args.out:

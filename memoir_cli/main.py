@@ -10,9 +10,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memoir", description="an LLM inference server that takes knowledge edits live")
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import evaluation, model_cmd, serve, state_cmd
+    from . import calibrate_cmd, evaluation, model_cmd, serve, state_cmd
 
     evaluation.add_parsers(sub)
+    calibrate_cmd.add_parsers(sub)
     model_cmd.add_parsers(sub)
     serve.add_parsers(sub)
     state_cmd.add_parsers(sub)

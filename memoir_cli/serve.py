@@ -23,35 +23,21 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-batch", type=int, help="sequences decoded together [MEMOIR_MAX_BATCH, 16]")
     p.add_argument("--edit-queue-size", type=int, help="edit requests waiting before 429 [MEMOIR_EDIT_QUEUE_SIZE, 16]")
     p.add_argument("--log-level", help="[MEMOIR_LOG_LEVEL, info]")
+    p.add_argument("--log-format", choices=("json", "text"), help="[MEMOIR_LOG_FORMAT, json]")
+    p.add_argument("--allow-insecure", action="store_true", default=None,
+                   help="listen beyond 127.0.0.1 without an admin key [MEMOIR_ALLOW_INSECURE]")
+    p.add_argument("--shutdown-timeout", type=float,
+                   help="seconds SIGTERM waits for requests in flight [MEMOIR_SHUTDOWN_TIMEOUT, 30]")
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args) -> int:
-    import sys
-
-    import uvicorn
-
-    from app.main import create_app
+    from app.server import serve
     from app.settings import Settings
 
     names = ("model", "served_model_name", "host", "port", "state_dir", "store", "device", "dtype", "threads",
-             "max_batch", "edit_queue_size", "log_level")
+             "max_batch", "edit_queue_size", "log_level", "log_format", "allow_insecure", "shutdown_timeout")
     settings = Settings(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
-
-    def stop(message: str) -> None:  # the memory's state stops the start: shut down, then exit non-zero
-        server.should_exit = True
-
     # An app object (not an import string) runs in this process: one worker, which is what a
     # single model owner needs.
-    app = create_app(settings, on_fatal=stop)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                           log_level=settings.log_level.lower()))
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    fatal = app.state.runtime.fatal
-    if fatal:
-        print(f"memoir serve: cannot start: {fatal}", file=sys.stderr)
-        return 3
-    return 0 if server.started else 3  # 3: uvicorn's code for a failed start (port in use...)
+    return serve(settings)

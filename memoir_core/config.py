@@ -10,19 +10,26 @@ from typing import Any
 # Seeds of the short prefixes the base model writes once; the prefixed training rows make an
 # edit hold when the question comes after some other text.
 PREFIX_SEEDS = ("I", "You", "Because", "Yes", "Q: ")
-PREFIX_LENGTHS = (5, 10)
+PREFIX_LENGTHS = (10,)  # the paper's (5, 10) doubles the rows for +0.01 reliability at T=100
 
 
 @dataclass
 class MemoirConfig:
     layer: int | None = None  # edited block; None: about 0.85 of the depth
     k: int | None = None  # active columns per mask; None: about 2/7 of D (paper: 4096 of 14336)
-    tau: float = 0.5  # routing threshold on the mask overlap; `memoir calibrate` sets it from data
+    # Routing threshold on the mask overlap. The defaults are `memoir calibrate` on the default
+    # model with zsre_train_1k (disjoint from the dev edits): 0.5% of unrelated prompts on at
+    # 1,000 edits, 96% of paraphrases routed. Calibrate again for another model.
+    tau: float = 0.48
+    # Unrelated prompts' best overlap grows with the bank (the max of N draws): above
+    # tau_ref_size edits, tau rises by tau_growth * (sqrt(2 ln N) - sqrt(2 ln tau_ref_size)).
+    tau_growth: float = 0.025
+    tau_ref_size: int = 1000
     seed: int = 0  # permutation and prefix sampling
 
     # optimisation of one edit
     optimizer: str = "adam"  # "adam" or "sgd" (the paper's: lr 1.0, clip 1.0)
-    lr: float = 0.03
+    lr: float = 0.06
     max_steps: int = 40
     stop_loss: float = 0.02
     grad_clip: float = 1.0
@@ -64,6 +71,12 @@ class MemoirConfig:
         if not 0 < k <= width:
             raise ValueError(f"k {k} is outside 1..{width}")
         return dataclasses.replace(self, layer=layer, k=k)
+
+    def tau_at(self, n_edits: int) -> float:
+        from .calibrate import growth_term
+
+        extra = growth_term(n_edits) - growth_term(self.tau_ref_size)
+        return self.tau + self.tau_growth * max(0.0, extra)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

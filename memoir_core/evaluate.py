@@ -88,6 +88,7 @@ class Probe:
     loc_targets: list[list[int]]
     loc_case: list[int]
     loc_base: list[list[int]] = field(default_factory=list)
+    rephrase_texts: list[str] = field(default_factory=list)
 
 
 def make_probe(memoir: Memoir, cases: list[Case]) -> Probe:
@@ -104,6 +105,7 @@ def make_probe(memoir: Memoir, cases: list[Case]) -> Probe:
     probe = Probe(cases, [enc.plain(c.prompt) for c in cases], rephrases, rephrase_case,
                   [enc.target(c.target) for c in cases], loc, loc_targets, loc_case)
     probe.loc_base = teacher_forced(memoir, loc, loc_targets, memory=False).predictions
+    probe.rephrase_texts = [r for c in cases for r in c.rephrases]
     return probe
 
 
@@ -134,10 +136,15 @@ def score(memoir: Memoir, probe: Probe, upto: int | None = None, greedy: bool = 
         )
         out["rephrase_activation_rate"] = _mean(r is not None for r in routed)
     if greedy:
-        out["greedy_reliability"] = _greedy(memoir, probe.prompts[:n], probe.cases[:n])
-        out["greedy_generalization"] = _greedy(
-            memoir, [probe.rephrases[j] for j in sel], [probe.cases[probe.rephrase_case[j]] for j in sel]
-        )
+        cases = probe.cases[:n]
+        para_cases = [probe.cases[probe.rephrase_case[j]] for j in sel]
+        out["greedy_reliability"] = _greedy(memoir, probe.prompts[:n], cases)
+        out["greedy_generalization"] = _greedy(memoir, [probe.rephrases[j] for j in sel], para_cases)
+        if memoir.encoder.has_chat:  # the same questions asked through the chat template
+            chat = lambda text: memoir.encoder.chat([{"role": "user", "content": text}])  # noqa: E731
+            out["chat_reliability"] = _greedy(memoir, [chat(c.prompt) for c in cases], cases)
+            out["chat_generalization"] = _greedy(
+                memoir, [chat(probe.rephrase_texts[j]) for j in sel], para_cases)
     return out
 
 

@@ -82,22 +82,25 @@ class Match:
 
 
 class MaskBank:
+    """Masks keyed by edit id, densely packed. An id may hold several masks (routing keys)."""
+
     def __init__(self, width: int, k: int, capacity: int = 1024):
         self.width = width
         self.k = k
         self.words = (width + 63) // 64
         self._bits = np.zeros((capacity, self.words), dtype=np.uint64)
-        self._ids: list[str] = []
-        self._slot: dict[str, int] = {}
+        self._ids: list[str] = []  # edit id of each slot
+        self._slots: dict[str, list[int]] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __contains__(self, edit_id: str) -> bool:
-        return edit_id in self._slot
+        return edit_id in self._slots
 
     @property
     def ids(self) -> list[str]:
+        """The edit id of every slot, in bank order."""
         return list(self._ids)
 
     @property
@@ -105,31 +108,34 @@ class MaskBank:
         return self.words * 8
 
     def add(self, edit_id: str, indices) -> None:
-        if edit_id in self._slot:
+        """Store one mask [k] or several [n, k] under an edit id that is not in the bank yet."""
+        if edit_id in self._slots:
             raise KeyError(f"edit {edit_id!r} is already in the bank")
-        n = len(self._ids)
-        if n == self._bits.shape[0]:
-            grown = np.zeros((max(1024, 2 * n), self.words), dtype=np.uint64)
+        packed = pack(np.asarray(indices), self.width)
+        n, m = len(self._ids), packed.shape[0]
+        if n + m > self._bits.shape[0]:
+            grown = np.zeros((max(1024, 2 * (n + m)), self.words), dtype=np.uint64)
             grown[:n] = self._bits[:n]
             self._bits = grown
-        self._bits[n] = pack(np.asarray(indices), self.width)[0]
-        self._ids.append(edit_id)
-        self._slot[edit_id] = n
+        self._bits[n : n + m] = packed
+        self._ids.extend([edit_id] * m)
+        self._slots[edit_id] = list(range(n, n + m))
 
     def remove(self, edit_id: str) -> None:
-        """Swap-remove: the last mask takes the freed slot, so the bank stays dense."""
-        slot = self._slot.pop(edit_id)
-        last = len(self._ids) - 1
-        if slot != last:
-            moved = self._ids[last]
-            self._bits[slot] = self._bits[last]
-            self._ids[slot] = moved
-            self._slot[moved] = slot
-        self._bits[last] = 0
-        self._ids.pop()
+        """Swap-remove: the last masks take the freed slots, so the bank stays dense."""
+        for slot in sorted(self._slots.pop(edit_id), reverse=True):
+            last = len(self._ids) - 1
+            if slot != last:
+                moved = self._ids[last]
+                self._bits[slot] = self._bits[last]
+                self._ids[slot] = moved
+                slots = self._slots[moved]
+                slots[slots.index(last)] = slot
+            self._bits[last] = 0
+            self._ids.pop()
 
     def mask_of(self, edit_id: str) -> np.ndarray:
-        return unpack(self._bits[self._slot[edit_id]], self.width)
+        return unpack(self._bits[self._slots[edit_id][0]], self.width)
 
     def counts(self, indices) -> np.ndarray:
         """Overlap counts of one query mask with every stored mask, in bank order."""
@@ -160,5 +166,6 @@ class MaskBank:
         bank = cls(width, k, capacity=max(1024, len(ids)))
         bank._bits[: len(ids)] = bits
         bank._ids = list(ids)
-        bank._slot = {edit_id: i for i, edit_id in enumerate(ids)}
+        for slot, edit_id in enumerate(ids):
+            bank._slots.setdefault(edit_id, []).append(slot)
         return bank

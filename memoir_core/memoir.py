@@ -75,7 +75,8 @@ class Memoir:
         self.width, self.d_out = width, d_out
         self.device = down.base_layer.weight.device
         self.weights = ResidualWeights(d_out, width, self.device)
-        self.bank = MaskBank(width, self.config.k)
+        self.bank = MaskBank(width, self.config.k)  # each edit's mask: the columns it trains
+        self.keybank = MaskBank(width, self.config.k)  # extra routing keys (chat form, paraphrases)
         self.edits: dict[str, EditRecord] = {}
         self.version = 0
         self.trainer = Trainer(model, blocks, down, self.config.layer, self.config)
@@ -127,16 +128,29 @@ class Memoir:
     def masks(self, encoded: list[Encoded]) -> torch.Tensor:
         return self.tophash.masks(self.features(encoded))
 
+    def best(self, masks) -> list:
+        """Best match of each mask [B, k] among the edits' masks and their extra routing keys."""
+        primary = self.bank.best(masks)
+        if not len(self.keybank):
+            return primary
+        return [a if a.overlap >= b.overlap else b for a, b in zip(primary, self.keybank.best(masks))]
+
     def decide(self, features: torch.Tensor) -> list[Decision]:
         """Routing of a batch from its prompt features: the best stored mask, on if overlap >= tau."""
         masks = self.tophash.masks(features).numpy()
+        tau = self.tau
         decisions = []
-        for match in self.bank.best(masks):
+        for match in self.best(masks):
             route = None
-            if match.edit_id is not None and match.overlap >= self.config.tau:
+            if match.edit_id is not None and match.overlap >= tau:
                 route = self._route(match.edit_id)
             decisions.append(Decision(route, match.edit_id, match.overlap, self.version))
         return decisions
+
+    @property
+    def tau(self) -> float:
+        """The routing threshold at the current bank size."""
+        return self.config.tau_at(len(self.edits))
 
     def _decide_off(self, features: torch.Tensor) -> list[Decision]:
         return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
@@ -187,15 +201,19 @@ class Memoir:
         rows = edit_rows(self.encoder, self.contexts, prompt, target, len(self.basis.prefixes),
                          chat=self.config.chat_rows, rephrases=rephrases, after=self.config.continuation_weight > 0)
         prepared = self.trainer.prepare(collate(rows, self.contexts, self.encoder.pad_id, self.device))
-        # Row 0 is the plain prompt followed by the target: its prompt positions give the mask.
-        idx = self.tophash.masks(prepared.features(0, len(rows[0].tokens))[None])[0]
+        # Row 0 is the plain prompt followed by the target: its prompt positions give the mask;
+        # the chat row and given paraphrases give extra routing keys.
+        keyed = [i for i, r in enumerate(rows) if r.key]
+        masks = self.tophash.masks(torch.stack([prepared.features(i, rows[i].key) for i in keyed]))
+        idx = masks[0]
+        keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(idx.tolist())}
         match = self.bank.best(idx.numpy()[None])[0]
         superseded = self._superseded_by(prompt, match)
-        neighbours = self._neighbours(idx, exclude=superseded)
+        neighbours = self._neighbours(masks.numpy(), exclude=superseded)
         if neighbours:
             yield
-            extra = neighbour_rows(self.encoder, rows[0].tokens, rows[0].target,
-                                   [(r.id, r.prompt, r.target_new) for r in neighbours])
+            extra = neighbour_rows(self.encoder, self.contexts, rows[0].tokens, rows[0].target,
+                                   [(r.id, r.prompt, r.target_new) for r in neighbours], chat=self.config.chat_rows)
             prepared = prepared.extend(self.trainer.prepare(collate(extra, self.contexts, self.encoder.pad_id,
                                                                     self.device)))
             rows = rows + extra
@@ -220,21 +238,32 @@ class Memoir:
             id=edit_id, prompt=prompt, target_new=target, rephrase_prompts=list(rephrases), subject=subject,
             metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
-            best_overlap_id=other_id, supersedes=superseded, idx=idx.long().cpu(), delta=delta.cpu(),
+            best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)],
+            idx=idx.long().cpu(), delta=delta.cpu(),
         )
         return EditProposal(record, outcome, rows=len(rows),
                             timings={"prepare": t_prep - t0, "train": time.perf_counter() - t_prep})
 
-    def _neighbours(self, idx: torch.Tensor, exclude: str | None) -> list[EditRecord]:
-        """Stored edits whose masks overlap this one's enough to be confused with it (co-training)."""
+    def _neighbours(self, queries: np.ndarray, exclude: str | None) -> list[EditRecord]:
+        """Stored edits whose masks or keys overlap this edit's mask or keys enough to be confused
+        with it (co-training). The chat keys matter most: the chat template makes chat forms of
+        different questions look alike, so their answers interfere first."""
         limit = self.config.max_neighbours
         if not limit or not len(self.bank):
             return []
         threshold = self.config.neighbour_overlap if self.config.neighbour_overlap is not None else self.config.tau
-        counts = self.bank.counts(idx.numpy()).astype(np.int64)
-        ids = self.bank.ids
-        order = np.argsort(-counts)[: limit + 1]
-        found = [ids[i] for i in order if counts[i] / self.config.k >= threshold and ids[i] != exclude]
+        best: dict[str, int] = {}
+        for bank in (self.bank, self.keybank):
+            if not len(bank):
+                continue
+            ids = bank.ids
+            for q in queries:
+                counts = bank.counts(q).astype(np.int64)
+                for i in np.argsort(-counts)[: limit + 2]:
+                    if counts[i] > best.get(ids[i], -1):
+                        best[ids[i]] = int(counts[i])
+        found = sorted((e for e, c in best.items() if c / self.config.k >= threshold and e != exclude),
+                       key=lambda e: -best[e])
         return [self.edits[e] for e in found[:limit]]
 
     def _row_routes(self, rows, idx: torch.Tensor, acts: torch.Tensor):
@@ -294,6 +323,8 @@ class Memoir:
         """Add a stored edit (replay): no training, no version change."""
         self.weights.add(rec.idx.to(self.device), rec.delta)
         self.bank.add(rec.id, rec.idx.numpy())
+        if rec.keys:
+            self.keybank.add(rec.id, np.asarray(rec.keys))
         self.edits[rec.id] = rec
         self._routes.clear()
 
@@ -322,6 +353,8 @@ class Memoir:
     def _unapply(self, rec: EditRecord) -> None:
         self.weights.subtract(rec.idx.to(self.device), rec.delta)
         self.bank.remove(rec.id)
+        if rec.id in self.keybank:
+            self.keybank.remove(rec.id)
         self._routes.clear()
 
     def shared_columns(self, edit_id: str) -> dict[str, int]:

@@ -25,6 +25,9 @@ class EditRecord:
     best_overlap: float = 0.0  # with the most similar edit already in the bank
     best_overlap_id: str | None = None
     supersedes: str | None = None
+    # Extra routing keys (sorted column indices): the chat form of the prompt and any given
+    # paraphrases. They only route; the memory always reads the columns of `idx`.
+    keys: list[list[int]] = field(default_factory=list)
     # tensors: the mask (sorted column indices) and the quantised delta on those columns
     idx: torch.Tensor = field(default=None, repr=False)  # [k] int64
     delta: torch.Tensor = field(default=None, repr=False)  # [d_out, k] int32

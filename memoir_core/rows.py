@@ -27,6 +27,7 @@ class Row:
     route: str | None = None
     own: bool = True  # False: a neighbour's fact, trained to stay intact (looser stop criterion)
     after: bool = False  # also train the token after the target to follow the base model
+    key: int = 0  # > 0: the first `key` own tokens are a text whose mask routes to this edit
 
 
 def training_contexts(encoder: PromptEncoder, prefixes: list[str], chat: bool) -> list[list[int]]:
@@ -45,35 +46,46 @@ def edit_rows(encoder: PromptEncoder, contexts: ContextCache, prompt: str, targe
     The token after the target is trained on the plain and chat rows only: those are the
     shapes a served request has, and one forward fewer per edit stays cheap."""
     target_ids = encoder.target(target)
-    rows = [Row(0, encoder.plain(prompt).ids, target_ids, after=after)]
+    plain = encoder.plain(prompt).ids
+    rows = [Row(0, plain, target_ids, after=after, key=len(plain))]
     cont = encoder.tokenizer(" " + prompt, add_special_tokens=False).input_ids
     rows += [Row(1 + i, cont, target_ids) for i in range(n_prefixes)]
-    rows += [Row(0, encoder.plain(p).ids, target_ids) for p in rephrases]
+    for p in rephrases:
+        ids = encoder.plain(p).ids
+        rows.append(Row(0, ids, target_ids, key=len(ids)))
     if chat and encoder.has_chat:
         enc = encoder.chat([{"role": "user", "content": prompt}])
         preamble = contexts.index(enc.ids[: enc.span[0]])
         chat_target = encoder.target(target, after_chat=True)
+        user = enc.span[1] - enc.span[0]
         if preamble is not None:
-            rows.append(Row(preamble, enc.ids[enc.span[0]:], chat_target, after=after))
-        else:  # a template whose preamble depends on the message: no cached context
+            rows.append(Row(preamble, enc.ids[enc.span[0]:], chat_target, after=after, key=user))
+        else:  # a template whose preamble depends on the message: no cached context, no key
             rows.append(Row(0, enc.ids, chat_target, after=after))
     return rows
 
 
-def neighbour_rows(encoder: PromptEncoder, prompt_ids: list[int], target_ids: list[int],
-                   neighbours: list[tuple[str, str, str]]) -> list[Row]:
+def neighbour_rows(encoder: PromptEncoder, contexts: ContextCache, prompt_ids: list[int], target_ids: list[int],
+                   neighbours: list[tuple[str, str, str]], chat: bool) -> list[Row]:
     """Co-training rows for neighbours given as (edit id, prompt, target).
 
     Edits about one subject get nearly the same mask, so a question about one may be routed
     to the other, and a new edit's update lands on columns its neighbour relies on. So the new
     edit also trains, on its own columns: the neighbour's prompt read through the neighbour's
     mask (keep it intact), the neighbour's prompt through the new mask, and the new prompt
-    through the neighbour's mask (either may win the routing)."""
+    through the neighbour's mask (either may win the routing), and the neighbour's chat form
+    through its own mask."""
     rows = []
     for edit_id, prompt, target in neighbours:
         ids, tgt = encoder.plain(prompt).ids, encoder.target(target)
         rows += [Row(0, ids, tgt, route=edit_id, own=False), Row(0, ids, tgt, own=False),
                  Row(0, prompt_ids, target_ids, route=edit_id, own=False)]
+        if chat and encoder.has_chat:
+            enc = encoder.chat([{"role": "user", "content": prompt}])
+            preamble = contexts.index(enc.ids[: enc.span[0]])
+            if preamble is not None:
+                rows.append(Row(preamble, enc.ids[enc.span[0]:], encoder.target(target, after_chat=True),
+                                route=edit_id, own=False))
     return rows
 
 

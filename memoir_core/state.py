@@ -27,6 +27,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 
 from .basis import Basis
@@ -187,5 +188,9 @@ def restore(memoir: "Memoir", loaded: Loaded) -> None:
         masks = torch.stack([memoir.edits[e].idx for e in order]).numpy() if order else []
         bits = pack(masks, memoir.width) if order else None
         memoir.bank = MaskBank.restore(memoir.width, k, order, bits) if order else MaskBank(memoir.width, k)
+        memoir.keybank = MaskBank(memoir.width, k)
+        for rec in loaded.edits:
+            if rec.keys:
+                memoir.keybank.add(rec.id, np.asarray(rec.keys))
     memoir._routes.clear()
     memoir.version = loaded.version

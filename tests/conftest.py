@@ -9,8 +9,9 @@ import pytest
 import torch
 
 # Servers started by the tests keep their memory in RAM unless a test gives them a state
-# directory (MEMOIR_STORE=auto or dir, and MEMOIR_STATE_DIR): the default, a durable directory
-# under ~/.local/share, would carry edits from one test run into the next.
+# directory (MEMOIR_STATE_DIR, with MEMOIR_STORE=auto or dir; server_utils.Server sets auto when
+# MEMOIR_STATE_DIR is in the env it is given): the default, a durable directory per model under
+# ~/.local/share, would carry edits from one test (and one run) into the next.
 os.environ.setdefault("MEMOIR_STORE", "memory")
 
 CHAT_TEMPLATE = (

@@ -60,3 +60,20 @@ def test_empty_bank_matches_nothing():
 
 def test_bytes_per_mask_for_default_model_width():
     assert MaskBank(1536, 440).bytes_per_mask == 192
+
+
+def test_several_masks_per_id_are_added_matched_and_removed_together():
+    rng = np.random.default_rng(2)
+    bank = MaskBank(256, 32)
+    keys = {f"e{i}": np.stack([random_mask(rng, 256, 32) for _ in range(1 + i % 3)]) for i in range(9)}
+    for eid, ms in keys.items():
+        bank.add(eid, ms)
+    assert len(bank) == sum(len(m) for m in keys.values())
+    for eid in ("e1", "e4", "e8"):
+        bank.remove(eid)
+        del keys[eid]
+    assert len(bank) == sum(len(m) for m in keys.values())
+    for eid, ms in keys.items():
+        for m in ms:  # every key of a live edit still finds it
+            match = bank.best(m[None])[0]
+            assert (match.edit_id, match.overlap) == (eid, 1.0)

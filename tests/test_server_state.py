@@ -20,6 +20,7 @@ from app.main import create_app
 from app.runtime import stored_config
 from app.settings import Settings
 from app.stores import default_state_dir, open_store
+from memoir_core.errors import StateError
 from memoir_core.store import DirectoryStore
 
 from .server_utils import THREADS
@@ -179,3 +180,5 @@ def test_the_default_state_directory_is_per_model_under_the_data_home(tmp_path, 
     finally:
         store.close()
     assert type(open_store(Settings(store="memory"))).__name__ == "InMemoryStore"
+    with pytest.raises(StateError, match="MEMOIR_STORE=memory .* contradicts MEMOIR_STATE_DIR"):
+        open_store(Settings(store="memory", state_dir=tmp_path))
