@@ -18,19 +18,21 @@ from . import errors, logs, metrics, server
 from .auth import Keys, LoopbackOnly, check_exposure
 from .middleware import BodyLimit
 from .routes import edits, generate, health, openai
-from .runtime import Builder, Runtime
+from .runtime import Builder, Runtime, exit_process
 from .settings import Settings
 from .stores import open_store
 from .telemetry import Telemetry
 
 
 def create_app(settings: Settings | None = None, *, builder: Builder | None = None,
-               store_factory: Callable[[Settings], MemoryStore] = open_store) -> FastAPI:
-    """`builder` makes the Memoir (tests pass a tiny model); by default it loads settings.model."""
+               store_factory: Callable[[Settings], MemoryStore] = open_store,
+               on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """`builder` makes the Memoir (tests pass a tiny model); by default it loads settings.model.
+    `on_fatal`: what a server process does when the memory's state stops the start (Runtime)."""
     settings = settings or Settings()
     keys = Keys.from_settings(settings)  # a malformed key stops the start here, with its reason
     check_exposure(settings.host, keys, settings.allow_insecure)
-    runtime = Runtime(settings, builder, lambda s: metrics.instrument_store(store_factory(s)))
+    runtime = Runtime(settings, builder, lambda s: metrics.instrument_store(store_factory(s)), on_fatal)
     metrics.SERVER.bind(runtime)
 
     @asynccontextmanager
@@ -56,7 +58,8 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
 
 
 def app_factory() -> FastAPI:
-    """For `uvicorn --factory`: settings from the environment (and the log format they name)."""
+    """For `uvicorn --factory`: settings from the environment (and the log format they name); a
+    state error exits the process."""
     settings = Settings()
     logs.configure(settings.log_format, settings.log_level)
-    return create_app(settings)
+    return create_app(settings, on_fatal=exit_process)

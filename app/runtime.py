@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,9 +16,9 @@ import torch
 
 from memoir_core import models
 from memoir_core.config import MemoirConfig
-from memoir_core.errors import StateMismatchError
+from memoir_core.errors import DurabilityError, StateCorruptError, StateError, StateMismatchError
 from memoir_core.memoir import Memoir
-from memoir_core.state import Loaded, Manifest, MemoryStore, restore
+from memoir_core.state import Loaded, Manifest, MemoryStore, check_manifest, restore
 
 from .engine import Engine
 from .errors import NotReadyError
@@ -34,7 +36,7 @@ def default_builder(settings: Settings) -> Builder:
     def build(loaded: Loaded | None) -> Memoir:
         model, tokenizer = models.load(settings.model, settings.device, settings.dtype)
         if loaded is not None:
-            return Memoir(model, tokenizer, MemoirConfig.from_dict(loaded.manifest.config), basis=loaded.basis)
+            return Memoir(model, tokenizer, stored_config(loaded.manifest, settings.config), basis=loaded.basis)
         return Memoir(model, tokenizer, config_from(settings.config))
 
     return build
@@ -48,9 +50,43 @@ def config_from(values: dict) -> MemoirConfig:
     return MemoirConfig.from_dict(values)
 
 
+# Config fields that fix the layout of a stored memory: MEMOIR_CONFIG may not contradict them.
+LAYOUT = ("layer", "k", "centre")
+
+
+def stored_config(manifest: Manifest, values: dict) -> MemoirConfig:
+    """A stored memory's config: the one it was made with, and MEMOIR_CONFIG's other fields (tau...)
+    over it; a MEMOIR_CONFIG that contradicts its layout is a StateMismatchError."""
+    config_from(values)  # unknown fields
+    stored = {**manifest.config, "layer": manifest.layer, "k": manifest.k}
+    diffs = [f"{name}: the state has {stored.get(name)}, MEMOIR_CONFIG {values[name]}" for name in LAYOUT
+             if values.get(name) is not None and stored.get(name) is not None and values[name] != stored[name]]
+    if diffs:
+        raise StateMismatchError(
+            "MEMOIR_CONFIG contradicts the stored memory's layout: " + "; ".join(diffs) + ". Drop those fields "
+            "(a stored memory keeps the layout it was made with), or use a new, empty state directory.")
+    return MemoirConfig.from_dict({**manifest.config, **{n: v for n, v in values.items() if n not in LAYOUT}})
+
+
+def exit_process(message: str, code: int = 3) -> None:
+    """on_fatal for a server process (uvicorn --factory): say why on stderr, then exit at once.
+
+    Used only while starting (nothing is served or acknowledged yet); the kernel drops the state
+    directory's lock with the process. `memoir serve` stops its server gracefully instead."""
+    sys.stderr.write(f"memoir: cannot start: {message}\n")
+    sys.stderr.flush()
+    os._exit(code)
+
+
 class Runtime:
+    """`on_fatal(message)` is called (from the loading thread) when the memory's state stops the
+    start: the state directory is locked by another server, corrupt, or made for another model or
+    layout, or cannot be written. An operator must act, so a server process exits non-zero (see
+    exit_process); without on_fatal (in-process tests) /ready reports the error."""
+
     def __init__(self, settings: Settings, builder: Builder | None = None,
-                 store_factory: Callable[[Settings], MemoryStore] = open_store):
+                 store_factory: Callable[[Settings], MemoryStore] = open_store,
+                 on_fatal: Callable[[str], None] | None = None):
         self.settings = settings
         self.builder = builder or default_builder(settings)
         self.store_factory = store_factory
@@ -60,6 +96,9 @@ class Runtime:
         self.error: str | None = None
         self.engine: Engine | None = None
         self.store: MemoryStore | None = None
+        self.on_fatal = on_fatal
+        self.fatal: str | None = None  # why the state stopped the start
+        self._stopping = False
         self._thread = threading.Thread(target=self._load, name="memoir-load", daemon=True)
 
     def start(self) -> None:
@@ -80,13 +119,24 @@ class Runtime:
         try:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
-            self.store = self.store_factory(self.settings)
-            loaded = self.store.load()
+            try:  # the lock, then every checksum and the log, before the (slow) model
+                self.store = self.store_factory(self.settings)
+                loaded = self.store.load()
+                if loaded is not None:
+                    stored_config(loaded.manifest, self.settings.config)
+            except OSError as error:
+                raise DurabilityError(f"cannot open the memory's state: {error}") from error
             memoir = self.builder(loaded)
             fingerprint = models.fingerprint(memoir.model)
+            root = getattr(self.store, "root", None)
+            where = f"state directory {root}" if root else "the stored memory"
             if loaded is not None:
-                check_compatible(loaded.manifest, self.model_name, fingerprint)
-                restore(memoir, loaded)
+                check_manifest(loaded.manifest, Manifest.of(memoir, self.model_name, fingerprint), where)
+                try:
+                    restore(memoir, loaded)
+                except Exception as error:
+                    raise StateCorruptError(f"{where}: the stored memory cannot be applied to the model: "
+                                            f"{type(error).__name__}: {error}") from error
             else:
                 self.store.create(Manifest.of(memoir, self.model_name, fingerprint), memoir.basis)
             engine = Engine(memoir, self.store, self.settings)
@@ -97,19 +147,28 @@ class Runtime:
                      self.model_name, len(memoir.edits), memoir.version)
         except Exception as error:
             self.status, self.error = "failed", f"{type(error).__name__}: {error}"
-            log.exception("start-up failed")
+            if self._stopping:  # stopped while loading (the store was closed underneath): no fault
+                log.info("start-up abandoned: the server is stopping")
+                return
+            if not isinstance(error, (StateError, DurabilityError)):
+                log.exception("start-up failed")
+                return
+            self.fatal = self.error
+            log.critical("the memory's state stops the start: %s", self.error)
+            self._close_store()
+            if self.on_fatal is not None:
+                self.on_fatal(self.error)
+
+    def _close_store(self) -> None:
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception:  # closing after a failure: the failure is what matters
+                log.exception("closing the store failed")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Blocking; run it off the event loop."""
+        self._stopping = True
         if self.engine is not None:
             self.engine.stop(timeout)
-        if self.store is not None:
-            self.store.close()
-
-
-def check_compatible(manifest: Manifest, model_name: str, fingerprint: str) -> None:
-    if manifest.fingerprint != fingerprint:
-        raise StateMismatchError(
-            f"the stored memory was made for the model {manifest.model!r} (weights fingerprint "
-            f"{manifest.fingerprint}), but {model_name!r} has fingerprint {fingerprint}: serve that model, "
-            "or point MEMOIR_STATE_DIR at another directory")
+        self._close_store()  # a snapshot in flight is abandoned: the journal still holds its edits

@@ -5,7 +5,9 @@ On SIGTERM (or Ctrl-C) uvicorn stops accepting connections, closes the idle ones
 the requests in flight, streams included, up to MEMOIR_SHUTDOWN_TIMEOUT; then the app's
 lifespan ends: the engine lets an edit that is still training finish in what is left of the
 timeout, refuses what is queued, and the store is closed (its journal flushed). The process then
-exits 0. A second Ctrl-C forces the exit.
+exits 0. A second Ctrl-C forces the exit. When the memory's state stops the start (the state
+directory is locked by another server, corrupt, or made for another model), the server stops
+the same way and the process exits 3 with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def time_left(settings: Settings) -> float:
 
 def serve(settings: Settings, make_app: Callable[[Settings], Any] | None = None) -> int:
     """Serve make_app(settings) (default: create_app) until SIGTERM, then end the process with
-    status 0; returns 2 (without serving) when the keys or the address cannot be used."""
+    status 0 (3 when the memory's state stopped the start); returns 2 (without serving) when the
+    keys or the address cannot be used."""
     import uvicorn
 
     from . import logs
@@ -51,6 +54,10 @@ def serve(settings: Settings, make_app: Callable[[Settings], Any] | None = None)
         print(f"memoir serve: error: {error}", file=sys.stderr)
         return 2
     warn_open_routes(keys, settings.allow_insecure)
+    runtime = getattr(getattr(app, "state", None), "runtime", None)
+    running: list[uvicorn.Server] = []
+    if runtime is not None and runtime.on_fatal is None:  # a state error: stop, then exit 3 (below)
+        runtime.on_fatal = lambda message: setattr(running[0], "should_exit", True)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame) -> None:
@@ -68,10 +75,15 @@ def serve(settings: Settings, make_app: Callable[[Settings], Any] | None = None)
     # kills the process); after an orderly stop the exit status is 0 instead.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    Server(config).run()
+    running.append(Server(config))
+    running[0].run()
+    code = 0
+    if runtime is not None and runtime.fatal:
+        print(f"memoir serve: cannot start: {runtime.fatal}", file=sys.stderr)
+        code = 3
     # The store is closed and every answer sent: skip the interpreter's teardown of torch and
     # friends, which takes seconds on a busy machine and has nothing left to save.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

@@ -23,9 +23,13 @@ class Settings(BaseSettings):
     # e.g. MEMOIR_CONFIG='{"tau": 0.45}'
     config: dict[str, Any] = Field(default_factory=dict)
 
-    # where the memory lives: no state directory keeps it in RAM only (lost on exit)
+    # where the memory lives (app/stores.py): a state directory, MEMOIR_STATE_DIR or by default
+    # ~/.local/share/memoir/state/<model>; MEMOIR_STORE=memory keeps it in RAM only (lost on exit)
     state_dir: Path | None = None
     store: Literal["auto", "memory", "dir"] = "auto"
+    # a background snapshot compacts the journal once it holds max(min_bytes, ratio x the last snapshot)
+    snapshot_min_bytes: int = Field(64 << 20, ge=0)
+    snapshot_ratio: float = Field(1.0, ge=0)
 
     # network
     host: str = "127.0.0.1"

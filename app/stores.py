@@ -1,22 +1,70 @@
 """Which MemoryStore keeps the memory: chosen from the settings, one factory per kind.
 
-"memory" keeps nothing across restarts (no state directory configured); "dir" is the durable
-state directory (MEMOIR_STATE_DIR), registered here by the module that implements it.
+"dir" is the durable state directory (memoir_core.store.DirectoryStore): an edit is
+acknowledged only once it is on disk, and a restart restores the memory exactly. "memory"
+keeps nothing across restarts (MEMOIR_STORE=memory: tests and throwaway servers).
+
+With MEMOIR_STORE=auto (the default) the memory is durable: in MEMOIR_STATE_DIR when it is set,
+otherwise in a directory of its own per base model under the user's data directory
+($XDG_DATA_HOME/memoir/state/<model>, by default ~/.local/share/memoir/state/<model>), so edits
+survive a restart out of the box and two models never meet in one state directory.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 
+from memoir_core import models
 from memoir_core.errors import StateError
 from memoir_core.state import InMemoryStore, MemoryStore
 
 from .settings import Settings
 
+log = logging.getLogger(__name__)
+
 StoreFactory = Callable[[Settings], MemoryStore]
 
+
+def default_state_dir(settings: Settings) -> Path:
+    """Where the memory of settings.model lives when no MEMOIR_STATE_DIR is given."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    name = models.model_name(settings.model).rstrip("/\\")
+    if os.path.isdir(os.path.expanduser(name)):  # a local folder: its own name, made unique by its path
+        path = os.path.abspath(os.path.expanduser(name))
+        name = f"{os.path.basename(path)}-{zlib.crc32(path.encode()):08x}"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-.") or "model"
+    return Path(base) / "memoir" / "state" / slug
+
+
+def state_dir(settings: Settings) -> Path:
+    return Path(settings.state_dir).expanduser() if settings.state_dir is not None else default_state_dir(settings)
+
+
+def directory_store(settings: Settings) -> MemoryStore:
+    from memoir_core.store import DirectoryStore
+
+    path = state_dir(settings)
+    how = "MEMOIR_STATE_DIR" if settings.state_dir is not None else \
+        "the default; MEMOIR_STATE_DIR or --state-dir to choose another, MEMOIR_STORE=memory for RAM only"
+    log.info("the memory is kept in %s (%s)", path.resolve(), how)
+    # DirectoryStore creates the directory, then takes its lock (StateLockedError: in use)
+    return DirectoryStore(str(path), snapshot_min_bytes=settings.snapshot_min_bytes,
+                          snapshot_ratio=settings.snapshot_ratio)
+
+
+def memory_store(settings: Settings) -> MemoryStore:
+    log.warning("the memory is kept in RAM only (MEMOIR_STORE=memory): edits are lost when the server stops")
+    return InMemoryStore()
+
+
 STORES: dict[str, StoreFactory] = {
-    "memory": lambda settings: InMemoryStore(),
+    "memory": memory_store,
+    "dir": directory_store,
 }
 
 
@@ -25,13 +73,11 @@ def register(kind: str, factory: StoreFactory) -> None:
 
 
 def open_store(settings: Settings) -> MemoryStore:
-    kind = settings.store
-    if kind == "auto":
-        kind = "dir" if settings.state_dir is not None else "memory"
-    if kind == "dir" and settings.state_dir is None:
-        raise StateError("MEMOIR_STORE=dir needs MEMOIR_STATE_DIR (the state directory)")
+    kind = "dir" if settings.store == "auto" else settings.store
+    if kind == "memory" and settings.state_dir is not None:
+        raise StateError(f"MEMOIR_STORE=memory (RAM only) contradicts MEMOIR_STATE_DIR={settings.state_dir}; "
+                         "unset one of them")
     factory = STORES.get(kind)
     if factory is None:
-        raise StateError(f"no memory store of kind {kind!r} in this build (known: {', '.join(sorted(STORES))}); "
-                         "without MEMOIR_STATE_DIR the memory is kept in RAM only")
+        raise StateError(f"no memory store of kind {kind!r} in this build (known: {', '.join(sorted(STORES))})")
     return factory(settings)

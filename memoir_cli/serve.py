@@ -13,7 +13,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--served-model-name", help="the name in /v1/models [MEMOIR_SERVED_MODEL_NAME]")
     p.add_argument("--host", help="address to listen on [MEMOIR_HOST, 127.0.0.1]")
     p.add_argument("--port", type=int, help="[MEMOIR_PORT, 8000]")
-    p.add_argument("--state-dir", help="where the memory is kept across restarts [MEMOIR_STATE_DIR; none: RAM only]")
+    p.add_argument("--state-dir", help="where the memory is kept across restarts [MEMOIR_STATE_DIR; default: "
+                   "~/.local/share/memoir/state/<model>]")
+    p.add_argument("--store", choices=("auto", "dir", "memory"),
+                   help="memory: keep edits in RAM only, lost at exit [MEMOIR_STORE, auto: the state directory]")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... [MEMOIR_DEVICE]")
     p.add_argument("--dtype", help="auto, float32, bfloat16, float16 [MEMOIR_DTYPE]")
     p.add_argument("--threads", type=int, help="torch CPU threads [MEMOIR_THREADS; default: one per core]")
@@ -32,8 +35,8 @@ def run_serve(args) -> int:
     from app.server import serve
     from app.settings import Settings
 
-    names = ("model", "served_model_name", "host", "port", "state_dir", "device", "dtype", "threads", "max_batch",
-             "edit_queue_size", "log_level", "log_format", "allow_insecure", "shutdown_timeout")
+    names = ("model", "served_model_name", "host", "port", "state_dir", "store", "device", "dtype", "threads",
+             "max_batch", "edit_queue_size", "log_level", "log_format", "allow_insecure", "shutdown_timeout")
     settings = Settings(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
     # An app object (not an import string) runs in this process: one worker, which is what a
     # single model owner needs.

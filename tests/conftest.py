@@ -8,6 +8,12 @@ import os
 import pytest
 import torch
 
+# Servers started by the tests keep their memory in RAM unless a test gives them a state
+# directory (MEMOIR_STATE_DIR, with MEMOIR_STORE=auto or dir; server_utils.Server sets auto when
+# MEMOIR_STATE_DIR is in the env it is given): the default, a durable directory per model under
+# ~/.local/share, would carry edits from one test (and one run) into the next.
+os.environ.setdefault("MEMOIR_STORE", "memory")
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

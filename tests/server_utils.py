@@ -34,6 +34,8 @@ class Server:
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+        if "MEMOIR_STATE_DIR" in (env or {}) and "MEMOIR_STORE" not in (env or {}):
+            self.env["MEMOIR_STORE"] = "auto"  # a state directory given: not the tests' RAM default (conftest)
         # kept open for the server's whole life; closed and removed by stop()
         self.log = tempfile.NamedTemporaryFile(prefix="memoir-server-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc: subprocess.Popen | None = None

@@ -1,7 +1,9 @@
 """An app on a tiny random model, for `uvicorn tests.tiny_server:app --factory` in tests.
 
 MEMOIR_* variables configure it as they do the real server; MEMOIR_TINY_CONFIG (JSON) overrides
-the tiny model's MemoirConfig fields.
+the tiny model's MemoirConfig fields. A stored memory (MEMOIR_STATE_DIR) is rebuilt on its own
+basis and config, as the real server does, on the weights of seed MEMOIR_TINY_SEED (0; another
+seed is another base model). A state error exits the process, as `uvicorn --factory` does.
 """
 
 from __future__ import annotations
@@ -10,18 +12,32 @@ import json
 import os
 
 from app.main import create_app
+from app.runtime import exit_process
 from app.settings import Settings
 
-from .conftest import make_memoir
+from .conftest import make_memoir, tiny_model, tiny_tokenizer
+
+
+def builder(seed: int = 0, overrides: dict | None = None):
+    """Builds the tiny Memoir: fresh (weights of seed 0), or on a stored memory's basis and config."""
+
+    def build(loaded):
+        if loaded is None:
+            return make_memoir(**(overrides or {}))
+        from memoir_core.config import MemoirConfig
+        from memoir_core.memoir import Memoir
+
+        tok = tiny_tokenizer()
+        return Memoir(tiny_model("llama", len(tok), seed=seed), tok, MemoirConfig.from_dict(loaded.manifest.config),
+                      basis=loaded.basis)
+
+    return build
 
 
 def app():
     overrides = json.loads(os.environ.get("MEMOIR_TINY_CONFIG", "{}"))
-
-    def build(loaded):
-        return make_memoir(**overrides)
-
+    build = builder(int(os.environ.get("MEMOIR_TINY_SEED", "0")), overrides)
     settings = Settings()
     if settings.served_model_name is None:
         settings = settings.model_copy(update={"served_model_name": "tiny"})
-    return create_app(settings, builder=build)
+    return create_app(settings, builder=build, on_fatal=exit_process)

@@ -17,7 +17,11 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Ready, responses={503: {"model": Ready, "description": "loading or failed"}},
+_NOT_READY = ("loading, failed, or degraded (the memory store failed: edits are stopped until a restart, "
+              "generation goes on)")
+
+
+@router.get("/ready", response_model=Ready, responses={503: {"model": Ready, "description": _NOT_READY}},
             summary="readiness: the model and the memory are loaded")
 async def ready(runtime: Runtime = Depends(deps.runtime)):
     engine = runtime.engine
@@ -26,5 +30,10 @@ async def ready(runtime: Runtime = Depends(deps.runtime)):
         body = Ready(status=status, model=runtime.model_name, error=runtime.error)
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
     memoir = engine.memoir  # two ints read off the engine thread: a momentary value is fine here
-    return Ready(status="ready", model=runtime.model_name, version=memoir.version, edits=len(memoir.edits),
-                 writer=engine.writer.failed or "ok")
+    failed = engine.writer.failed or getattr(runtime.store, "failure", None)
+    body = Ready(status="degraded" if failed else "ready", model=runtime.model_name, version=memoir.version,
+                 edits=len(memoir.edits), writer=failed or "ok",
+                 error=f"the memory store failed, edits are stopped until a restart: {failed}" if failed else None)
+    if failed:  # generation goes on, but an operator must act (disk space, hardware) and restart
+        return JSONResponse(body.model_dump(), status_code=503)
+    return body
