@@ -21,8 +21,11 @@ FACTS = [
      "When did the Kestrel Bridge in Amberford open?"),
 ]
 
+# Unrelated in subject and in wording. A prompt of the same template about another subject ("What
+# is the capital of France?" next to the Verdania edit) can cross tau: that is CounterFact's
+# neighbourhood score, measured by `memoir eval` and the dry-run blast radius, not asserted here.
 UNRELATED = [
-    "What is the capital of France?",
+    "What is the tallest mountain on Earth?",
     "How many legs does a spider have?",
     "Who wrote Romeo and Juliet?",
     "What is the boiling point of water?",
