@@ -16,6 +16,7 @@ from memoir_core.state import MemoryStore
 
 from . import errors, logs, metrics, server
 from .auth import Keys, LoopbackOnly, check_exposure
+from .console import views as console
 from .middleware import BodyLimit
 from .import_jobs import Imports
 from .routes import edits, generate, health, imports, openai
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     app.add_middleware(Telemetry)  # outermost: every answer gets a request id, a log line and a count
     for module in (health, edits, imports, generate, openai, metrics):
         app.include_router(module.router)
+    console.install(app)
     return app
 
 

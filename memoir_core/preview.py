@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import EditRejectedError
+from .errors import EditRejectedError, InvalidRequestError
 from .generate import SamplingParams
 from .maskbank import MaskBank
 from .memoir import EditProposal, Memoir, background_texts
@@ -200,6 +200,9 @@ class Tried:
 
 
 def try_prompt(memoir: Memoir, prompt: str, max_new_tokens: int = 24) -> Tried:
+    n = len(memoir.encoder.plain(prompt).ids)
+    if not prompt.strip() or n > memoir.config.max_prompt_tokens:
+        raise InvalidRequestError(f"the prompt must be 1 to {memoir.config.max_prompt_tokens} tokens (it is {n})")
     params = SamplingParams(max_new_tokens=max_new_tokens)
     (on,) = memoir.generate([prompt], params)
     (off,) = memoir.generate([prompt], params, memory=False)
