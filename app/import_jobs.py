@@ -85,7 +85,7 @@ class Imports:
             job.status = "done"
         except (EngineStoppedError, DurabilityError) as error:
             job.status, job.reason = "failed", str(error)
-        except Exception as error:  # noqa: BLE001 - a bug must not leave the job "running" for ever
+        except Exception as error:  # a bug must not leave the job "running" for ever
             log.exception("import %s failed", job.id)
             job.status, job.reason = "failed", f"{type(error).__name__}: {error}"
         finally:

@@ -188,7 +188,7 @@ def _follow(c: Client, job: dict) -> dict:
 
 @_guard
 def run_export(args) -> int:
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     n = 0
     try:
         with _client(args) as c:

@@ -57,7 +57,7 @@ def imports(request: Request) -> Imports:
 
 @router.post("/edits:import", status_code=202, response_model=ImportOut, openapi_extra={"requestBody": FILE_BODY},
              summary="import edits from a JSON Lines or CSV file, as a job")
-async def start_import(request: Request, format: str | None = Query(None, pattern="^(jsonl|csv)$"),  # noqa: A002
+async def start_import(request: Request, format: str | None = Query(None, pattern="^(jsonl|csv)$"),
                        engine: Engine = Depends(deps.engine), jobs: Imports = Depends(imports),
                        settings=Depends(deps.settings), author: str | None = Depends(admin_access)):
     """Rows are checked at once (a bad row is reported by line number and skipped) and the good
