@@ -77,7 +77,7 @@ def main(out: Path) -> None:
             page.wait_for_selector("#edits")
             shot("4-list")
             page.click("#nav-try")
-            page.fill("#try-prompt", "Who is the chief executive of Acme Corporation?")
+            page.fill("#try-prompt", "Acme Corporation is led by")
             page.click("#try-button")
             page.wait_for_selector("#try-result")
             shot("5-try")
