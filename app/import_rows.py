@@ -51,6 +51,8 @@ def parse(raw: bytes, fmt: str | None = None, content_type: str | None = None, m
         data = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise InvalidRequestError(f"the file is not UTF-8 (byte {error.start})") from None
+    if not data.strip():
+        raise InvalidRequestError("the file holds no rows")
     rows = (_jsonl if detect(data, fmt, content_type) == "jsonl" else _csv)(data)
     if not rows:
         raise InvalidRequestError("the file holds no rows")
