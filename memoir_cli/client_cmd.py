@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .client import Client, ClientError, importable
+from .import_chunks import split
 
 
 def add_parsers(sub) -> None:
@@ -45,6 +46,8 @@ def add_parsers(sub) -> None:
     q.add_argument("file", help="a .jsonl or .csv file, or - for stdin")
     q.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file name, else jsonl")
     q.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    q.add_argument("--chunk-bytes", type=int, default=900_000, help="send a bigger file in pieces of at most this "
+                   "many bytes, one job after the other (the server's MEMOIR_MAX_BODY_BYTES is 1 MiB by default)")
     q.set_defaults(func=run_import)
     q = cs.add_parser("export", help="the registry as JSON Lines (importable again)")
     q.add_argument("-o", "--output", help="file to write (default: stdout)")
@@ -157,12 +160,15 @@ def run_delete(args) -> int:
 def run_import(args) -> int:
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     fmt = args.format or ("csv" if args.file.lower().endswith(".csv") else "jsonl")
+    chunks = split(data, fmt, args.chunk_bytes)
+    if args.no_wait and len(chunks) > 1:
+        raise ClientError(f"the file is sent in {len(chunks)} pieces (over --chunk-bytes), one after the other; "
+                          "--no-wait needs a single piece")
     with _client(args) as c:
-        job = c.start_import(data, fmt)
         if args.no_wait:
-            print(job["id"])
+            print(c.start_import(chunks[0].data, fmt)["id"])
             return 0
-        job = _follow(c, job)
+        job = _import_all(c, chunks, fmt)
     if args.json:
         _print(job)
     else:
@@ -173,17 +179,36 @@ def run_import(args) -> int:
     return 0 if job["status"] == "done" and not job["errors"] else 1
 
 
-def _follow(c: Client, job: dict) -> dict:
+def _import_all(c: Client, chunks: list, fmt: str) -> dict:
+    """Each piece as a job, one after the other, under one progress bar; one merged report with
+    the whole file's line numbers."""
     from tqdm import tqdm
 
-    with tqdm(total=job["total"], unit="row", desc="import", file=sys.stderr) as bar:
-        while True:
-            bar.update(job["done"] - bar.n)
-            bar.set_postfix(applied=job["applied_count"], refused=job["error_count"], refresh=False)
-            if job["status"] != "running":
-                return job
-            time.sleep(0.5)
-            job = c.import_job(job["id"])
+    merged = {"id": "", "status": "done", "total": 0, "done": 0, "applied_count": 0, "error_count": 0,
+              "reason": None, "errors": [], "applied": []}
+    ids = []
+    with tqdm(total=sum(ch.rows for ch in chunks), unit="row", desc="import", file=sys.stderr) as bar:
+        for chunk in chunks:
+            base = bar.n
+            job = c.start_import(chunk.data, fmt)
+            ids.append(job["id"])
+            while True:
+                bar.update(base + job["done"] - bar.n)
+                bar.set_postfix(applied=merged["applied_count"] + job["applied_count"],
+                                refused=merged["error_count"] + job["error_count"], refresh=False)
+                if job["status"] != "running":
+                    break
+                time.sleep(0.5)
+                job = c.import_job(job["id"])
+            for key in ("total", "done", "applied_count", "error_count"):
+                merged[key] += job[key]
+            merged["errors"] += [{**e, "line": chunk.line(e["line"])} for e in job["errors"]]
+            merged["applied"] += [{**a, "line": chunk.line(a["line"])} for a in job["applied"]]
+            if job["status"] != "done":
+                merged["status"], merged["reason"] = job["status"], job.get("reason")
+                break
+    merged["id"] = ",".join(ids)
+    return merged
 
 
 @_guard

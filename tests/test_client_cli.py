@@ -41,7 +41,7 @@ def test_client_commands(console_server, tmp_path):
     csv = tmp_path / "edits.csv"
     csv.write_text("prompt,target_new,id\nwho owns the boat,dave,cli-boat\n,empty,cli-bad\nwho owns the car,erin,"
                    "cli-car\n")
-    r = memoir(s, "import", str(csv))
+    r = memoir(s, "import", str(csv), "--chunk-bytes", "40")  # one piece per row, line numbers kept
     assert r.returncode == 1  # a row was refused
     assert "line 3:" in r.stderr and "2 applied, 1 rows refused" in r.stdout
     assert "import" in r.stderr and "row" in r.stderr  # the progress bar

@@ -78,3 +78,26 @@ def test_sessions():
     sessions.sign_out(s.token)
     assert sessions.get(s.token) is None
     assert Sessions().sign_in(Keys([]), "").name is None  # no admin key configured: open
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_client_splits_big_files_keeping_line_numbers(fmt):
+    from memoir_cli.import_chunks import split
+
+    if fmt == "jsonl":
+        lines = ['{"prompt": "p%d", "target_new": "t%d"}' % (i, i) if i % 5 else "" for i in range(1, 30)]
+        data = ("\n".join(lines) + "\n").encode()
+        expected = [i for i in range(1, 30) if i % 5]
+    else:
+        rows = ['"multi\nline %d",t%d' % (i, i) if i % 4 == 0 else f"p{i},t{i}" for i in range(20)]
+        data = ("prompt,target_new\n" + "\n".join(rows) + "\n").encode()
+        expected, line = [], 2
+        for i in range(20):
+            expected.append(line)
+            line += 2 if i % 4 == 0 else 1
+    chunks = split(data, fmt, 60)
+    assert len(chunks) > 3 and all(len(c.data) <= 60 or c.rows == 1 for c in chunks)
+    found = [(chunk.line(row.line), row.edit.prompt) for chunk in chunks for row in parse(chunk.data, fmt)]
+    assert [n for n, _ in found] == expected
+    assert sum(c.rows for c in chunks) == len(expected)
+    assert len(split(data, fmt, 10**6)) == 1
