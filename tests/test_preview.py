@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from memoir_core.errors import EditRejectedError
-from memoir_core.preview import Probes, check_blast_radius, preview, trial, try_prompt
+from memoir_core.preview import Probes, check_blast_radius, preview, reach, trial, try_prompt
 
 from .conftest import CORPUS, make_memoir
 
@@ -72,3 +72,16 @@ def test_try_prompt(memoir):
     tried = try_prompt(memoir, "what is the capital city of the country", max_new_tokens=4)
     assert tried.edit_id == "capital" and tried.overlap == 1.0
     assert tried.with_memory.strip().startswith("paris") and tried.with_memory != tried.without_memory
+
+
+def test_blast_radius_matches_the_routing_after_the_commit(memoir):
+    """reach() predicts from masks alone what routing does once the edit is in the bank."""
+    probes = Probes(sorted(set(CORPUS)) + ["who is the chief executive", "the chief executive of the company"])
+    encoded = [memoir.encoder.plain(t) for t in probes.texts]
+    for prompt in (PROMPT, "what is the capital city of the country", "the quick brown fox"):
+        proposal = drain(memoir.propose(prompt, "jane roe", rephrases=["who is the boss"]))
+        predicted = {i for i, _ in reach(memoir, proposal.record, probes.masks(memoir))}
+        with trial(memoir, proposal):
+            decisions = memoir.decide(memoir.features(encoded))
+        actual = {i for i, d in enumerate(decisions) if d.route is not None and d.route.edit_id == proposal.record.id}
+        assert predicted == actual and actual, prompt
