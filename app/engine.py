@@ -27,6 +27,7 @@ from typing import Any
 from memoir_core.errors import InvalidRequestError
 from memoir_core.generate import SamplingParams, Sequence
 from memoir_core.memoir import Memoir
+from memoir_core.preview import Preview
 from memoir_core.state import MemoryStore
 
 from . import limits, telemetry
@@ -44,7 +45,8 @@ class Engine:
         self.memoir = memoir
         self.settings = settings
         limits.apply(memoir, settings)
-        self.writer = Writer(memoir, store, settings.max_edit_seconds)
+        self.writer = Writer(memoir, store, settings.max_edit_seconds, settings.max_blast_radius,
+                             settings.preview_max_new_tokens)
         self.decoder = memoir.decoder(settings.max_batch)
         self.context = getattr(memoir.model.config, "max_position_embeddings", None)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -96,6 +98,10 @@ class Engine:
     async def edit(self, items: list[EditSpec]) -> tuple[list[Applied], int]:
         """Apply edits in order; returns them and the memory version when the last one was done."""
         return await self._submit_job(lambda post: EditJob(items, telemetry.watch_edits(post)), len(items))
+
+    async def preview(self, item: EditSpec) -> Preview:
+        """Train one edit on the writer thread and preview it (memoir_core.preview); nothing is applied."""
+        return await self._submit_job(lambda post: EditJob([item], post, dry_run=True), 1)
 
     async def remove(self, edit_id: str) -> Removal:
         return await self._submit_job(lambda post: RemoveJob(edit_id, telemetry.watch_removal(post, edit_id)), 1)

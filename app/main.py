@@ -16,8 +16,10 @@ from memoir_core.state import MemoryStore
 
 from . import errors, logs, metrics, server
 from .auth import Keys, LoopbackOnly, check_exposure
+from .console import views as console
 from .middleware import BodyLimit
-from .routes import edits, generate, health, openai
+from .import_jobs import Imports
+from .routes import edits, generate, health, imports, openai
 from .runtime import Builder, Runtime, exit_process
 from .settings import Settings
 from .stores import open_store
@@ -47,13 +49,15 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
                   description="An LLM inference server that takes knowledge corrections live (MEMOIR).")
     app.state.runtime = runtime
     app.state.keys = keys
+    app.state.imports = Imports()
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if not keys.admin and not settings.allow_insecure:
         app.add_middleware(LoopbackOnly)
     app.add_middleware(Telemetry)  # outermost: every answer gets a request id, a log line and a count
-    for module in (health, edits, generate, openai, metrics):
+    for module in (health, edits, imports, generate, openai, metrics):
         app.include_router(module.router)
+    console.install(app)
     return app
 
 

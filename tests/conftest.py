@@ -107,3 +107,4 @@ def pytest_collection_modifyitems(config, items):
 
 # Servers in subprocesses for the HTTP tests (session-scoped, shared by the test modules).
 from .server_utils import real_server, tiny_server  # noqa: E402,F401
+from .console_utils import console_server  # noqa: E402,F401

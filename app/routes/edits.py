@@ -9,6 +9,7 @@ from memoir_core.errors import EditNotFoundError, InvalidRequestError
 from .. import deps
 from ..auth import admin_access
 from ..engine import Engine
+from ..preview_protocol import PreviewOut
 from ..protocol import EditBody, EditDetail, EditInfo, EditList, EditOut, EditsOut, RemovalOut
 from ..settings import Settings
 from ..writer import EditSpec
@@ -16,19 +17,24 @@ from ..writer import EditSpec
 router = APIRouter(tags=["edits"])
 
 
-@router.post("/edit", response_model=EditsOut, summary="apply one edit or a list (in order)")
+@router.post("/edit", response_model=EditsOut | PreviewOut, summary="apply one edit or a list, or preview one")
 async def post_edit(body: EditBody, engine: Engine = Depends(deps.engine),
                     settings: Settings = Depends(deps.settings), author: str | None = Depends(admin_access)):
     """Each edit trains, is written to the store, and becomes visible (a new memory version) as
     soon as its own training ends; the response comes when the last one is done. Bad input in
-    any edit of a list applies none of them."""
+    any edit of a list applies none of them. With `dry_run` true (one edit) the edit is trained
+    on a scratch copy and previewed: nothing is applied."""
     items = body if isinstance(body, list) else [body]
     if not items:
         raise InvalidRequestError("the list of edits is empty")
+    if isinstance(body, list) and any(e.dry_run for e in items):
+        raise InvalidRequestError("dry_run previews one edit: send a single edit, not a list")
     if len(items) > settings.max_edits_per_request:
         raise InvalidRequestError(f"{len(items)} edits in one request; the limit is {settings.max_edits_per_request}")
     specs = [EditSpec(prompt=e.prompt, target_new=e.target_new, rephrase_prompts=list(e.rephrase_prompts),
                       subject=e.subject, id=e.id, metadata=dict(e.metadata), author=author) for e in items]
+    if not isinstance(body, list) and body.dry_run:
+        return PreviewOut.of(await engine.preview(specs[0]), settings.max_blast_radius)
     applied, version = await engine.edit(specs)
     return EditsOut(edits=[EditOut.of(a.record, a.replayed) for a in applied], version=version)
 

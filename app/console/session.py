@@ -1,0 +1,86 @@
+"""Console sign-in: the admin key is checked once (app/auth.py's Keys) and traded for a session
+cookie (random, HttpOnly, SameSite=Strict, path /console; kept in this process's memory, so a
+restart signs everyone out). Every form carries the session's CSRF token as well.
+
+Without admin keys configured the admin routes are open (and the server listens on loopback
+only), so the console is open too: signing in then needs no key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from ..auth import Keys
+
+COOKIE = "memoir_console"
+TTL = 12 * 3600.0
+MAX_SESSIONS = 1000
+
+
+class LoginRequired(Exception):
+    """No valid session: the page redirects to the sign-in form."""
+
+
+@dataclass
+class Session:
+    token: str
+    name: str | None  # the admin key's name: the author of edits made in the console
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    expires: float = field(default_factory=lambda: time.time() + TTL)
+
+
+class Sessions:
+    def __init__(self):
+        self._by_token: dict[str, Session] = {}
+
+    def sign_in(self, keys: Keys, key: str) -> Session | None:
+        """A new session for a valid admin key (any key, or none, when no admin key is configured)."""
+        if keys.admin:
+            found = keys.identify(f"Bearer {key.strip()}") if key.strip() else None
+            if found is None or not found.admin:
+                return None
+            name = found.name
+        else:
+            name = None
+        self._expire()
+        session = Session(secrets.token_urlsafe(32), name)
+        self._by_token[session.token] = session
+        return session
+
+    def sign_out(self, token: str | None) -> None:
+        if token:
+            self._by_token.pop(token, None)
+
+    def get(self, token: str | None) -> Session | None:
+        session = self._by_token.get(token or "")
+        if session is None or session.expires < time.time():
+            return None
+        return session
+
+    def _expire(self) -> None:
+        now = time.time()
+        for token in [t for t, s in self._by_token.items() if s.expires < now]:
+            del self._by_token[token]
+        while len(self._by_token) >= MAX_SESSIONS:  # the oldest go first
+            del self._by_token[next(iter(self._by_token))]
+
+
+def sessions_of(request: Request) -> Sessions:
+    return request.app.state.console_sessions
+
+
+async def current(request: Request) -> Session:
+    """Dependency of every console page: the signed-in session, or a redirect to sign in."""
+    session = sessions_of(request).get(request.cookies.get(COOKIE))
+    if session is None:
+        raise LoginRequired()
+    return session
+
+
+def check_csrf(session: Session, form: dict[str, str]) -> bool:
+    return hmac.compare_digest(session.csrf.encode(), form.get("csrf", "").encode())

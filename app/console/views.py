@@ -1,0 +1,183 @@
+"""The web console's pages, server-rendered, thin over the engine (as the JSON routes are).
+
+/console                    the edit list, with search and filters
+/console/edits/{id}         one edit: prompts, target, stats, edits sharing its columns, rollback
+/console/new                preview (dry run) and commit an edit
+/console/try                a prompt with and without the memory, and which edit fired
+/console/login, /logout     sign in with the admin key (session.py)
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlsplit
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+
+from memoir_core.errors import EditNotFoundError, MemoirError
+from memoir_core.preview import try_prompt
+
+from .. import deps
+from ..auth import ForbiddenError, keys_of
+from ..errors import ServiceError
+from ..preview_protocol import PreviewOut, TryOut
+from ..writer import EditBatchError, EditSpec
+from .filters import Filters, select
+from .render import STATIC, form, message, page, static
+from .session import COOKIE, TTL, LoginRequired, Session, Sessions, check_csrf, current, sessions_of
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+MAX_TRY_CHARS = 2000
+KNOWN = (MemoirError, ServiceError, EditBatchError)
+
+
+def install(app: FastAPI) -> None:
+    app.state.console_sessions = Sessions()
+
+    async def to_login(request: Request, exc: LoginRequired):
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/console/login?next={quote(target)}", status_code=303)
+
+    app.add_exception_handler(LoginRequired, to_login)
+    app.include_router(router)
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    return not origin or urlsplit(origin).netloc == request.headers.get("host")
+
+
+async def _post_form(request: Request, session: Session) -> dict[str, str]:
+    data = await form(request)
+    if not _same_origin(request) or not check_csrf(session, data):
+        raise ForbiddenError("the form is stale or came from another site; reload the page")
+    return data
+
+
+# -- sign in ------------------------------------------------------------------------------------
+@router.get("/login")
+async def login_form(request: Request):
+    return page(request, "login.html", open=not keys_of(request).admin, next=request.query_params.get("next", ""))
+
+
+@router.post("/login")
+async def login(request: Request):
+    data = await form(request)
+    session = sessions_of(request).sign_in(keys_of(request), data.get("key", ""))
+    if session is None:
+        return page(request, "login.html", status=401, error="that is not an admin key", open=False,
+                    next=data.get("next", ""))
+    nxt = data.get("next", "")
+    response = _redirect(nxt if nxt.startswith("/console") else "/console")
+    response.set_cookie(COOKIE, session.token, max_age=int(TTL), path="/console", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, session: Session = Depends(current)):
+    await _post_form(request, session)
+    sessions_of(request).sign_out(session.token)
+    response = _redirect("/console/login")
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+@router.get("/static/{name}")
+async def static_file(name: str):
+    if name not in STATIC:
+        return Response("not found", status_code=404)
+    return static(name)
+
+
+# -- the edit list and one edit -----------------------------------------------------------------
+@router.get("")
+async def edit_list(request: Request, session: Session = Depends(current)):
+    engine = deps.engine(request)
+    records, version = await engine.call(lambda m: (list(m.edits.values()), m.version))
+    filters = Filters.of(request.query_params)
+    shown, matched = select(records, filters)
+    authors = sorted({r.author for r in records if r.author})
+    return page(request, "list.html", session=session, edits=shown, matched=matched, total=len(records),
+                version=version, f=filters, authors=authors)
+
+
+@router.get("/edits/{edit_id}")
+async def edit_detail(edit_id: str, request: Request, session: Session = Depends(current)):
+    engine = deps.engine(request)
+
+    def read(memoir):
+        record = memoir.edits.get(edit_id)
+        if record is None:
+            raise EditNotFoundError(f"no edit with id {edit_id!r}")
+        shared = memoir.shared_columns(edit_id)
+        return record, sorted(shared.items(), key=lambda kv: -kv[1]), memoir.config.k
+
+    try:
+        record, shared, k = await engine.call(read)
+    except EditNotFoundError as error:
+        return page(request, "error.html", status=404, session=session, error=str(error))
+    return page(request, "detail.html", session=session, e=record, shared=shared, k=k)
+
+
+@router.post("/edits/{edit_id}/rollback")
+async def rollback(edit_id: str, request: Request, session: Session = Depends(current)):
+    await _post_form(request, session)
+    try:
+        removal = await deps.engine(request).remove(edit_id)
+    except KNOWN as error:
+        status, text = message(error)
+        return page(request, "error.html", status=status, session=session, error=text)
+    return _redirect(f"/console?msg={quote(f'rolled back {removal.record.id}; memory version {removal.version}')}")
+
+
+# -- preview and commit -------------------------------------------------------------------------
+def _spec(data: dict[str, str], author: str | None) -> EditSpec:
+    lines = [p.strip() for p in data.get("paraphrases", "").splitlines() if p.strip()]
+    metadata = {k: data[k].strip() for k in ("ticket", "reason") if data.get(k, "").strip()}
+    return EditSpec(prompt=data.get("prompt", "").strip(), target_new=data.get("target_new", "").strip(),
+                    rephrase_prompts=lines, subject=data.get("subject", "").strip() or None,
+                    metadata=metadata, author=author)
+
+
+@router.get("/new")
+async def new_form(request: Request, session: Session = Depends(current)):
+    values = {k: request.query_params.get(k, "") for k in ("prompt", "target_new")}
+    return page(request, "new.html", session=session, v=values)
+
+
+@router.post("/new")
+async def new_edit(request: Request, session: Session = Depends(current)):
+    data = await _post_form(request, session)
+    spec = _spec(data, session.name)
+    engine, settings = deps.engine(request), deps.settings(request)
+    if not spec.prompt or not spec.target_new:
+        return page(request, "new.html", status=422, session=session, v=data, error="prompt and target are needed")
+    try:
+        if data.get("action") == "commit":
+            applied, _ = await engine.edit([spec])
+            edit_id = applied[0].record.id
+            return _redirect(f"/console/edits/{quote(edit_id)}?msg={quote(f'committed {edit_id}')}")
+        preview = PreviewOut.of(await engine.preview(spec), settings.max_blast_radius)
+    except KNOWN as error:
+        status, text = message(error)
+        return page(request, "new.html", status=status, session=session, v=data, error=text)
+    return page(request, "new.html", session=session, v=data, preview=preview)
+
+
+# -- try a prompt -------------------------------------------------------------------------------
+@router.get("/try")
+async def try_page(request: Request, session: Session = Depends(current)):
+    prompt = (request.query_params.get("prompt") or "")[:MAX_TRY_CHARS]
+    result, error = None, None
+    if prompt.strip():
+        tokens = min(24, deps.settings(request).max_new_tokens)
+        try:
+            result = TryOut.of(await deps.engine(request).call(lambda m: try_prompt(m, prompt, tokens)))
+        except KNOWN as e:
+            error = message(e)[1]
+    return page(request, "try.html", session=session, prompt=prompt, result=result, error=error)
