@@ -30,6 +30,12 @@ async def ready(runtime: Runtime = Depends(deps.runtime)):
         body = Ready(status=status, model=runtime.model_name, error=runtime.error)
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
     memoir = engine.memoir  # two ints read off the engine thread: a momentary value is fine here
+    follower = runtime.follower
+    if follower is not None and follower.status != "ok":  # behind the shared log, or cut off from it
+        body = Ready(status=follower.status, model=runtime.model_name, version=memoir.version, edits=len(memoir.edits),
+                     error=follower.error or f"catching up with the edit log: version {memoir.version} of "
+                     f"{follower.head}")
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     failed = engine.writer.failed or getattr(runtime.store, "failure", None)
     body = Ready(status="degraded" if failed else "ready", model=runtime.model_name, version=memoir.version,
                  edits=len(memoir.edits), writer=failed or "ok",
