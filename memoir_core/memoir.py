@@ -354,7 +354,13 @@ class Memoir:
         self.weights.subtract(rec.idx.to(self.device), rec.delta)
         self.bank.remove(rec.id)
         if rec.id in self.keybank:
-            self.keybank.remove(rec.id)
+            # Rebuilt in apply order rather than swap-removed: the order then depends only on
+            # the live edits, so a memory restored from a log or snapshot (and every replica)
+            # breaks overlap ties among routing keys exactly as this one does.
+            self.keybank = MaskBank(self.width, self.config.k)
+            for other in self.edits.values():
+                if other.keys:
+                    self.keybank.add(other.id, np.asarray(other.keys))
         self._routes.clear()
 
     def shared_columns(self, edit_id: str) -> dict[str, int]:

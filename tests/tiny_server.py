@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from app.main import create_app
 from app.runtime import exit_process
@@ -18,10 +19,33 @@ from app.settings import Settings
 from .conftest import make_memoir, tiny_model, tiny_tokenizer
 
 
+def slow_edits(memoir, seconds: float):
+    """Test hook (MEMOIR_TINY_EDIT_DELAY): each edit trains `seconds` longer, in small steps, so a
+    test can kill a server while an edit is training."""
+    propose = memoir.propose
+
+    def slow(*args, **kwargs):
+        gen = propose(*args, **kwargs)
+        result = yield from gen
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            time.sleep(0.01)
+            yield
+        return result
+
+    memoir.propose = slow
+    return memoir
+
+
 def builder(seed: int = 0, overrides: dict | None = None):
     """Builds the tiny Memoir: fresh (weights of seed 0), or on a stored memory's basis and config."""
+    delay = float(os.environ.get("MEMOIR_TINY_EDIT_DELAY", "0"))
 
     def build(loaded):
+        memoir = plain(loaded)
+        return slow_edits(memoir, delay) if delay else memoir
+
+    def plain(loaded):
         if loaded is None:
             return make_memoir(**(overrides or {}))
         from memoir_core.config import MemoirConfig

@@ -1,0 +1,200 @@
+"""Three real server processes (tiny model) on one PostgreSQL edit log: edits sent round-robin to
+all of them converge to the same version, bit-identical W_m and mask bank, and the same greedy
+answers; a rollback reaches every replica; a replica killed with SIGKILL and restarted, and one
+started after 50 edits, catch up; the writer killed while an edit trains leaves that edit nowhere
+and another replica takes over writing. Each test gets its own database (tests/pg_support.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from .pg_support import pg_url  # noqa: F401
+from .server_utils import REPO, Server, tiny
+
+pytestmark = pytest.mark.timeout(240)
+
+PROMPTS = ["who is the chief executive of the company", "what is the capital city of the country",
+           "the quick brown fox jumps over the lazy dog", "numbers one two three four five"]
+NAMES = ["jane roe", "john doe", "alice bob", "carol dave", "paris london", "berlin rome", "madrid lisbon"]
+
+
+def replica(url: str, name: str, **env: str) -> Server:
+    return tiny({"MEMOIR_STORE": "postgres", "MEMOIR_STATE_URL": url, "MEMOIR_REPLICA_NAME": name,
+                 "MEMOIR_PG_SNAPSHOT_EVERY": "10", "MEMOIR_LOG_FORMAT": "text", **env})
+
+
+def start_all(servers: list[Server], timeout: float = 180) -> list[Server]:
+    """Start the processes together (they race to create the memory), then wait until all are ready."""
+    for s in servers:
+        s.proc = subprocess.Popen([sys.executable, *s.args], cwd=REPO, env=s.env, stdout=s.log,
+                                  stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    for s in servers:
+        while True:
+            if s.proc.poll() is not None:
+                raise RuntimeError(f"a replica exited ({s.proc.returncode}):\n{s.output()}")
+            try:
+                if httpx.get(s.url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"a replica was not ready within {timeout} s:\n{s.output()}")
+            time.sleep(0.2)
+    return servers
+
+
+def kill9(server: Server) -> None:
+    server.proc.kill()
+    server.proc.wait()
+    server.stop()  # only closes and removes its log now
+
+
+def edit(server: Server, prompt: str, target: str, edit_id: str | None = None, timeout: float = 60) -> dict:
+    body = {"prompt": prompt, "target_new": target, **({"id": edit_id} if edit_id else {})}
+    r = httpx.post(server.url + "/edit", json=body, timeout=timeout)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def digest(server: Server, version: int) -> dict:
+    r = httpx.get(server.url + "/state/digest", headers={"X-Memoir-Min-Version": str(version)}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def answers(server: Server, version: int) -> list[tuple[str, dict]]:
+    out = []
+    for p in PROMPTS:
+        r = httpx.post(server.url + "/generate", json={"prompt": p, "max_new_tokens": 8, "min_version": version},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        out.append((r.json()["text"], r.json()["memory"]))
+    return out
+
+
+def assert_same(servers: list[Server], version: int) -> dict:
+    digests = [digest(s, version) for s in servers]
+    assert digests[0]["version"] == version, digests[0]
+    for d in digests[1:]:
+        assert d == digests[0], {k: (d[k], digests[0][k]) for k in d if d[k] != digests[0][k]}
+    said = [answers(s, version) for s in servers]
+    assert all(a == said[0] for a in said), said
+    return digests[0]
+
+
+def test_round_robin_edits_rollback_and_a_killed_replica_converge(pg_url):  # noqa: F811
+    servers = start_all([replica(pg_url, n) for n in "abc"])
+    try:
+        errors: list[str] = []
+
+        def send(i: int, server: Server) -> None:  # the three replicas take edits at the same time
+            try:
+                for j in range(4):
+                    edit(server, f"{PROMPTS[j % len(PROMPTS)]} number {i} {j}", NAMES[(i + j) % len(NAMES)],
+                         f"e{i}{j}")
+            except AssertionError as e:
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=send, args=(i, s)) for i, s in enumerate(servers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        found = assert_same(servers, 12)
+        assert sorted(found["edits"]) == sorted(f"e{i}{j}" for i in range(3) for j in range(4))
+
+        # a rollback on one replica reaches the others
+        r = httpx.delete(servers[1].url + "/edits/e00", timeout=30)
+        assert r.status_code == 200 and r.json()["version"] == 13, r.text
+        assert_same(servers, 13)
+        r = httpx.get(servers[2].url + "/edits/e00", headers={"X-Memoir-Min-Version": "13"})
+        assert r.status_code == 404, r.text
+
+        # read-your-writes: an edit on one replica, then at once a request on another
+        v = edit(servers[0], "who is the chief executive of acme", "jane roe", "acme")["version"]
+        r = httpx.post(servers[2].url + "/generate", json={"prompt": "who is the chief executive of acme",
+                                                           "max_new_tokens": 4, "min_version": v})
+        assert r.status_code == 200 and r.json()["memory"]["version"] >= v, r.text
+        r = httpx.post(servers[1].url + "/generate", json={"prompt": "x", "max_new_tokens": 1, "min_version": 10**6})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "version_ahead", r.text
+
+        # SIGKILL one replica; edits go on elsewhere; restarted, it catches up
+        kill9(servers[2])
+        for j in range(3):
+            edit(servers[j % 2], f"what is the capital city of land {j}", NAMES[j])
+        servers[2] = start_all([replica(pg_url, "c")])[0]
+        assert_same(servers, v + 3)
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_a_replica_started_after_50_edits_catches_up(pg_url):  # noqa: F811
+    servers = start_all([replica(pg_url, n) for n in "ab"])
+    late = None
+    try:
+        version = 0
+        for i in range(50):
+            version = edit(servers[i % 2], f"the quick brown fox number {i} jumps", NAMES[i % len(NAMES)], f"f{i}"
+                           )["version"]
+            if i % 7 == 6:  # rollbacks too: compaction has something to drop
+                r = httpx.delete(servers[(i + 1) % 2].url + f"/edits/f{i - 3}", timeout=30)
+                assert r.status_code == 200, r.text
+                version = r.json()["version"]
+        late = start_all([replica(pg_url, "late")])[0]
+        servers.append(late)
+        found = assert_same(servers, version)
+        assert len(found["edits"]) == 50 - 7
+        import psycopg
+
+        with psycopg.connect(pg_url) as conn:  # snapshots were taken, and compaction dropped rows
+            snaps = [r[0] for r in conn.execute("SELECT version FROM memoir_snapshot ORDER BY version")]
+            rows = conn.execute("SELECT count(*) FROM memoir_log").fetchone()[0]
+        assert snaps and snaps[-1] >= 50 and rows < version, (snaps, rows, version)
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_the_writer_killed_mid_edit_commits_nowhere_and_another_takes_over(pg_url):  # noqa: F811
+    slow = replica(pg_url, "a", MEMOIR_TINY_EDIT_DELAY="4")
+    servers = start_all([slow, replica(pg_url, "b"), replica(pg_url, "c")])
+    try:
+        edit(servers[1], "who is the chief executive of the company", "jane roe", "before")
+        outcome: dict = {}
+
+        def send(key: str, server: Server, prompt: str, edit_id: str) -> None:
+            try:
+                outcome[key] = httpx.post(server.url + "/edit", json={"prompt": prompt, "target_new": "carol dave",
+                                                                     "id": edit_id}, timeout=60)
+            except httpx.HTTPError as e:
+                outcome[key] = e
+
+        doomed = threading.Thread(target=send, args=("x", slow, "what is the capital city of the country", "x"))
+        doomed.start()
+        time.sleep(1.5)  # slow holds the write lock and trains
+        taker = threading.Thread(target=send, args=("y", servers[1], "numbers one two three four", "y"))
+        taker.start()
+        time.sleep(0.5)
+        assert "y" not in outcome, "the second edit must wait for the writer's lock"
+        kill9(slow)
+        doomed.join(10)
+        taker.join(30)
+        assert isinstance(outcome["x"], httpx.HTTPError), "the killed writer acknowledged nothing"
+        assert outcome["y"].status_code == 200, outcome["y"].text
+        assert outcome["y"].json()["version"] == 2  # x took no version: it was never committed
+        servers[0] = start_all([replica(pg_url, "a")])[0]
+        found = assert_same(servers, 2)
+        assert found["edits"] == ["before", "y"]
+        assert all(httpx.get(s.url + "/edits/x").status_code == 404 for s in servers)
+    finally:
+        for s in servers:
+            s.stop()
