@@ -92,8 +92,9 @@ def open_store(settings: Settings) -> MemoryStore:
         kind = "postgres" if settings.state_url is not None else "dir"
     if settings.state_url is not None and kind != "postgres":
         raise StateError(f"MEMOIR_STATE_URL (PostgreSQL) contradicts MEMOIR_STORE={settings.store}; unset one of them")
-    if settings.state_url is not None and settings.state_dir is not None:
-        raise StateError("MEMOIR_STATE_URL and MEMOIR_STATE_DIR name two places for one memory; unset one of them")
+    if settings.state_url is not None and settings.state_dir is not None:  # the image sets a state directory
+        log.warning("MEMOIR_STATE_URL is set: the memory is in PostgreSQL; MEMOIR_STATE_DIR=%s is not used",
+                    settings.state_dir)
     if kind == "memory" and settings.state_dir is not None:
         raise StateError(f"MEMOIR_STORE=memory (RAM only) contradicts MEMOIR_STATE_DIR={settings.state_dir}; "
                          "unset one of them")
