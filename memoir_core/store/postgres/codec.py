@@ -10,7 +10,7 @@ import torch
 from ...basis import Basis
 from ...errors import StateCorruptError
 from ...records import EditRecord
-from ...replica import LogEntry
+from ...replica import LogEntry, LogGapError
 from .. import tensorfile
 from ..journal import record_from_info
 from ..layout import sha256
@@ -63,8 +63,8 @@ def entry(seq: int, kind: str, edit_id: str, info, idx, delta, digest) -> LogEnt
     """A LogEntry from a row of memoir_log joined with memoir_delta (checksum checked)."""
     if kind == "rollback":
         return LogEntry(seq, kind, edit_id)
-    if delta is None:
-        raise corrupt(f"log entry {seq} (edit {edit_id!r}) has no delta row")
+    if delta is None or idx is None:  # written together in one transaction: only compaction drops them
+        raise LogGapError(f"the delta of log entry {seq} (edit {edit_id!r}) was compacted into a snapshot")
     if sha256(delta) != digest:
         raise corrupt(f"log entry {seq} (edit {edit_id!r}): the delta fails its checksum")
     if isinstance(info, str):

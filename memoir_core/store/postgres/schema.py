@@ -3,13 +3,15 @@
     memoir_manifest  one row: what the memory was made for (Manifest fields, basis sha256) and the
                      basis (permutation, background mean, training prefixes) as safetensors bytes
     memoir_log       one row per memory version, in order: an edit (its registry fields and audit
-                     data in `info`, its mask indices) or a rollback. `seq` IS the memory version:
+                     data in `info`, its mask indices) or a rollback. Rows are never deleted: the
+                     log is the audit trail (compaction clears the mask of an edit no longer live). `seq` IS the memory version:
                      assigned as head + 1 by the one writer that holds the write lock, so the log
                      has no gaps (a bigserial would skip numbers on every aborted transaction)
     memoir_delta     an edit's quantised W_m delta, one row per edit, apart from the log so that
                      scans of the log (catch-up headers, snapshots, audits) never read megabytes
     memoir_snapshot  catch-up points: at `version`, the seqs of the live edits in apply order and
-                     the mask bank's slot order; what a snapshot covers may be compacted away
+                     the mask bank's slot order; the deltas of edits no longer live at an older
+                     snapshot are compacted away
     memoir_replica   each replica's name, URL and applied version (status and lag, not state)
 """
 
@@ -39,7 +41,7 @@ CREATE TABLE IF NOT EXISTS memoir_log (
     author      text,
     replica     text,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    CHECK ((kind = 'edit') = (info IS NOT NULL AND idx IS NOT NULL))
+    CHECK ((kind = 'edit') = (info IS NOT NULL))
 );
 CREATE INDEX IF NOT EXISTS memoir_log_edit_id ON memoir_log (edit_id);
 CREATE TABLE IF NOT EXISTS memoir_delta (

@@ -5,10 +5,11 @@ mask bank's slot order; the edits' rows stay in memoir_log/memoir_delta while th
 Building one reads only log headers (no deltas): the previous snapshot's live set plus the
 entries after it, replayed with the bank's swap-remove rule.
 
-Compaction deletes what a snapshot made unnecessary: rows at or below the compaction horizon
-that are not live there (rollback entries, rolled-back and superseded edits, with their deltas).
+Compaction drops what a snapshot made unnecessary: the W_m deltas (and masks) of edits at or
+below the compaction horizon that are not live there (rolled back or superseded). The log rows
+themselves stay: they are the audit trail (who changed what, when), a few hundred bytes each.
 The horizon is the second-newest snapshot, so a replica less than one snapshot interval behind
-still finds every entry it needs; one further behind finds a gap and rebuilds from the newest
+still finds every entry it needs; one further behind finds a delta gone and rebuilds from the newest
 snapshot. Both steps are idempotent: two replicas doing them at once do the same thing.
 """
 
@@ -73,13 +74,16 @@ def _replay(start, headers):
 
 
 def compact(conn) -> int:
-    """Delete rows the second-newest snapshot covers and does not keep live; returns how many."""
+    """Drop the deltas and masks of edits the second-newest snapshot covers and does not keep
+    live (rolled back or superseded); the log rows stay, as the audit trail. Returns how many."""
     snaps = conn.execute("SELECT version, live FROM memoir_snapshot ORDER BY version DESC LIMIT 2").fetchall()
     if len(snaps) < 2:
         return 0
-    horizon, live = int(snaps[1][0]), list(snaps[1][1])
-    # rows live at the horizon stay; so do rows live in the newest snapshot (a subset of those, or newer)
-    keep = set(live) | set(snaps[0][1])
-    cur = conn.execute("DELETE FROM memoir_log WHERE seq <= %s AND NOT (seq = ANY(%s))", (horizon, sorted(keep)))
+    horizon = int(snaps[1][0])
+    # rows live at the horizon stay whole; so do rows live in the newest snapshot (a subset of those, or newer)
+    keep = sorted(set(snaps[1][1]) | set(snaps[0][1]))
+    cur = conn.execute("DELETE FROM memoir_delta WHERE seq <= %s AND NOT (seq = ANY(%s))", (horizon, keep))
+    conn.execute("UPDATE memoir_log SET idx = NULL WHERE seq <= %s AND kind = 'edit' AND idx IS NOT NULL "
+                 "AND NOT (seq = ANY(%s))", (horizon, keep))
     conn.execute("DELETE FROM memoir_snapshot WHERE version < %s", (horizon,))
     return cur.rowcount
