@@ -186,6 +186,21 @@ def test_the_writer_killed_mid_edit_commits_nowhere_and_another_takes_over(pg_ur
         found = assert_same(servers, 2)
         assert found["edits"] == ["before", "y"]
         assert all(httpx.get(s.url + "/edits/x").status_code == 404 for s in servers)
+
+        # the database drops every connection (a restart, a failover): the replicas reconnect
+        import psycopg
+
+        from .pg_support import ADMIN_URL
+
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            dbname = psycopg.conninfo.conninfo_to_dict(pg_url)["dbname"]
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+        edit(servers[0], "the quick brown fox jumps over the lazy dog", "alice bob", "after")
+        assert_same(servers, 3)
+        deadline = time.monotonic() + 10
+        while not all(httpx.get(s.url + "/ready").status_code == 200 for s in servers):
+            assert time.monotonic() < deadline, [httpx.get(s.url + "/ready").json() for s in servers]
+            time.sleep(0.2)
     finally:
         for s in servers:
             s.stop()

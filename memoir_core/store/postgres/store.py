@@ -193,37 +193,37 @@ class PostgresStore:
         self._manifest = Manifest.from_dict(body)
 
     # -- reading the log ----------------------------------------------------------------------
-    def head(self) -> int:
+    def _read(self, fn, doing: str):
+        """fn(read connection), once more on a new connection if the old one was lost (a restarted
+        database, a dropped idle connection)."""
         with self._read_mu:
-            try:
-                return logrows.head(self._reader())
-            except psycopg.Error as e:
-                self._drop_reader()
-                raise DurabilityError(f"cannot read the log head from {self.where}: {e}") from e
+            for attempt in (0, 1):
+                try:
+                    return fn(self._reader())
+                except psycopg.OperationalError as e:
+                    self._drop_reader()
+                    if attempt:
+                        raise DurabilityError(f"cannot {doing} from {self.where}: {e}") from e
+                except psycopg.Error as e:
+                    self._drop_reader()
+                    raise DurabilityError(f"cannot {doing} from {self.where}: {e}") from e
+
+    def head(self) -> int:
+        return self._read(logrows.head, "read the log head")
 
     def fetch_after(self, version: int) -> list[LogEntry]:
         """The next page of entries after `version` (LogGapError: compacted; start over)."""
-        with self._read_mu:
-            try:
-                return logrows.after(self._reader(), version)
-            except psycopg.Error as e:
-                self._drop_reader()
-                raise DurabilityError(f"cannot read the log from {self.where}: {e}") from e
+        return self._read(lambda c: logrows.after(c, version), "read the log")
 
     def listener(self) -> Listener:
         return Listener(self.connect(), schema.CHANNEL)
 
     def report(self, version: int, url: str | None = None) -> None:
         """Record this replica's applied version (memoir_replica: status and lag)."""
-        with self._read_mu:
-            try:
-                self._reader().execute(
-                    "INSERT INTO memoir_replica (name, url, version, seen_at) VALUES (%s, %s, %s, now()) "
-                    "ON CONFLICT (name) DO UPDATE SET url = excluded.url, version = excluded.version, seen_at = now()",
-                    (self.replica, url, version))
-            except psycopg.Error as e:
-                self._drop_reader()
-                raise DurabilityError(f"cannot report to {self.where}: {e}") from e
+        self._read(lambda c: c.execute(
+            "INSERT INTO memoir_replica (name, url, version, seen_at) VALUES (%s, %s, %s, now()) "
+            "ON CONFLICT (name) DO UPDATE SET url = excluded.url, version = excluded.version, seen_at = now()",
+            (self.replica, url, version)), "report")
 
     # -- writing ------------------------------------------------------------------------------
     def begin_write(self, after: int) -> list[LogEntry] | None:
@@ -231,19 +231,26 @@ class PostgresStore:
         before training), or None when another replica is writing (try again shortly)."""
         if self._writing:
             return self._in_write(lambda c: logrows.all_after(c, after))
-        conn = self._writer()
-        try:
-            if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (schema.WRITE_LOCK,)).fetchone()[0]:
-                conn.rollback()
-                return None
-            self._writing = True
-            return logrows.all_after(conn, after)
-        except psycopg.Error as e:
-            self._abort()
-            raise DurabilityError(f"cannot take the write lock in {self.where}: {e}") from e
-        except Exception:
-            self._abort()
-            raise
+        for attempt in (0, 1):
+            try:
+                conn = self._writer()
+                if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (schema.WRITE_LOCK,)).fetchone()[0]:
+                    conn.rollback()
+                    return None
+                self._writing = True
+                return logrows.all_after(conn, after)
+            except psycopg.OperationalError as e:
+                self._abort()
+                if attempt or (self._wconn is not None and not self._wconn.closed):
+                    raise DurabilityError(f"cannot take the write lock in {self.where}: {e}") from e
+                # the connection was lost while idle (a database restart): once more on a new one
+            except psycopg.Error as e:
+                self._abort()
+                raise DurabilityError(f"cannot take the write lock in {self.where}: {e}") from e
+            except Exception:
+                self._abort()
+                raise
+        return None  # pragma: no cover
 
     def _in_write(self, fn):
         try:
