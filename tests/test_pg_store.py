@@ -139,3 +139,33 @@ def test_replicas_starting_together_agree_on_one_memory(pg_url):  # noqa: F811
     finally:
         first.close()
         second.close()
+
+
+def test_a_follower_behind_the_compaction_horizon_rebuilds_on_its_engine(pg_url, caplog):  # noqa: F811
+    from app.engine import Engine
+    from app.replication import Follower
+    from app.settings import Settings
+
+    store, memoir = fresh(pg_url)
+    other, replica = follower(pg_url)
+    engine = Engine(replica, other, Settings())
+    engine.start()
+    try:
+        lagging = Follower(other, engine)
+        edit(store, memoir, "who is the chief executive of the company", "jane roe", "a")
+        lagging.sync()  # the plain path: fetch and apply in order
+        assert lagging.status == "ok" and digest(replica) == digest(memoir)
+        edit(store, memoir, "what is the capital city of the country", "paris", "b")
+        remove(store, memoir, "b")
+        store.snapshot(every=1)
+        edit(store, memoir, "numbers one two three", "madrid lisbon", "c")
+        store.snapshot(every=1)  # "b"'s delta is compacted: the follower cannot replay version 2
+        with caplog.at_level("WARNING", logger="app.replication"):
+            lagging.sync()
+        assert "rebuilding the memory from the newest snapshot" in caplog.text
+        assert engine.submit(digest).result(10) == digest(memoir)
+        assert lagging.status == "ok" and lagging.head == memoir.version
+    finally:
+        engine.stop()
+        other.close()
+        store.close()
