@@ -155,9 +155,10 @@ def test_replicas_converge_after_round_robin_edits_rollback_sigkill_and_a_late_s
             s.stop()
 
 
-def test_the_writer_killed_mid_edit_commits_nowhere_and_another_takes_over(pg_url):  # noqa: F811
-    slow = replica(pg_url, "a", MEMOIR_TINY_EDIT_DELAY="4")
-    servers = start_all([slow, replica(pg_url, "b")])
+def test_a_writer_killed_mid_edit_commits_nowhere_after_the_commit_everywhere(pg_url):  # noqa: F811
+    slow = replica(pg_url, "a", MEMOIR_TINY_EDIT_DELAY="4")  # trains 4 s longer
+    late = replica(pg_url, "c", MEMOIR_TINY_COMMIT_DELAY="4")  # acknowledges 4 s after the commit
+    servers = start_all([slow, replica(pg_url, "b"), late])
     try:
         edit(servers[1], "who is the chief executive of the company", "jane roe", "before")
         outcome: dict = {}
@@ -169,6 +170,7 @@ def test_the_writer_killed_mid_edit_commits_nowhere_and_another_takes_over(pg_ur
             except httpx.HTTPError as e:
                 outcome[key] = e
 
+        # killed while it trains (holding the write lock): the edit is nowhere, another replica writes
         doomed = threading.Thread(target=send, args=("x", slow, "what is the capital city of the country", "x"))
         doomed.start()
         time.sleep(1.5)  # slow holds the write lock and trains
@@ -182,10 +184,25 @@ def test_the_writer_killed_mid_edit_commits_nowhere_and_another_takes_over(pg_ur
         assert isinstance(outcome["x"], httpx.HTTPError), "the killed writer acknowledged nothing"
         assert outcome["y"].status_code == 200, outcome["y"].text
         assert outcome["y"].json()["version"] == 2  # x took no version: it was never committed
-        servers[0] = start_all([replica(pg_url, "a")])[0]
-        found = assert_same(servers, 2)
-        assert found["edits"] == ["before", "y"]
+        assert all(httpx.get(s.url + "/edits/x").status_code == 404 for s in servers[1:])
+
+        # killed after its commit, before its answer: the edit is everywhere
+        committed = threading.Thread(target=send, args=("z", late, "the quick brown fox jumps", "z"))
+        committed.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(servers[1].url + "/ready").json().get("version", 0) < 3:  # b applied it
+            assert time.monotonic() < deadline and "z" not in outcome
+            time.sleep(0.05)
+        kill9(late)
+        committed.join(10)
+        assert isinstance(outcome["z"], httpx.HTTPError), "killed before it could answer"
+
+        servers[0], servers[2] = start_all([replica(pg_url, "a"), replica(pg_url, "c")])
+        found = assert_same(servers, 3)
+        assert found["edits"] == ["before", "y", "z"]
         assert all(httpx.get(s.url + "/edits/x").status_code == 404 for s in servers)
+        retry = edit(servers[0], "the quick brown fox jumps", "carol dave", "z")  # the client retries
+        assert retry["edits"][0]["replayed"] is True and retry["version"] == 3
 
         # the database drops every connection (a restart, a failover): the replicas reconnect
         import psycopg
@@ -195,8 +212,8 @@ def test_the_writer_killed_mid_edit_commits_nowhere_and_another_takes_over(pg_ur
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             dbname = psycopg.conninfo.conninfo_to_dict(pg_url)["dbname"]
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
-        edit(servers[0], "the quick brown fox jumps over the lazy dog", "alice bob", "after")
-        assert_same(servers, 3)
+        edit(servers[1], "the quick brown fox jumps over the lazy dog", "alice bob", "after")
+        assert_same(servers, 4)
         deadline = time.monotonic() + 10
         while not all(httpx.get(s.url + "/ready").status_code == 200 for s in servers):
             assert time.monotonic() < deadline, [httpx.get(s.url + "/ready").json() for s in servers]

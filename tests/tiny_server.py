@@ -37,13 +37,30 @@ def slow_edits(memoir, seconds: float):
     return memoir
 
 
+def slow_commits(memoir, seconds: float):
+    """Test hook (MEMOIR_TINY_COMMIT_DELAY): an edit, once the store has it (durable, and in a
+    shared log visible to the other replicas), waits `seconds` before it is applied here and
+    acknowledged, so a test can kill a server between the two."""
+    commit = memoir.commit
+
+    def slow(proposal):
+        time.sleep(seconds)
+        return commit(proposal)
+
+    memoir.commit = slow
+    return memoir
+
+
 def builder(seed: int = 0, overrides: dict | None = None):
     """Builds the tiny Memoir: fresh (weights of seed 0), or on a stored memory's basis and config."""
     delay = float(os.environ.get("MEMOIR_TINY_EDIT_DELAY", "0"))
+    commit_delay = float(os.environ.get("MEMOIR_TINY_COMMIT_DELAY", "0"))
 
     def build(loaded):
         memoir = plain(loaded)
-        return slow_edits(memoir, delay) if delay else memoir
+        if delay:
+            slow_edits(memoir, delay)
+        return slow_commits(memoir, commit_delay) if commit_delay else memoir
 
     def plain(loaded):
         if loaded is None:
