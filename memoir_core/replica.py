@@ -88,5 +88,5 @@ def digest(memoir: "Memoir") -> dict:
     for part in (repr(ids).encode(), np.ascontiguousarray(bits).tobytes(), repr(kids).encode(),
                  np.ascontiguousarray(kbits).tobytes()):
         bank.update(part)
-    return {"version": memoir.version, "edits": list(memoir.edits), "w_m_sha256": hashlib.sha256(acc.tobytes()).hexdigest(),
-            "bank_sha256": bank.hexdigest(), "bank_order": ids}
+    return {"version": memoir.version, "edits": list(memoir.edits),
+            "w_m_sha256": hashlib.sha256(acc.tobytes()).hexdigest(), "bank_sha256": bank.hexdigest(), "bank_order": ids}

@@ -4,8 +4,8 @@
                      basis (permutation, background mean, training prefixes) as safetensors bytes
     memoir_log       one row per memory version, in order: an edit (its registry fields and audit
                      data in `info`, its mask indices) or a rollback. Rows are never deleted: the
-                     log is the audit trail (compaction clears the mask of an edit no longer live). `seq` IS the memory version:
-                     assigned as head + 1 by the one writer that holds the write lock, so the log
+                     log is the audit trail (compaction clears the mask of an edit no longer
+                     live). `seq` IS the memory version: assigned as head + 1 by the one writer that holds the write lock, so the log
                      has no gaps (a bigserial would skip numbers on every aborted transaction)
     memoir_delta     an edit's quantised W_m delta, one row per edit, apart from the log so that
                      scans of the log (catch-up headers, snapshots, audits) never read megabytes
@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 CHANNEL = "memoir_log"  # NOTIFY payload: the new head version
-# advisory lock keys (pg_advisory_*): any constant pair unlikely to be used by another application
+# advisory lock keys (pg_advisory_*): constants unlikely to be used by another application in the database
 WRITE_LOCK = 0x6D656D6F  # "memo": one writer appends at a time
 INIT_LOCK = 0x6D656D69  # creating the tables and the manifest
 
