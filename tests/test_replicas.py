@@ -150,6 +150,8 @@ def test_replicas_converge_after_round_robin_edits_rollback_sigkill_and_a_late_s
             edits = conn.execute("SELECT count(*) FROM memoir_log WHERE kind = 'edit'").fetchone()[0]
         # the log keeps every row (the audit trail); rolled-back edits' deltas were compacted
         assert snaps and snaps[-1] >= 50 and rows == version and deltas < edits, (snaps, rows, deltas, edits)
+        metrics = httpx.get(servers[3].url + "/metrics").text
+        assert "memoir:replication_caught_up 1.0" in metrics and "memoir:replication_lag_versions 0.0" in metrics
     finally:
         for s in servers:
             s.stop()
