@@ -89,6 +89,15 @@ class Writer:
         self.waiting = False  # a job waits for the lock (the engine thread may sleep a little)
         self._next_try = 0.0
 
+    # Replicas waiting for the lock try it every RETRY seconds; one that has just written waits
+    # COURTESY (> RETRY) before it takes the lock again, so a replica with a long queue of edits
+    # does not keep the others waiting until its queue is empty.
+    RETRY, COURTESY = 0.02, 0.05
+
+    def _released(self) -> None:
+        self.locked = False
+        self._next_try = time.monotonic() + self.COURTESY
+
     def _lock(self) -> bool:
         """Take the cluster's write lock and apply what other replicas wrote; False: busy, later."""
         if not self.shared or self.locked:
@@ -99,7 +108,7 @@ class Writer:
             return False
         entries = self.store.begin_write(self.memoir.version)
         if entries is None:
-            self._next_try, self.waiting = now + 0.02, True
+            self._next_try, self.waiting = now + self.RETRY, True
             return False
         self.locked, self.waiting = True, False
         try:
@@ -191,7 +200,8 @@ class Writer:
         record = proposal.record
         record.version = self.memoir.version + 1  # what commit() will give it; the log needs it first
         self._durable(self.store.log_edit, record)
-        self.locked = False  # the commit released the cluster's lock
+        if self.shared:
+            self._released()  # the commit released the cluster's lock
         committed = self.memoir.commit(proposal)
         self.seconds_per_edit = 0.8 * self.seconds_per_edit + 0.2 * committed.seconds
         return committed
@@ -208,7 +218,8 @@ class Writer:
             shared = self.memoir.shared_columns(job.edit_id)
             version = self.memoir.version + 1
             self._durable(self.store.log_removal, job.edit_id, version)
-            self.locked = False
+            if self.shared:
+                self._released()
             record = self.memoir.remove(job.edit_id)
             job.post(Removal(record, shared, self.memoir.version))
         except Exception as error:
