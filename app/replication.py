@@ -3,7 +3,9 @@ polling as the fallback), fetches them and has the engine thread apply them in o
 
 Status, for /ready: "catching_up" until the replica has reached the log's head once (and again
 while it rebuilds after falling behind a compaction), "cut_off" while the database cannot be
-reached (the memory may be stale: the load balancer should send requests elsewhere), "ok".
+reached, "ok". A replica cut off for longer than MEMOIR_CUT_OFF_GRACE is not ready: others may
+have moved on, so the load balancer should send requests elsewhere. (Within the grace it goes on
+serving: a short database restart should not take every replica out of the load balancer.)
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class Follower:
         self._thread = threading.Thread(target=self._run, name="memoir-follower", daemon=True)
         self._listener = None
         self._reported = (-1, 0.0)
+        self.cut_since: float | None = None  # monotonic time the log became unreadable
+
+    def cut_for(self) -> float:
+        """Seconds this replica has been cut off from the log (0 when it is not)."""
+        return time.monotonic() - self.cut_since if self.status == "cut_off" and self.cut_since else 0.0
 
     @property
     def version(self) -> int:
@@ -83,6 +90,7 @@ class Follower:
     def _cut_off(self, error: Exception) -> None:
         if self.status != "cut_off":
             log.error("replication: the shared log cannot be read (%s); this replica may fall behind", error)
+            self.cut_since = time.monotonic()
         self.status, self.error = "cut_off", f"{type(error).__name__}: {error}"
         if self._listener is not None:
             self._listener.close()

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     replica_url: str | None = Field(None, description="where other replicas and operators reach this one")
     follow_poll_seconds: float = Field(1.0, gt=0, description="replicas poll the log this often besides LISTEN")
     min_version_wait: float = Field(2.0, ge=0, description="seconds a request with min_version waits for it")
+    cut_off_grace: float = Field(10.0, ge=0, description="seconds a replica that cannot read the log stays ready "
+                                 "(serving the memory it has) before /ready says 503")
     pg_snapshot_every: int = Field(100, ge=1, description="log entries between two catch-up snapshots")
 
     # network

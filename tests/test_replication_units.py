@@ -62,3 +62,29 @@ def test_the_request_waits_for_the_follower_and_kicks_it():
     asyncio.run(deps.reach(rt, 5))
     t.join()
     assert time.monotonic() - started < 1.0
+
+
+def test_ready_while_catching_up_and_once_cut_off_for_longer_than_the_grace():
+    from app.routes.health import ready
+
+    engine = SimpleNamespace(alive=True, memoir=SimpleNamespace(version=3, edits={}),
+                             writer=SimpleNamespace(failed=None))
+    follower = Follower(store=None, engine=engine)
+    follower.head = 5
+    rt = SimpleNamespace(status="ready", engine=engine, follower=follower, model_name="tiny", error=None,
+                         store=SimpleNamespace(failure=None), settings=SimpleNamespace(cut_off_grace=10.0))
+
+    def answer():
+        r = asyncio.run(ready(rt))
+        return getattr(r, "status_code", 200), r.body if hasattr(r, "body") else r.model_dump()
+
+    code, body = answer()
+    assert code == 503 and b"catching_up" in body and b"version 3 of 5" in body
+    follower.status = "ok"
+    assert answer()[0] == 200
+    follower._cut_off(OSError("connection refused"))
+    code, body = answer()
+    assert code == 200 and "cut off from the edit log" in body["error"]  # within the grace: serve on
+    follower.cut_since -= 11
+    code, body = answer()
+    assert code == 503 and b"cut_off" in body
