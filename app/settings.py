@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     cut_off_grace: float = Field(10.0, ge=0, description="seconds a replica that cannot read the log stays ready "
                                  "(serving the memory it has) before /ready says 503")
     pg_snapshot_every: int = Field(100, ge=1, description="log entries between two catch-up snapshots")
+    pg_large_delta_bytes: int = Field(16 << 20, ge=0, description="W_m deltas larger than this are kept as "
+                                      "PostgreSQL large objects rather than bytea values")
 
     # network
     host: str = "127.0.0.1"

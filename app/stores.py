@@ -70,7 +70,7 @@ def postgres_store(settings: Settings) -> MemoryStore:
     if settings.state_url is None:
         raise StateError("MEMOIR_STORE=postgres needs MEMOIR_STATE_URL=postgresql://...")
     store = PostgresStore(settings.state_url.get_secret_value(), replica=settings.replica_name,
-                          snapshot_every=settings.pg_snapshot_every)
+                          snapshot_every=settings.pg_snapshot_every, large_delta=settings.pg_large_delta_bytes)
     log.info("the memory is kept in %s, shared by every replica on that database", store.where)
     return store
 

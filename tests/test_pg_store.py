@@ -22,8 +22,8 @@ from memoir_core.store.postgres import PostgresStore  # noqa: E402
 pytestmark = pytest.mark.timeout(120)
 
 
-def fresh(url: str):
-    store = PostgresStore(url, replica="test")
+def fresh(url: str, **kw):
+    store = PostgresStore(url, replica="test", **kw)
     assert store.load() is None
     memoir = make_memoir()
     store.create(Manifest.of(memoir, "tiny", "f" * 32), memoir.basis)
@@ -89,8 +89,12 @@ def test_one_writer_at_a_time(pg_url):  # noqa: F811
         store.close()
 
 
-def test_compaction_keeps_catch_up_exact_and_a_replica_behind_it_rebuilds(pg_url):  # noqa: F811
-    store, memoir = fresh(pg_url)
+@pytest.mark.parametrize("large", [16 << 20, 0], ids=["bytea", "large-objects"])
+def test_compaction_keeps_catch_up_exact_and_a_replica_behind_it_rebuilds(pg_url, large, monkeypatch):  # noqa: F811
+    from memoir_core.store.postgres import blobs
+
+    monkeypatch.setattr(blobs, "CHUNK", 1000)  # a tiny model's delta (8 KB) in several pieces
+    store, memoir = fresh(pg_url, large_delta=large)
     try:
         edit(store, memoir, "who is the chief executive of the company", "jane roe", "a")
         other, behind = follower(pg_url)
@@ -109,6 +113,10 @@ def test_compaction_keeps_catch_up_exact_and_a_replica_behind_it_rebuilds(pg_url
             masks = [r[0] for r in conn.execute("SELECT seq FROM memoir_log WHERE idx IS NOT NULL ORDER BY seq")]
         assert seqs == list(range(1, 9))  # the audit trail stays whole
         assert deltas == masks == [2, 4, 5, 8]  # rolled-back edits' deltas are gone
+        with psycopg.connect(pg_url) as conn:  # deltas above the threshold are large objects, unlinked with them
+            objects = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
+            inline = conn.execute("SELECT count(*) FROM memoir_delta WHERE delta IS NOT NULL").fetchone()[0]
+        assert (objects, inline) == ((4, 0) if large == 0 else (0, 4))
         with pytest.raises(LogGapError):
             other.fetch_after(behind.version)
         reset(behind, other.load_latest())

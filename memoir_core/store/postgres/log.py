@@ -4,12 +4,18 @@
 from __future__ import annotations
 
 from ...replica import LogEntry, LogGapError
+from . import blobs
 from .codec import entry
 
 _SELECT = """
-SELECT l.seq, l.kind, l.edit_id, l.info, l.idx, d.delta, d.sha256
+SELECT l.seq, l.kind, l.edit_id, l.info, l.idx, d.delta, d.lo, d.bytes, d.sha256
 FROM memoir_log l LEFT JOIN memoir_delta d ON d.seq = l.seq
 """
+
+
+def _entry(conn, row) -> LogEntry:
+    seq, kind, edit_id, info, idx, inline, oid, size, digest = row
+    return entry(seq, kind, edit_id, info, idx, blobs.read(conn, inline, oid, size), digest)
 PAGE = 64  # entries per query: bounded memory for a long tail (each holds a W_m delta)
 
 
@@ -21,7 +27,7 @@ def after(conn, version: int, limit: int | None = PAGE) -> list[LogEntry]:
     """Up to `limit` entries after `version`, in order; LogGapError if they do not follow it."""
     sql = _SELECT + " WHERE l.seq > %s ORDER BY l.seq" + (" LIMIT %s" if limit else "")
     rows = conn.execute(sql, (version, limit) if limit else (version,)).fetchall()
-    out = [entry(*row) for row in rows]
+    out = [_entry(conn, row) for row in rows]
     expected = version + 1
     for e in out:
         if e.version != expected:
@@ -47,6 +53,6 @@ def rows(conn, seqs: list[int]) -> list[LogEntry]:
     for start in range(0, len(seqs), PAGE):
         chunk = seqs[start : start + PAGE]
         for row in conn.execute(_SELECT + " WHERE l.seq = ANY(%s)", (chunk,)).fetchall():
-            e = entry(*row)
+            e = _entry(conn, row)
             found[e.version] = e
     return [found[s] for s in seqs if s in found]

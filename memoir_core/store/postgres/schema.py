@@ -5,10 +5,12 @@
     memoir_log       one row per memory version, in order: an edit (its registry fields and audit
                      data in `info`, its mask indices) or a rollback. Rows are never deleted: the
                      log is the audit trail (compaction clears the mask of an edit no longer
-                     live). `seq` IS the memory version: assigned as head + 1 by the one writer that holds the write lock, so the log
-                     has no gaps (a bigserial would skip numbers on every aborted transaction)
+                     live). `seq` IS the memory version: assigned as head + 1 by the one writer
+                     that holds the write lock, so the log has no gaps (a bigserial would skip
+                     numbers on every aborted transaction)
     memoir_delta     an edit's quantised W_m delta, one row per edit, apart from the log so that
-                     scans of the log (catch-up headers, snapshots, audits) never read megabytes
+                     scans of the log (catch-up headers, snapshots, audits) never read megabytes:
+                     `bytea`, or a large object above MEMOIR_PG_LARGE_DELTA_BYTES (blobs.py)
     memoir_snapshot  catch-up points: at `version`, the seqs of the live edits in apply order and
                      the mask bank's slot order; the deltas of edits no longer live at an older
                      snapshot are compacted away
@@ -47,7 +49,10 @@ CREATE INDEX IF NOT EXISTS memoir_log_edit_id ON memoir_log (edit_id);
 CREATE TABLE IF NOT EXISTS memoir_delta (
     seq         bigint PRIMARY KEY REFERENCES memoir_log (seq) ON DELETE CASCADE,
     sha256      text NOT NULL,
-    delta       bytea NOT NULL
+    bytes       bigint NOT NULL,
+    delta       bytea,
+    lo          oid,
+    CHECK ((delta IS NULL) <> (lo IS NULL))
 );
 ALTER TABLE memoir_delta ALTER COLUMN delta SET STORAGE EXTERNAL;
 CREATE TABLE IF NOT EXISTS memoir_snapshot (

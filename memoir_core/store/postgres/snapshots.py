@@ -16,6 +16,7 @@ snapshot. Both steps are idempotent: two replicas doing them at once do the same
 from __future__ import annotations
 
 from ...errors import StateCorruptError
+from . import blobs
 
 
 def newest(conn) -> tuple[int, list[int], list[str]] | None:
@@ -82,8 +83,10 @@ def compact(conn) -> int:
     horizon = int(snaps[1][0])
     # rows live at the horizon stay whole; so do rows live in the newest snapshot (a subset of those, or newer)
     keep = sorted(set(snaps[1][1]) | set(snaps[0][1]))
-    cur = conn.execute("DELETE FROM memoir_delta WHERE seq <= %s AND NOT (seq = ANY(%s))", (horizon, keep))
+    dropped = conn.execute("DELETE FROM memoir_delta WHERE seq <= %s AND NOT (seq = ANY(%s)) RETURNING lo",
+                           (horizon, keep)).fetchall()
+    blobs.unlink(conn, [r[0] for r in dropped])
     conn.execute("UPDATE memoir_log SET idx = NULL WHERE seq <= %s AND kind = 'edit' AND idx IS NOT NULL "
                  "AND NOT (seq = ANY(%s))", (horizon, keep))
     conn.execute("DELETE FROM memoir_snapshot WHERE version < %s", (horizon,))
-    return cur.rowcount
+    return len(dropped)

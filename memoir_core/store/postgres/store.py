@@ -35,7 +35,7 @@ from ...state import Loaded, Manifest, check_manifest
 from ..layout import sha256
 from ..registry import Registry, RegistryError
 from . import log as logrows
-from . import schema, snapshots
+from . import blobs, schema, snapshots
 from .codec import corrupt, decode_basis, edit_row, encode_basis
 from .listen import Listener
 
@@ -56,11 +56,12 @@ class PostgresStore:
     shared = True  # many replicas write through it: the writer takes the lock before training
 
     def __init__(self, url: str, *, replica: str | None = None, snapshot_every: int = 100,
-                 connect_timeout: float = 10.0, write_idle_timeout: float = 600.0):
+                 connect_timeout: float = 10.0, write_idle_timeout: float = 600.0, large_delta: int = 16 << 20):
         self.url = url
         self.where = f"PostgreSQL ({redact(url)})"
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}"
         self.snapshot_every = snapshot_every
+        self.large_delta = large_delta  # deltas above this many bytes go to large objects (blobs.py)
         self.connect_timeout = connect_timeout
         self.write_idle_timeout = write_idle_timeout
         self._read_mu = threading.Lock()  # the read connection: the loader, then the follower
@@ -274,13 +275,17 @@ class PostgresStore:
 
     def log_edit(self, record: EditRecord) -> None:
         row = edit_row(record)  # ValueError before anything is written
-        self._append(record.version, f"edit {record.id!r}", lambda c: (
+
+        def insert(c) -> None:
             c.execute("INSERT INTO memoir_log (seq, kind, edit_id, supersedes, info, idx, author, replica) "
                       "VALUES (%s, 'edit', %s, %s, %s, %s, %s, %s)",
                       (row["seq"], row["edit_id"], row["supersedes"], row["info"], row["idx"], row["author"],
-                       self.replica)),
-            c.execute("INSERT INTO memoir_delta (seq, sha256, delta) VALUES (%s, %s, %s)",
-                      (row["seq"], row["sha256"], row["delta"]))))
+                       self.replica))
+            inline, oid = blobs.write(c, row["delta"], self.large_delta)
+            c.execute("INSERT INTO memoir_delta (seq, sha256, bytes, delta, lo) VALUES (%s, %s, %s, %s, %s)",
+                      (row["seq"], row["sha256"], len(row["delta"]), inline, oid))
+
+        self._append(record.version, f"edit {record.id!r}", insert)
 
     def log_removal(self, edit_id: str, version: int) -> None:
         self._append(version, f"rollback of {edit_id!r}", lambda c: c.execute(
