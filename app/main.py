@@ -17,7 +17,7 @@ from memoir_core.state import MemoryStore
 from . import errors, logs, metrics, server
 from .auth import Keys, LoopbackOnly, check_exposure
 from .middleware import BodyLimit
-from .routes import edits, generate, health, openai
+from .routes import edits, generate, health, openai, replicas
 from .runtime import Builder, Runtime, exit_process
 from .settings import Settings
 from .stores import open_store
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     if not keys.admin and not settings.allow_insecure:
         app.add_middleware(LoopbackOnly)
     app.add_middleware(Telemetry)  # outermost: every answer gets a request id, a log line and a count
-    for module in (health, edits, generate, openai, metrics):
+    for module in (health, edits, generate, openai, replicas, metrics):
         app.include_router(module.router)
     return app
 

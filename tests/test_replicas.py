@@ -150,6 +150,15 @@ def test_replicas_converge_after_round_robin_edits_rollback_sigkill_and_a_late_s
             edits = conn.execute("SELECT count(*) FROM memoir_log WHERE kind = 'edit'").fetchone()[0]
         # the log keeps every row (the audit trail); rolled-back edits' deltas were compacted
         assert snaps and snaps[-1] >= 50 and rows == version and deltas < edits, (snaps, rows, deltas, edits)
+        deadline = time.monotonic() + 10  # each replica reports its version to the database as it applies
+        while True:
+            seen = httpx.get(servers[0].url + "/replicas").json()
+            reported = {r["name"]: r["version"] for r in seen["replicas"]}
+            if reported == dict.fromkeys(["a", "b", "c", "late"], version) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert seen["shared"] and seen["head"] == version and reported == dict.fromkeys(["a", "b", "c", "late"],
+                                                                                         version), seen
         metrics = httpx.get(servers[3].url + "/metrics").text
         assert "memoir:replication_caught_up 1.0" in metrics and "memoir:replication_lag_versions 0.0" in metrics
     finally:

@@ -226,6 +226,13 @@ class PostgresStore:
             "ON CONFLICT (name) DO UPDATE SET url = excluded.url, version = excluded.version, seen_at = now()",
             (self.replica, url, version)), "report")
 
+    def replicas(self) -> list[dict]:
+        """Every replica that reported: name, URL, applied version, seconds since it was last seen."""
+        rows = self._read(lambda c: c.execute(
+            "SELECT name, url, version, extract(epoch FROM now() - seen_at) FROM memoir_replica ORDER BY name"
+        ).fetchall(), "read the replicas")
+        return [{"name": n, "url": u, "version": int(v), "seen_seconds_ago": round(float(a), 3)} for n, u, v, a in rows]
+
     # -- writing ------------------------------------------------------------------------------
     def begin_write(self, after: int) -> list[LogEntry] | None:
         """Take the cluster's write lock if it is free: the entries after `after` (apply them
