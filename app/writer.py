@@ -233,8 +233,9 @@ class Writer:
         try:
             write(*args)
         except Exception as error:
-            self.locked = False  # a failed write gave the cluster's lock back
+            self.locked = False
             if self.shared:  # a failed transaction leaves nothing behind: the next edit may try again
+                self.store.abort_write()  # (the lock goes back, also when the write never began)
                 log.error("the memory store failed: %s", error)
                 if isinstance(error, MemoirError):
                     raise
