@@ -88,3 +88,19 @@ def test_ready_while_catching_up_and_once_cut_off_for_longer_than_the_grace():
     follower.cut_since -= 11
     code, body = answer()
     assert code == 503 and b"cut_off" in body
+
+
+def test_the_state_url_chooses_postgres_and_contradictions_are_refused(monkeypatch):
+    from app import stores
+    from app.settings import Settings
+    from memoir_core.errors import StateError
+
+    made = []
+    monkeypatch.setitem(stores.STORES, "postgres", lambda settings: made.append(settings) or "pg")
+    url = "postgresql://memoir@db/memoir"
+    assert stores.open_store(Settings(state_url=url, store="auto")) == "pg"
+    assert stores.open_store(Settings(state_url=url, store="auto", state_dir="/var/lib/memoir")) == "pg"  # the image's
+    for other in ("dir", "memory"):
+        with pytest.raises(StateError, match="MEMOIR_STATE_URL"):
+            stores.open_store(Settings(state_url=url, store=other))
+    assert "secret" not in repr(Settings(state_url="postgresql://memoir:secret@db/memoir"))
