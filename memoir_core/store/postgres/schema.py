@@ -24,6 +24,7 @@ CHANNEL = "memoir_log"  # NOTIFY payload: the new head version
 WRITE_LOCK = 0x6D656D6F  # "memo": one writer appends at a time
 INIT_LOCK = 0x6D656D69  # creating the tables and the manifest
 
+# in the order they can be dropped; the first is created last (its presence means all exist)
 TABLES = ("memoir_replica", "memoir_snapshot", "memoir_delta", "memoir_log", "memoir_manifest")
 
 DDL = """

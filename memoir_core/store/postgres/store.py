@@ -116,8 +116,12 @@ class PostgresStore:
         init = self.connect()
         try:
             init.execute("SELECT pg_advisory_lock(%s)", (schema.INIT_LOCK,))
-            with init.transaction():
-                init.execute(schema.DDL)
+            # Only on a database without the tables (created in one transaction: the last one
+            # stands for all): the DDL's table locks would otherwise queue behind a writer's
+            # transaction that is training and block every reader behind them.
+            if init.execute("SELECT to_regclass(%s)", (schema.TABLES[0],)).fetchone()[0] is None:
+                with init.transaction():
+                    init.execute(schema.DDL)
             row = init.execute("SELECT body FROM memoir_manifest WHERE id = 1").fetchone()
             if row is None:
                 self._init_conn, init = init, None  # create() writes the manifest, then unlocks
