@@ -21,11 +21,14 @@ def _admin():
 
 
 def url_of(name: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    """ADMIN_URL with another database, as a postgresql:// URL (what MEMOIR_STATE_URL takes)."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
 
     info = conninfo_to_dict(ADMIN_URL)
-    info["dbname"] = name
-    return make_conninfo(**info)
+    auth = quote(info.get("user", "postgres")) + (f":{quote(info['password'])}" if info.get("password") else "")
+    return f"postgresql://{auth}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{name}"
 
 
 @pytest.fixture

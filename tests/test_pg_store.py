@@ -177,3 +177,26 @@ def test_a_follower_behind_the_compaction_horizon_rebuilds_on_its_engine(pg_url,
         engine.stop()
         other.close()
         store.close()
+
+
+def test_memoir_state_inspect_and_verify_read_a_memory_in_postgres(pg_url, capsys):  # noqa: F811
+    import json
+
+    from memoir_cli.main import main
+
+    store, memoir = fresh(pg_url)
+    try:
+        edit(store, memoir, "who is the chief executive of the company", "jane roe", "a")
+        edit(store, memoir, "what is the capital city of the country", "paris", "b")
+        remove(store, memoir, "a")
+        store.report(memoir.version, "http://127.0.0.1:1")
+    finally:
+        store.close()
+    assert main(["state", "inspect", pg_url, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["version"], found["live_edits"], found["log"]) == (3, 1, {"edits": 2, "rollbacks": 1})
+    assert [e["id"] for e in found["last_edits"]] == ["b"] and found["replicas"][0]["version"] == 3
+    assert main(["state", "inspect", pg_url]) == 0 and "live edits       1" in capsys.readouterr().out
+    assert main(["state", "verify", pg_url]) == 0
+    assert "ok: the memory in PostgreSQL is sound: version 3, 1 live edits" in capsys.readouterr().out
+    assert main(["state", "verify", pg_url.replace("memoir_test_", "memoir_none_")]) == 1
