@@ -230,11 +230,15 @@ class PostgresStore:
         return Listener(self.connect(), schema.CHANNEL)
 
     def report(self, version: int, url: str | None = None) -> None:
-        """Record this replica's applied version (memoir_replica: status and lag)."""
-        self._read(lambda c: c.execute(
-            "INSERT INTO memoir_replica (name, url, version, seen_at) VALUES (%s, %s, %s, now()) "
-            "ON CONFLICT (name) DO UPDATE SET url = excluded.url, version = excluded.version, seen_at = now()",
-            (self.replica, url, version)), "report")
+        """Record this replica's applied version (memoir_replica: status and lag); forget replicas
+        not seen for a day (default names change with every process)."""
+        def write(c) -> None:
+            c.execute("INSERT INTO memoir_replica (name, url, version, seen_at) VALUES (%s, %s, %s, now()) "
+                      "ON CONFLICT (name) DO UPDATE SET url = excluded.url, version = excluded.version, "
+                      "seen_at = now()", (self.replica, url, version))
+            c.execute("DELETE FROM memoir_replica WHERE seen_at < now() - interval '1 day'")
+
+        self._read(write, "report")
 
     def replicas(self) -> list[dict]:
         """Every replica that reported: name, URL, applied version, seconds since it was last seen."""
