@@ -159,6 +159,8 @@ class Runtime:
                 return
             if not isinstance(error, (StateError, DurabilityError)):
                 log.exception("start-up failed")
+                if getattr(self.store, "shared", False):  # let go of the database's locks: other
+                    self._close_store()  # replicas may be waiting for this one to create the memory
                 return
             self.fatal = self.error
             log.critical("the memory's state stops the start: %s", self.error)
