@@ -354,13 +354,12 @@ class Memoir:
         self.weights.subtract(rec.idx.to(self.device), rec.delta)
         self.bank.remove(rec.id)
         if rec.id in self.keybank:
-            # Rebuilt in apply order rather than swap-removed: the order then depends only on
-            # the live edits, so a memory restored from a log or snapshot (and every replica)
-            # breaks overlap ties among routing keys exactly as this one does.
-            self.keybank = MaskBank(self.width, self.config.k)
-            for other in self.edits.values():
-                if other.keys:
-                    self.keybank.add(other.id, np.asarray(other.keys))
+            # Its keys leave without a swap-remove: the others keep their apply order, which then
+            # depends only on the live edits, so a memory restored from a log or snapshot (and
+            # every replica) breaks overlap ties among routing keys exactly as this one does.
+            ids, bits = self.keybank.export()
+            keep = [i for i, e in enumerate(ids) if e != rec.id]
+            self.keybank = MaskBank.restore(self.width, self.config.k, [ids[i] for i in keep], bits[keep])
         self._routes.clear()
 
     def shared_columns(self, edit_id: str) -> dict[str, int]:
