@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from fastapi import Header, Request
 
 from memoir_core.errors import InvalidRequestError
 from memoir_core.generate import SamplingParams
 
 from .engine import Engine
+from .errors import VersionAheadError, VersionUnavailableError
 from .runtime import Runtime
 from .settings import Settings
 
@@ -34,3 +35,33 @@ def sampling(settings: Settings, max_new_tokens: int, temperature: float, top_p:
                             seed=seed)
     params.validate()
     return params
+
+
+MIN_VERSION_HEADER = "X-Memoir-Min-Version"
+
+
+async def reach(runtime: Runtime, version: int | None) -> None:
+    """Read-your-writes: wait (MEMOIR_MIN_VERSION_WAIT seconds at most) until this replica's
+    memory is at `version` or newer. 409 if no such version exists, 503 if it exists in the
+    shared log but this replica did not reach it in time (another replica may have)."""
+    if version is None:
+        return
+    engine = runtime.ready_engine()
+    if engine.memoir.version >= version:
+        return
+    follower = runtime.follower
+    if follower is None:  # one server: every version it has is already here
+        raise VersionAheadError(f"min_version {version}: the memory is at version {engine.memoir.version}")
+    if await follower.reach(version, runtime.settings.min_version_wait):
+        return
+    head = follower.head
+    if version > head:
+        raise VersionAheadError(f"min_version {version}: the edit log ends at version {head}")
+    raise VersionUnavailableError(f"min_version {version}: this replica is at version {engine.memoir.version} and "
+                                  f"did not reach {version} within {runtime.settings.min_version_wait:g} s; "
+                                  "retry, or ask another replica")
+
+
+async def min_version(request: Request, x_memoir_min_version: int | None = Header(
+        None, ge=0, description="answer from memory version >= this one (read-your-writes after an edit)")) -> None:
+    await reach(request.app.state.runtime, x_memoir_min_version)

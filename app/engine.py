@@ -15,6 +15,7 @@ arrives after an edit's response is admitted after the commit and sees the edit.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import queue
@@ -52,7 +53,7 @@ class Engine:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: deque[Work] = deque()
         self._jobs: deque[EditJob | RemoveJob] = deque()
-        self._job: EditJob | None = None
+        self._job: EditJob | RemoveJob | None = None
         self._lock = threading.Lock()  # guards the two counters below (read on the loop, written on both)
         self._sequences = 0  # queued or running
         self._edit_requests = 0  # queued or training
@@ -114,6 +115,20 @@ class Engine:
         self._post(("call", fn, resolver(loop, future)))
         return await future
 
+    def submit(self, fn: Callable[[Memoir], Any]) -> concurrent.futures.Future:
+        """Run fn(memoir) on the engine thread, from any thread (the replica's follower)."""
+        self._check_alive()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def post(value) -> None:
+            if isinstance(value, BaseException):
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+        self._post(("call", fn, post))
+        return future
+
     async def _submit_job(self, make, weight: int):
         self._check_alive()
         self.writer.refuse_if_failed()
@@ -138,19 +153,28 @@ class Engine:
     # -- the engine thread --------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            while self._take_commands(wait=not (self._waiting or self.decoder.running or self._job or self._jobs)):
+            while self._take_commands(*self._idle()):
                 self._admit()
                 self._step()
                 self._advance_job()
-            while self._job is not None and time.monotonic() < self._stop_by:  # stopping: finish the edit
+            # stopping: finish the edit that trains (not one still waiting for the cluster's lock)
+            while self._job is not None and time.monotonic() < self._stop_by and not self.writer.waiting:
                 self._advance_job()
         except Exception:  # a bug: answer everyone rather than leave them hanging
             log.exception("the engine thread failed")
         self._shutdown()
 
-    def _take_commands(self, wait: bool) -> bool:
+    def _idle(self) -> tuple[bool, float | None]:
+        """Whether the thread may block for the next command, and for how long at most."""
+        if self._waiting or self.decoder.running:
+            return False, None
+        if self._job is not None and self.writer.waiting:  # only waiting for another replica's edit
+            return True, 0.02
+        return not (self._job or self._jobs), None
+
+    def _take_commands(self, wait: bool, timeout: float | None = None) -> bool:
         try:
-            command = self._inbox.get() if wait else self._inbox.get_nowait()
+            command = self._inbox.get(timeout=timeout) if wait else self._inbox.get_nowait()
         except queue.Empty:
             return True
         while command is not _STOP:
@@ -255,13 +279,9 @@ class Engine:
         if self._job is None:
             if not self._jobs:
                 return
-            job = self._jobs.popleft()
-            if isinstance(job, RemoveJob):
-                self.writer.remove(job)
-                self._job_done(job)
-                return
-            self._job = job
-        if self.writer.step(self._job):
+            self._job = self._jobs.popleft()
+        job = self._job
+        if self.writer.remove(job) if isinstance(job, RemoveJob) else self.writer.step(job):
             self._job_done(self._job)
             self._job = None
 

@@ -43,6 +43,16 @@ class QueueFullError(ServiceError):
         self.retry_after = retry_after
 
 
+class VersionUnavailableError(ServiceError):
+    """min_version: the version exists in the shared log, but this replica did not reach it in time."""
+    status, code, retry_after = 503, "version_unavailable", 1
+
+
+class VersionAheadError(ServiceError):
+    """min_version: no such memory version exists (yet)."""
+    status, code = 409, "version_ahead"
+
+
 class ModelNotFoundError(ServiceError):
     status, code = 404, "model_not_found"
 

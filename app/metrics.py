@@ -20,6 +20,8 @@ names of prometheus-fastapi-instrumentator, which vLLM's server also exposes.
                 memoir:routing_decisions_total{decision}  on | off        (one per sequence)
                 memoir:routing_best_overlap                               (histogram, one per sequence)
                 memoir:writer_failed, memoir:ready
+  replicas      memoir:replication_log_head, memoir:replication_lag_versions, memoir:replication_caught_up
+                (only with a shared store: the edit log in PostgreSQL, docs/replicas.md)
   store         memoir:snapshot_duration_seconds (histogram), memoir:snapshots_total{outcome},
                 memoir:snapshot_last_success_timestamp_seconds
                 memoir:store_<name> for every number in the store's `stats` mapping, if it has one
@@ -188,6 +190,15 @@ class ServerCollector:
                          memoir.version)
             yield _gauge("memoir:writer_failed", "1 after a failed store write: edits are stopped until restart.",
                          bool(engine.writer.failed))
+        follower = getattr(runtime, "follower", None)
+        if follower is not None and engine is not None:
+            head = max(follower.head, engine.memoir.version)
+            yield _gauge("memoir:replication_log_head", "The newest version this replica knows the shared edit log "
+                         "has.", head)
+            yield _gauge("memoir:replication_lag_versions", "Log entries this replica has not applied yet.",
+                         head - engine.memoir.version)
+            yield _gauge("memoir:replication_caught_up", "1 while the replica follows the shared log (0: catching "
+                         "up, or cut off from the database).", follower.status == "ok")
         yield _gauge("memoir:snapshot_last_success_timestamp_seconds", "Unix time of the last snapshot that "
                      "succeeded in this process (0: none yet).", _last_snapshot["ok"])
         store = getattr(runtime, "store", None)

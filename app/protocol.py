@@ -165,6 +165,8 @@ class GenerateIn(Strict):
     stop: Stops = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
+    min_version: int | None = Field(None, ge=0, description="answer from memory version >= this one "
+                                    "(read-your-writes; also the X-Memoir-Min-Version header)")
 
 
 class GenerateOut(BaseModel):

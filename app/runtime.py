@@ -98,6 +98,7 @@ class Runtime:
         self.store: MemoryStore | None = None
         self.on_fatal = on_fatal
         self.fatal: str | None = None  # why the state stopped the start
+        self.follower = None  # app.replication.Follower when the store is shared (PostgreSQL)
         self._stopping = False
         self._thread = threading.Thread(target=self._load, name="memoir-load", daemon=True)
 
@@ -141,6 +142,12 @@ class Runtime:
                 self.store.create(Manifest.of(memoir, self.model_name, fingerprint), memoir.basis)
             engine = Engine(memoir, self.store, self.settings)
             engine.start()
+            if getattr(self.store, "shared", False):  # other replicas write too: follow the log
+                from .replication import Follower
+
+                self.follower = Follower(self.store, engine, self.settings.follow_poll_seconds,
+                                         self.settings.replica_url)
+                self.follower.start()
             self.engine = engine
             self.status = "ready"
             log.info("ready in %.1f s: %s, %d edits, memory version %d", time.perf_counter() - t0,
@@ -152,6 +159,8 @@ class Runtime:
                 return
             if not isinstance(error, (StateError, DurabilityError)):
                 log.exception("start-up failed")
+                if getattr(self.store, "shared", False):  # let go of the database's locks: other
+                    self._close_store()  # replicas may be waiting for this one to create the memory
                 return
             self.fatal = self.error
             log.critical("the memory's state stops the start: %s", self.error)
@@ -169,6 +178,8 @@ class Runtime:
     def stop(self, timeout: float = 30.0) -> None:
         """Blocking; run it off the event loop."""
         self._stopping = True
+        if self.follower is not None:
+            self.follower.stop()
         if self.engine is not None:
             self.engine.stop(timeout)
         self._close_store()  # a snapshot in flight is abandoned: the journal still holds its edits

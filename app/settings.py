@@ -26,10 +26,22 @@ class Settings(BaseSettings):
     # where the memory lives (app/stores.py): a state directory, MEMOIR_STATE_DIR or by default
     # ~/.local/share/memoir/state/<model>; MEMOIR_STORE=memory keeps it in RAM only (lost on exit)
     state_dir: Path | None = None
-    store: Literal["auto", "memory", "dir"] = "auto"
+    store: Literal["auto", "memory", "dir", "postgres"] = "auto"
     # a background snapshot compacts the journal once it holds max(min_bytes, ratio x the last snapshot)
     snapshot_min_bytes: int = Field(64 << 20, ge=0)
     snapshot_ratio: float = Field(1.0, ge=0)
+    # many replicas on one memory (docs/replicas.md): the edit log in PostgreSQL instead of a directory
+    state_url: SecretStr | None = Field(None, description="postgresql://... : keep the memory in PostgreSQL, "
+                                        "shared by every replica that names the same database")
+    replica_name: str | None = Field(None, description="this replica's name in the database; default host-pid")
+    replica_url: str | None = Field(None, description="where other replicas and operators reach this one")
+    follow_poll_seconds: float = Field(1.0, gt=0, description="replicas poll the log this often besides LISTEN")
+    min_version_wait: float = Field(2.0, ge=0, description="seconds a request with min_version waits for it")
+    cut_off_grace: float = Field(10.0, ge=0, description="seconds a replica that cannot read the log stays ready "
+                                 "(serving the memory it has) before /ready says 503")
+    pg_snapshot_every: int = Field(100, ge=1, description="log entries between two catch-up snapshots")
+    pg_large_delta_bytes: int = Field(16 << 20, ge=0, description="W_m deltas larger than this are kept as "
+                                      "PostgreSQL large objects rather than bytea values")
 
     # network
     host: str = "127.0.0.1"

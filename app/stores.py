@@ -62,9 +62,23 @@ def memory_store(settings: Settings) -> MemoryStore:
     return InMemoryStore()
 
 
+def postgres_store(settings: Settings) -> MemoryStore:
+    try:
+        from memoir_core.store.postgres import PostgresStore
+    except ImportError as e:
+        raise StateError(f"MEMOIR_STATE_URL needs psycopg 3 (pip install 'memoir[postgres]'): {e}") from None
+    if settings.state_url is None:
+        raise StateError("MEMOIR_STORE=postgres needs MEMOIR_STATE_URL=postgresql://...")
+    store = PostgresStore(settings.state_url.get_secret_value(), replica=settings.replica_name,
+                          snapshot_every=settings.pg_snapshot_every, large_delta=settings.pg_large_delta_bytes)
+    log.info("the memory is kept in %s, shared by every replica on that database", store.where)
+    return store
+
+
 STORES: dict[str, StoreFactory] = {
     "memory": memory_store,
     "dir": directory_store,
+    "postgres": postgres_store,
 }
 
 
@@ -73,7 +87,14 @@ def register(kind: str, factory: StoreFactory) -> None:
 
 
 def open_store(settings: Settings) -> MemoryStore:
-    kind = "dir" if settings.store == "auto" else settings.store
+    kind = settings.store
+    if kind == "auto":
+        kind = "postgres" if settings.state_url is not None else "dir"
+    if settings.state_url is not None and kind != "postgres":
+        raise StateError(f"MEMOIR_STATE_URL (PostgreSQL) contradicts MEMOIR_STORE={settings.store}; unset one of them")
+    if settings.state_url is not None and settings.state_dir is not None:  # the image sets a state directory
+        log.warning("MEMOIR_STATE_URL is set: the memory is in PostgreSQL; MEMOIR_STATE_DIR=%s is not used",
+                    settings.state_dir)
     if kind == "memory" and settings.state_dir is not None:
         raise StateError(f"MEMOIR_STORE=memory (RAM only) contradicts MEMOIR_STATE_DIR={settings.state_dir}; "
                          "unset one of them")

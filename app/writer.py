@@ -19,6 +19,7 @@ from memoir_core.errors import DurabilityError, EditConflictError, EditNotFoundE
 from memoir_core.memoir import Memoir
 from memoir_core.preview import Probes, check_blast_radius, preview
 from memoir_core.records import EditRecord
+from memoir_core.replica import apply_entries
 from memoir_core.state import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,48 @@ class Writer:
         self.probes = Probes()  # background texts for the blast radius
         self.failed: str | None = None  # set when the store failed: no more writes until restart
         self.seconds_per_edit = 1.0  # moving average, for Retry-After
+        # A shared store (PostgreSQL: many replicas) is written by one replica at a time: the
+        # writer takes the cluster's lock and catches up to the log's head *before* it trains,
+        # so every edit trains on the newest memory, and the commit that appends it lets go.
+        self.shared = bool(getattr(store, "shared", False))
+        self.locked = False  # this replica holds the cluster's write lock
+        self.waiting = False  # a job waits for the lock (the engine thread may sleep a little)
+        self._next_try = 0.0
+
+    # Replicas waiting for the lock try it every RETRY seconds; one that has just written waits
+    # COURTESY (> RETRY) before it takes the lock again, so a replica with a long queue of edits
+    # does not keep the others waiting until its queue is empty.
+    RETRY, COURTESY = 0.02, 0.05
+
+    def _released(self) -> None:
+        self.locked = False
+        self._next_try = time.monotonic() + self.COURTESY
+
+    def _lock(self) -> bool:
+        """Take the cluster's write lock and apply what other replicas wrote; False: busy, later."""
+        if not self.shared or self.locked:
+            return True
+        now = time.monotonic()
+        if now < self._next_try:
+            self.waiting = True
+            return False
+        entries = self.store.begin_write(self.memoir.version)
+        if entries is None:
+            self._next_try, self.waiting = now + self.RETRY, True
+            return False
+        self.locked, self.waiting = True, False
+        try:
+            apply_entries(self.memoir, entries)
+        except Exception:
+            self._unlock()
+            raise
+        return True
+
+    def _unlock(self) -> None:
+        self.waiting = False
+        if self.locked:
+            self.locked = False
+            self.store.abort_write()
 
     def refuse_if_failed(self) -> None:
         if self.failed:
@@ -99,9 +142,13 @@ class Writer:
                 self.refuse_if_failed()
                 self._check(job.items)
                 job.checked = True
-            if job.training is None and not self._start_next(job):
-                job.post((list(job.applied), self.memoir.version))
-                return True
+            if job.training is None:
+                if not self._lock():
+                    return False  # another replica writes: try again on a later turn
+                if not self._start_next(job):
+                    self._unlock()
+                    job.post((list(job.applied), self.memoir.version))
+                    return True
             try:
                 next(job.training)
                 return False
@@ -114,9 +161,11 @@ class Writer:
                 job.index += 1
                 return False
         except EditBatchError as error:
+            self._unlock()
             job.post(error)
             return True
         except Exception as error:
+            self._unlock()
             if not isinstance(error, MemoirError):
                 log.exception("edit %d of a request failed", job.index)
             index = job.index if len(job.items) > 1 else None
@@ -164,30 +213,47 @@ class Writer:
             check_blast_radius(self.memoir, record, self.probes, self.max_blast_radius, "MEMOIR_MAX_BLAST_RADIUS")
         record.version = self.memoir.version + 1  # what commit() will give it; the log needs it first
         self._durable(self.store.log_edit, record)
+        if self.shared:
+            self._released()  # the commit released the cluster's lock
         committed = self.memoir.commit(proposal)
         self.seconds_per_edit = 0.8 * self.seconds_per_edit + 0.2 * committed.seconds
         return committed
 
     # -- rollback -----------------------------------------------------------------------------
-    def remove(self, job: RemoveJob) -> None:
+    def remove(self, job: RemoveJob) -> bool:
+        """Roll one edit back; False while another replica holds the write lock (call again)."""
         try:
             self.refuse_if_failed()
+            if not self._lock():
+                return False
             if job.edit_id not in self.memoir.edits:
                 raise EditNotFoundError(f"no edit with id {job.edit_id!r}")
             shared = self.memoir.shared_columns(job.edit_id)
             version = self.memoir.version + 1
             self._durable(self.store.log_removal, job.edit_id, version)
+            if self.shared:
+                self._released()
             record = self.memoir.remove(job.edit_id)
             job.post(Removal(record, shared, self.memoir.version))
         except Exception as error:
+            self._unlock()
             if not isinstance(error, MemoirError):
                 log.exception("removing edit %s failed", job.edit_id)
             job.post(error)
+        return True
 
     def _durable(self, write, *args) -> None:
         try:
             write(*args)
         except Exception as error:
+            self.locked = False
+            if self.shared:  # a failed transaction leaves nothing behind: the next edit may try again
+                self.store.abort_write()  # (the lock goes back, also when the write never began)
+                log.error("the memory store failed: %s", error)
+                if isinstance(error, MemoirError):
+                    raise
+                raise DurabilityError(f"the edit could not be made durable ({error}); it was not applied") \
+                    from error
             # The store may hold a partial write: stop writing rather than build on it.
             self.failed = f"{type(error).__name__}: {error}"
             log.error("the memory store failed; edits are stopped: %s", self.failed)

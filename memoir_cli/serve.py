@@ -15,8 +15,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--port", type=int, help="[MEMOIR_PORT, 8000]")
     p.add_argument("--state-dir", help="where the memory is kept across restarts [MEMOIR_STATE_DIR; default: "
                    "~/.local/share/memoir/state/<model>]")
-    p.add_argument("--store", choices=("auto", "dir", "memory"),
-                   help="memory: keep edits in RAM only, lost at exit [MEMOIR_STORE, auto: the state directory]")
+    p.add_argument("--store", choices=("auto", "dir", "memory", "postgres"),
+                   help="memory: keep edits in RAM only, lost at exit [MEMOIR_STORE, auto: the state directory, "
+                   "or PostgreSQL when a state URL is given]")
+    p.add_argument("--state-url", help="postgresql://... : the memory in PostgreSQL, shared by every replica on it "
+                   "[MEMOIR_STATE_URL; docs/replicas.md]")
+    p.add_argument("--replica-name", help="this replica's name in the database [MEMOIR_REPLICA_NAME, host-pid]")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... [MEMOIR_DEVICE]")
     p.add_argument("--dtype", help="auto, float32, bfloat16, float16 [MEMOIR_DTYPE]")
     p.add_argument("--threads", type=int, help="torch CPU threads [MEMOIR_THREADS; default: one per core]")
@@ -36,7 +40,8 @@ def run_serve(args) -> int:
     from app.settings import Settings
 
     names = ("model", "served_model_name", "host", "port", "state_dir", "store", "device", "dtype", "threads",
-             "max_batch", "edit_queue_size", "log_level", "log_format", "allow_insecure", "shutdown_timeout")
+             "max_batch", "edit_queue_size", "log_level", "log_format", "allow_insecure", "shutdown_timeout",
+             "state_url", "replica_name")
     settings = Settings(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
     # An app object (not an import string) runs in this process: one worker, which is what a
     # single model owner needs.

@@ -16,12 +16,12 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("state", help="inspect, export, import or verify a memory state directory")
     ss = p.add_subparsers(dest="state_command", required=True)
     q = ss.add_parser("inspect", help="manifest, version, live edits, sizes, last edits")
-    q.add_argument("dir")
+    q.add_argument("dir", help="a state directory, or a postgresql:// URL (docs/replicas.md)")
     q.add_argument("--last", type=int, default=5, help="how many of the newest edits to list")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=run_inspect)
     q = ss.add_parser("verify", help="check every checksum and replay the log; exit 0 if sound, 1 if not")
-    q.add_argument("dir")
+    q.add_argument("dir", help="a state directory, or a postgresql:// URL (docs/replicas.md)")
     q.set_defaults(func=run_verify)
     q = ss.add_parser("export", help="write a verified, compacted copy of the state to one archive file")
     q.add_argument("dir")
@@ -69,10 +69,53 @@ def summary(view, last: int = 5) -> dict:
     }
 
 
+def _is_url(where: str) -> bool:
+    return where.startswith(("postgresql://", "postgres://"))
+
+
+def inspect_postgres(args) -> int:
+    from memoir_core.errors import MemoirError
+    from memoir_core.store.postgres.inspect import summary as pg_summary
+
+    try:
+        s = pg_summary(args.dir, args.last)
+    except MemoirError as e:
+        return _fail(e)
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return 0
+    d = s["deltas"]
+    lines = [
+        f"database         {s['url']}",
+        f"model            {s['model']} (fingerprint {s['fingerprint']})",
+        f"layout           layer {s['layer']}, k {s['k']}, width {s['width']}, d_out {s['d_out']}, "
+        f"tau {s['tau']}, format {s['format_version']}",
+        f"version          {s['version']}",
+        f"live edits       {s['live_edits']}",
+        f"log              {s['log']['edits']} edit(s), {s['log']['rollbacks']} rollback(s) (every row kept)",
+        f"deltas           {d['kept']} kept: {_mb(d['bytea_bytes'])} bytea, {_mb(d['large_object_bytes'])} "
+        "large objects",
+        f"snapshots        " + (", ".join(f"v{v}" for v in s["snapshots"]) or "none yet"),
+        f"database         {_mb(s['database_bytes'])}",
+    ]
+    for r in s["replicas"]:
+        lines.append(f"replica          {r['name']} at version {r['version']}, seen {r['seen_seconds_ago']:.0f} s ago"
+                     + (f" ({r['url']})" if r["url"] else ""))
+    if s["last_edits"]:
+        lines.append("newest edits")
+        for e in reversed(s["last_edits"]):
+            lines.append(f"  v{e['version']:<6} {e['id']:<18} {e['author'] or '-':<10} "
+                         f"{e['prompt'][:48]!r} -> {e['target_new'][:32]!r}")
+    print("\n".join(lines))
+    return 0
+
+
 def run_inspect(args) -> int:
     from memoir_core.errors import StateError
     from memoir_core.store.portable import read_view
 
+    if _is_url(args.dir):
+        return inspect_postgres(args)
     try:
         view = read_view(args.dir)
     except (StateError, OSError) as e:
@@ -118,6 +161,17 @@ def run_verify(args) -> int:
     from memoir_core.errors import StateError
     from memoir_core.store.portable import verify
 
+    if _is_url(args.dir):
+        from memoir_core.errors import MemoirError
+        from memoir_core.store.postgres.inspect import verify as pg_verify
+
+        try:
+            loaded = pg_verify(args.dir)
+        except MemoirError as e:
+            return _fail(e)
+        print(f"ok: the memory in PostgreSQL is sound: version {loaded.version}, {len(loaded.edits)} live edits, "
+              "every checksum and the log verified")
+        return 0
     try:
         view, warnings = verify(args.dir)
     except (StateError, OSError) as e:

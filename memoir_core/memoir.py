@@ -354,7 +354,12 @@ class Memoir:
         self.weights.subtract(rec.idx.to(self.device), rec.delta)
         self.bank.remove(rec.id)
         if rec.id in self.keybank:
-            self.keybank.remove(rec.id)
+            # Its keys leave without a swap-remove: the others keep their apply order, which then
+            # depends only on the live edits, so a memory restored from a log or snapshot (and
+            # every replica) breaks overlap ties among routing keys exactly as this one does.
+            ids, bits = self.keybank.export()
+            keep = [i for i, e in enumerate(ids) if e != rec.id]
+            self.keybank = MaskBank.restore(self.width, self.config.k, [ids[i] for i in keep], bits[keep])
         self._routes.clear()
 
     def shared_columns(self, edit_id: str) -> dict[str, int]:

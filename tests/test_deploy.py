@@ -162,3 +162,70 @@ def test_manifests_say_what_they_must():
     assert all(v == "" for v in docs["Secret"]["stringData"].values()), "no key values in the repository"
     service = docs["Service"]["spec"]
     assert service["selector"] == deployment["selector"]["matchLabels"]
+
+
+# -- the multi-replica variant (docs/replicas.md) -------------------------------------------------
+REPLICAS = DEPLOY / "replicas"
+K8S_REPLICAS = K8S / "replicas"
+REPLICA_MANIFESTS = sorted(p for p in K8S_REPLICAS.glob("*.yaml") if p.name != "kustomization.yaml")
+REPLICA_ENV = {"MEMOIR_ADMIN_KEYS": "alice:" + "a" * 32, "MEMOIR_PG_PASSWORD": "p" * 16}
+
+
+def test_replicas_compose_file_passes_docker_compose_config():
+    compose = tool("docker-compose", "Debian's docker-compose package: .ci/run installs it")
+    env = {**os.environ, **REPLICA_ENV}
+    p = run([compose, "-f", str(REPLICAS / "docker-compose.yml"), "config"], env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    services = yaml.safe_load(p.stdout)["services"]
+    replicas = sorted(s for s in services if s.startswith("memoir-"))
+    assert set(services) == {"postgres", "lb", *replicas} and len(replicas) >= 2
+    for name in replicas:
+        svc = services[name]
+        env_ = svc["environment"]
+        assert env_["MEMOIR_STORE"] == "postgres" and env_["MEMOIR_REPLICA_NAME"] == name
+        assert env_["MEMOIR_STATE_URL"].startswith("postgresql://") and "@postgres:5432/" in env_["MEMOIR_STATE_URL"]
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert "/ready" in " ".join(svc["healthcheck"]["test"]) and "ports" not in svc  # reached through lb only
+    assert all(p_.startswith("127.0.0.1:") for s in services.values() for p_ in s.get("ports", []))
+    nginx = (REPLICAS / "nginx.conf").read_text()
+    assert sorted(re.findall(r"server (memoir-\d+):8000", nginx)) == replicas
+    assert "proxy_buffering off" in nginx  # SSE streams
+    for missing in ("MEMOIR_ADMIN_KEYS", "MEMOIR_PG_PASSWORD"):
+        p = run([compose, "-f", str(REPLICAS / "docker-compose.yml"), "config", "-q"],
+                env={k: v for k, v in env.items() if k != missing})
+        assert p.returncode != 0 and missing in p.stderr
+
+
+def test_replica_manifests_pass_kubernetes_validate():
+    validate = tool("kubernetes-validate", "pip install kubernetes-validate: the test extra")
+    p = run([validate, "--strict", *map(str, REPLICA_MANIFESTS)])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("passed") == sum(len(list(yaml.safe_load_all(m.read_text()))) for m in REPLICA_MANIFESTS)
+
+
+def test_replica_manifests_say_what_they_must():
+    docs = {}
+    for path in REPLICA_MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    kustomization = yaml.safe_load((K8S_REPLICAS / "kustomization.yaml").read_text())
+    assert set(kustomization["resources"]) <= {p.name for p in REPLICA_MANIFESTS}
+    deployment = docs[("Deployment", "memoir-replica")]["spec"]
+    assert deployment["replicas"] >= 2 and deployment["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"]), "the memory is in PostgreSQL"
+    config = docs[("ConfigMap", "memoir-replica-settings")]["data"]
+    assert config["MEMOIR_STORE"] == "postgres" and "MEMOIR_STATE_DIR" not in config
+    secret = docs[("Secret", "memoir-replica-keys")]["stringData"]
+    assert "MEMOIR_STATE_URL" in secret and all(v == "" for v in secret.values())
+    sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
+    assert sources == {"memoir-replica-settings", "memoir-replica-keys"}
+    assert docs[("Service", "memoir-replica")]["spec"]["selector"] == deployment["selector"]["matchLabels"]
+    postgres = docs[("StatefulSet", "memoir-postgres")]["spec"]
+    assert postgres["replicas"] == 1 and postgres["volumeClaimTemplates"]
+    assert docs[("Service", "memoir-postgres")]["spec"]["selector"] == postgres["selector"]["matchLabels"]
+    assert docs[("PodDisruptionBudget", "memoir-replica")]["spec"]["minAvailable"] < deployment["replicas"]

@@ -39,7 +39,8 @@ async def post_edit(body: EditBody, engine: Engine = Depends(deps.engine),
     return EditsOut(edits=[EditOut.of(a.record, a.replayed) for a in applied], version=version)
 
 
-@router.get("/edits", response_model=EditList, summary="the edit registry, in the order edits were applied")
+@router.get("/edits", response_model=EditList, summary="the edit registry, in the order edits were applied",
+            dependencies=[Depends(deps.min_version)])
 async def list_edits(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
                      engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)):
     def read(memoir):
@@ -50,7 +51,8 @@ async def list_edits(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1,
     return EditList(edits=[EditInfo.of(r) for r in records], count=count, version=version)
 
 
-@router.get("/edits/{edit_id}", response_model=EditDetail, summary="one edit, with the edits sharing its columns")
+@router.get("/edits/{edit_id}", response_model=EditDetail, summary="one edit, with the edits sharing its columns",
+            dependencies=[Depends(deps.min_version)])
 async def get_edit(edit_id: str, engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)):
     def read(memoir):
         record = memoir.edits.get(edit_id)
@@ -68,3 +70,13 @@ async def delete_edit(edit_id: str, engine: Engine = Depends(deps.engine), _: st
     with it are listed (their own deltas stay as they were)."""
     removal = await engine.remove(edit_id)
     return RemovalOut(id=removal.record.id, version=removal.version, shared_columns=removal.shared_columns)
+
+
+@router.get("/state/digest", summary="sha256 of W_m and of the mask bank, the version and the edit ids",
+            dependencies=[Depends(deps.min_version)])
+async def state_digest(engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)) -> dict:
+    """Two replicas (or one server before and after a restart) with equal digests hold bit-identical
+    memories."""
+    from memoir_core.replica import digest
+
+    return await engine.call(digest)

@@ -20,11 +20,14 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-@router.post("/generate", response_model=GenerateOut, responses=SSE_RESPONSE, summary="generate text")
+@router.post("/generate", response_model=GenerateOut, responses=SSE_RESPONSE, summary="generate text",
+             dependencies=[Depends(deps.min_version)])
 async def generate(body: GenerateIn, engine: Engine = Depends(deps.engine),
-                   settings: Settings = Depends(deps.settings), _: None = Depends(client_access)):
+                   settings: Settings = Depends(deps.settings), _: None = Depends(client_access),
+                   runtime=Depends(deps.runtime)):
     """With stream true: SSE events `{"text": ...}`, the last one with finish_reason, usage and
     memory, then `data: [DONE]`."""
+    await deps.reach(runtime, body.min_version)
     params = deps.sampling(settings, body.max_new_tokens or settings.new_tokens_default, body.temperature,
                            body.top_p, body.stop, body.seed)
     group = engine.generate([Prompt(text=body.prompt)], [params])

@@ -30,10 +30,23 @@ async def ready(runtime: Runtime = Depends(deps.runtime)):
         body = Ready(status=status, model=runtime.model_name, error=runtime.error)
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "5"})
     memoir = engine.memoir  # two ints read off the engine thread: a momentary value is fine here
+    follower = runtime.follower
+    if follower is not None and follower.status != "ok" and \
+            (follower.status != "cut_off" or follower.cut_for() > runtime.settings.cut_off_grace):
+        # catching up with the shared log, or cut off from it for longer than the grace
+        body = Ready(status=follower.status, model=runtime.model_name, version=memoir.version, edits=len(memoir.edits),
+                     error=follower.error or f"catching up with the edit log: version {memoir.version} of "
+                     f"{follower.head}")
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     failed = engine.writer.failed or getattr(runtime.store, "failure", None)
+    note = None
+    if failed:
+        note = f"the memory store failed, edits are stopped until a restart: {failed}"
+    elif follower is not None and follower.status == "cut_off":
+        note = f"cut off from the edit log for {follower.cut_for():.0f} s ({follower.error}); serving version " \
+               f"{memoir.version} meanwhile"
     body = Ready(status="degraded" if failed else "ready", model=runtime.model_name, version=memoir.version,
-                 edits=len(memoir.edits), writer=failed or "ok",
-                 error=f"the memory store failed, edits are stopped until a restart: {failed}" if failed else None)
+                 edits=len(memoir.edits), writer=failed or "ok", error=note)
     if failed:  # generation goes on, but an operator must act (disk space, hardware) and restart
         return JSONResponse(body.model_dump(), status_code=503)
     return body

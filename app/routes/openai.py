@@ -95,7 +95,8 @@ class _Tally:
         return _usage(self.finished, self.per_prompt).model_dump()
 
 
-@router.post("/completions", response_model=CompletionResponse, responses=SSE_RESPONSE)
+@router.post("/completions", response_model=CompletionResponse, responses=SSE_RESPONSE,
+             dependencies=[Depends(deps.min_version)])
 async def completions(body: CompletionRequest, runtime: Runtime = Depends(deps.runtime),
                       engine: Engine = Depends(deps.engine), _: None = Depends(client_access)):
     params = _prepare(body, runtime, 16 if body.max_tokens is None else body.max_tokens, "max_tokens")
@@ -127,7 +128,8 @@ async def completions(body: CompletionRequest, runtime: Runtime = Depends(deps.r
     return CompletionResponse(**head, choices=choices, usage=_usage(done, n), memory=choices[0].memory)
 
 
-@router.post("/chat/completions", response_model=ChatCompletionResponse, responses=SSE_RESPONSE)
+@router.post("/chat/completions", response_model=ChatCompletionResponse, responses=SSE_RESPONSE,
+             dependencies=[Depends(deps.min_version)])
 async def chat_completions(body: ChatCompletionRequest, runtime: Runtime = Depends(deps.runtime),
                            engine: Engine = Depends(deps.engine), settings: Settings = Depends(deps.settings),
                            _: None = Depends(client_access)):

@@ -1,0 +1,78 @@
+"""Rows <-> records, with the state directory's encodings (memoir_core.store.tensorfile: plain
+safetensors, read without copies) and its record checks (journal.record_from_info)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ...basis import Basis
+from ...errors import StateCorruptError
+from ...records import EditRecord
+from ...replica import LogEntry, LogGapError
+from .. import tensorfile
+from ..journal import record_from_info
+from ..layout import sha256
+
+
+def corrupt(what: str) -> StateCorruptError:
+    return StateCorruptError(f"the memory in PostgreSQL is damaged: {what}")
+
+
+def encode_basis(basis: Basis) -> bytes:
+    return tensorfile.encode({"permutation": basis.permutation.long().cpu(),
+                              "background_mean": basis.background_mean.float().cpu()},
+                             {"prefixes": json.dumps(list(basis.prefixes))})
+
+
+def decode_basis(data: bytes, width: int) -> Basis:
+    try:
+        tensors, meta = tensorfile.decode(bytearray(data))
+        perm, mean = tensors["permutation"], tensors["background_mean"]
+        prefixes = json.loads(meta["prefixes"])
+    except (ValueError, KeyError) as e:
+        raise corrupt(f"the basis is unreadable: {e}") from None
+    if tuple(perm.shape) != (width,) or tuple(mean.shape) != (width,):
+        raise corrupt(f"the basis does not match width {width}")
+    return Basis(perm.clone(), mean.clone(), list(prefixes))
+
+
+def edit_row(rec: EditRecord) -> dict:
+    """The log row and the delta row of an edit (ValueError if its metadata is not JSON)."""
+    info = rec.info()
+    try:
+        text = json.dumps(info)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"edit {rec.id!r} cannot be stored: {e}") from None
+    delta = tensorfile.encode({"delta": rec.delta.cpu()})
+    return {"seq": rec.version, "edit_id": rec.id, "supersedes": rec.supersedes, "info": text,
+            "idx": tensorfile.encode({"idx": rec.idx.long().cpu()}), "author": rec.author,
+            "delta": delta, "sha256": sha256(delta)}
+
+
+def _tensor(data, name: str, seq: int) -> torch.Tensor:
+    try:
+        tensors, _ = tensorfile.decode(bytearray(data))
+        return tensors[name]
+    except (ValueError, KeyError) as e:
+        raise corrupt(f"log entry {seq}: {name} is unreadable: {e}") from None
+
+
+def entry(seq: int, kind: str, edit_id: str, info, idx, delta, digest) -> LogEntry:
+    """A LogEntry from a row of memoir_log joined with memoir_delta (checksum checked)."""
+    if kind == "rollback":
+        return LogEntry(seq, kind, edit_id)
+    if delta is None or idx is None:  # written together in one transaction: only compaction drops them
+        raise LogGapError(f"the delta of log entry {seq} (edit {edit_id!r}) was compacted into a snapshot")
+    if sha256(delta) != digest:
+        raise corrupt(f"log entry {seq} (edit {edit_id!r}): the delta fails its checksum")
+    if isinstance(info, str):
+        info = json.loads(info)
+    if not isinstance(info, dict) or info.get("id") != edit_id or info.get("version") != seq:
+        raise corrupt(f"log entry {seq}: its info does not match the row")
+    try:
+        rec = record_from_info(info, _tensor(idx, "idx", seq), _tensor(delta, "delta", seq))
+    except ValueError as e:
+        raise corrupt(f"log entry {seq}: {e}") from None
+    return LogEntry(seq, kind, edit_id, rec)
