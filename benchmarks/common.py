@@ -120,10 +120,23 @@ def table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(out)
 
 
-def load_default_memoir(config=None):
-    """The default model (SmolLM2-135M-Instruct) with a fresh memory."""
-    from memoir_core import models
+def load_memoir(model: str = "default", config=None):
+    """The default model (SmolLM2-135M-Instruct), or the tests' tiny random Llama ("tiny", for
+    the smoke test: it measures nothing, it only runs the code), with a fresh memory."""
     from memoir_core.memoir import Memoir
 
-    model, tok = models.load()
-    return Memoir(model, tok, config)
+    if model == "tiny":
+        import sys
+
+        sys.path.insert(0, str(REPO))
+        from tests.conftest import CORPUS, tiny_model, tiny_tokenizer
+
+        from memoir_core.config import MemoirConfig
+
+        tok = tiny_tokenizer()
+        cfg = config or MemoirConfig(k=32, tau=0.5, max_steps=30, stop_loss=0.05, lr=0.5)
+        return Memoir(tiny_model("llama", len(tok)), tok, cfg, background=CORPUS[:12])
+    from memoir_core import models
+
+    m, tok = models.load(None if model == "default" else model)
+    return Memoir(m, tok, config)
