@@ -69,6 +69,14 @@ class Server:
         self.stop()
         raise SystemExit("the server was not ready in time")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -160,7 +168,9 @@ def summarise(clients: int, edits: bool, windows: list[dict]) -> dict:
            "e2e_p99_ms": 1e3 * common.pct([r["e2e"] for r in ok], 99) if ok else float("nan"),
            "error_rate": (len(res) - len(ok)) / max(1, len(res)), "edits_done": sum(e["ok"] for e in eds),
            "edit_s_median": common.summary([e["seconds"] for e in eds if e["ok"]]).get("median", float("nan")),
-           "wall_s": wall}
+           "wall_s": wall, "server_cpu_s": sum(w.get("server_cpu", float("nan")) for w in windows)}
+    # tokens per CPU-second of the server: steadier than wall time on a shared machine
+    row["tok_per_server_cpu_s"] = sum(r["tokens"] for r in ok) / row["server_cpu_s"] if row["server_cpu_s"] else float("nan")
     errors = sorted({r["error"] for r in res if r["error"]})
     if errors:
         row["errors"] = errors[:5]
@@ -201,7 +211,9 @@ def main(argv=None) -> int:
             for n in levels:
                 order = (False, True) if (rep + n) % 2 == 0 else (True, False)
                 for with_edits in order:
+                    c0 = server.cpu_seconds() if server else float("nan")
                     w = asyncio.run(window(url, n, with_edits, args.seconds, prompts, edits, counter, args.tokens))
+                    w["server_cpu"] = (server.cpu_seconds() if server else float("nan")) - c0
                     raw.setdefault((n, with_edits), []).append(w)
                     print(f"  {n} clients, edit stream {'on' if with_edits else 'off'}: {len(w['results'])} requests, "
                           f"{len(w['edits'])} edits in {w['wall']:.1f} s", flush=True)
@@ -210,7 +222,7 @@ def main(argv=None) -> int:
         if server is not None:
             server.stop()
     cols = ["clients", "edit_stream", "requests", "req_s", "tok_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms",
-            "e2e_p99_ms", "error_rate", "edits_done", "edit_s_median"]
+            "e2e_p99_ms", "error_rate", "edits_done", "edit_s_median", "tok_per_server_cpu_s"]
     print(common.table(rows, cols))
     by = {(r["clients"], r["edit_stream"]): r for r in rows}
     base1 = by.get((1, "no"))
