@@ -7,12 +7,13 @@ Both paths edit the first ZsRE dev records (read from the shared data directory,
 each path keeps its own W_m, edits accumulate). The runs are interleaved: reference edit j runs
 right after memoir edit j * (N / n_ref), so load from other processes hits both alike.
 
-memoir path: `Memoir.propose` + `commit` (what `Memoir.edit` and the server run) (hidden states before block L computed once,
-cached prefix contexts, LM head at the target positions, Adam with early stop, chat rows,
-neighbour co-training, the continuation term).
+memoir path: `Memoir.propose` + `commit`, what `Memoir.edit` and the server run (hidden states
+before block L computed once, cached prefix contexts, LM head at the target positions, Adam with
+early stop, chat rows, neighbour co-training, the continuation term).
 
 reference path, as the authors' code does it: the same mask (TopHash of the prompt) and the
-paper's rows (the plain row and the prompt after each of the 10 prefixes, no chat row); every
+paper's kind of rows (the plain row and the prompt after each of the basis's prefixes: 5 here,
+as memoir trains; the paper has 10, which would make the reference slower; no chat row); every
 optimisation step runs the whole model over the full rows (prefixes recomputed) and the LM head
 over every position; the memory is a full D-wide W_m (d_out x D parameter) applied as
 `W_m @ (a * m)` with a dense 0/1 mask at every position; a fixed number of steps (no early
