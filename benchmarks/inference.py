@@ -141,6 +141,17 @@ class Bench:
         return sum(len(s.out_ids) for s in seqs), seconds, on, cpu
 
 
+def targets_of(rows: list[dict]) -> dict:
+    """The issue's targets at the largest bank, judged on the CPU-time ratios (wall-time ratios
+    are given too: on a machine shared with other work they swing by tens of percent)."""
+    big = [r for r in rows if r["edits"] == max(r["edits"] for r in rows)]
+    return {"at_edits": big[0]["edits"],
+            "off_ge_0.99x_base": all(r["off_vs_base_cpu"] >= 0.99 for r in big),
+            "on_ge_0.95x_base": all(r["on_vs_base_cpu"] >= 0.95 for r in big),
+            "wall_off_ge_0.99x_base": all(r["off_vs_base"] >= 0.99 for r in big),
+            "wall_on_ge_0.95x_base": all(r["on_vs_base"] >= 0.95 for r in big)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(common.ZSRE_DEV))
@@ -192,9 +203,7 @@ def main(argv=None) -> int:
     cols = ["edits", "bank", "batch", "base_tok_s", "off_tok_s", "on_tok_s", "off_vs_base", "on_vs_base",
             "base_tok_per_cpu_s", "off_vs_base_cpu", "on_vs_base_cpu", "on_share"]
     print(common.table(rows, cols))
-    big = [r for r in rows if r["edits"] == max(r["edits"] for r in rows)]
-    targets = {"off_ge_0.99x_base": all(r["off_vs_base"] >= 0.99 for r in big),
-               "on_ge_0.95x_base": all(r["on_vs_base"] >= 0.95 for r in big), "at_edits": big[0]["edits"]}
+    targets = targets_of(rows)
     print("targets:", targets)
     run.finish(args.out, rows=rows, targets=targets, prompts=prompts)
     return 0
