@@ -15,8 +15,11 @@ import numpy as np
 # Below this many masks one core scans the bank in a few milliseconds. Numba's OpenMP
 # workers spin for a while after each parallel pass, and on a machine with few cores that
 # spinning slowed every decode step that followed a routing decision ~20x; so small banks are
-# scanned serially and the workers only wake for banks where they pay off.
-PARALLEL_FROM = 1 << 16
+# scanned serially and the workers only wake for banks where they pay off. On the 2-core
+# machine of benchmarks/README.md (shared with other work) they did not pay off even at a
+# million masks: one core scanned 100k masks in 0.8 ms and 1M in 10.5 ms, both cores took
+# 5.4 ms and 12.3 ms (benchmarks/routing.py); hence the parallel scan only from 4M masks.
+PARALLEL_FROM = 1 << 22
 
 try:  # numba is a hard dependency in pyproject; the fallback keeps odd platforms working
     from numba import njit, prange
