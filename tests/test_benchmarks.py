@@ -67,3 +67,9 @@ def test_serving(tmp_path):
                "--tokens", "3", "--data", str(ZSRE))
     assert len(data["rows"]) == 2
     assert all(r["requests"] > 0 and r["error_rate"] == 0 for r in data["rows"])
+
+
+@needs_data
+def test_edit_steps(tmp_path):
+    data = run("edit_steps", tmp_path, "--model", "tiny", "--edits", "1", "--data", str(ZSRE))
+    assert data["rows"][0]["part"].startswith("preparation") and len(data["edits"]) == 1
