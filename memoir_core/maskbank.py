@@ -15,8 +15,11 @@ import numpy as np
 # Below this many masks one core scans the bank in a few milliseconds. Numba's OpenMP
 # workers spin for a while after each parallel pass, and on a machine with few cores that
 # spinning slowed every decode step that followed a routing decision ~20x; so small banks are
-# scanned serially and the workers only wake for banks where they pay off.
-PARALLEL_FROM = 1 << 16
+# scanned serially and the workers only wake for banks where they pay off. On the 2-core
+# machine of benchmarks/README.md (shared with other work) they did not pay off even at a
+# million masks: one core scanned 100k masks in 0.8 ms and 1M in 10.5 ms, both cores took
+# 5.4 ms and 12.3 ms (benchmarks/routing.py); hence the parallel scan only from 4M masks.
+PARALLEL_FROM = 1 << 22
 
 try:  # numba is a hard dependency in pyproject; the fallback keeps odd platforms working
     from numba import njit, prange
@@ -90,7 +93,9 @@ class MaskBank:
         self.words = (width + 63) // 64
         self._bits = np.zeros((capacity, self.words), dtype=np.uint64)
         self._ids: list[str] = []  # edit id of each slot
-        self._slots: dict[str, list[int]] = {}
+        # edit id -> its slot, or a list of slots for an id with several masks (a list costs
+        # 64 bytes more per entry than an int, and most ids hold one mask)
+        self._slots: dict[str, int | list[int]] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -119,23 +124,33 @@ class MaskBank:
             self._bits = grown
         self._bits[n : n + m] = packed
         self._ids.extend([edit_id] * m)
-        self._slots[edit_id] = list(range(n, n + m))
+        self._slots[edit_id] = n if m == 1 else list(range(n, n + m))
+
+    def _slots_of(self, edit_id: str) -> list[int]:
+        slots = self._slots[edit_id]
+        return [slots] if isinstance(slots, int) else slots
 
     def remove(self, edit_id: str) -> None:
         """Swap-remove: the last masks take the freed slots, so the bank stays dense."""
-        for slot in sorted(self._slots.pop(edit_id), reverse=True):
+        slots = self._slots_of(edit_id)
+        del self._slots[edit_id]
+        # Descending order: the last slot is never one of this id's still to be removed.
+        for slot in sorted(slots, reverse=True):
             last = len(self._ids) - 1
             if slot != last:
                 moved = self._ids[last]
                 self._bits[slot] = self._bits[last]
                 self._ids[slot] = moved
-                slots = self._slots[moved]
-                slots[slots.index(last)] = slot
+                held = self._slots[moved]
+                if isinstance(held, int):
+                    self._slots[moved] = slot
+                else:
+                    held[held.index(last)] = slot
             self._bits[last] = 0
             self._ids.pop()
 
     def mask_of(self, edit_id: str) -> np.ndarray:
-        return unpack(self._bits[self._slots[edit_id][0]], self.width)
+        return unpack(self._bits[self._slots_of(edit_id)[0]], self.width)
 
     def counts(self, indices) -> np.ndarray:
         """Overlap counts of one query mask with every stored mask, in bank order."""
@@ -167,5 +182,11 @@ class MaskBank:
         bank._bits[: len(ids)] = bits
         bank._ids = list(ids)
         for slot, edit_id in enumerate(ids):
-            bank._slots.setdefault(edit_id, []).append(slot)
+            held = bank._slots.get(edit_id)
+            if held is None:
+                bank._slots[edit_id] = slot
+            elif isinstance(held, int):
+                bank._slots[edit_id] = [held, slot]
+            else:
+                held.append(slot)
         return bank

@@ -1,0 +1,75 @@
+"""Smoke test of the speed benchmarks: each entry point runs at tiny sizes (the tests' random
+model, small banks, short windows) and writes its JSON, so the scripts don't rot. The figures
+of such a run mean nothing; benchmarks/README.md has the real ones."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+ZSRE = Path("/work/shared/data/zsre/zsre_edit_dev_500.json")
+needs_data = pytest.mark.skipif(not ZSRE.exists(), reason=f"{ZSRE} is not here")
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def run(name: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    assert script(name).main([*args, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["rows"] and data["machine"]["cpus"] and "load_end" in data
+    return data
+
+
+def test_routing(tmp_path):
+    data = run("routing", tmp_path, "--quick")
+    assert [r["masks"] for r in data["rows"]] == [1000, 10000]
+    assert all(r["agree"] == 1.0 and r["bits_B_per_mask"] == 192 for r in data["rows"])
+
+
+@needs_data
+def test_edit_speed(tmp_path):
+    data = run("edit_speed", tmp_path, "--model", "tiny", "--edits", "2", "--ref-edits", "1", "--ref-steps", "2",
+               "--data", str(ZSRE))
+    memoir, reference = data["rows"]
+    assert memoir["edits"] == 2 and reference["edits"] == 1 and reference["steps_median"] == 2
+    assert data["speedup"] > 0
+
+
+@needs_data
+def test_inference(tmp_path):
+    data = run("inference", tmp_path, "--model", "tiny", "--sizes", "0,50", "--tokens", "3", "--reps", "1",
+               "--data", str(ZSRE))
+    assert len(data["rows"]) == 4
+    assert all(r["on_share"] == 1.0 and r["off_share_on"] == 0.0 for r in data["rows"])
+
+
+@needs_data
+def test_serving(tmp_path):
+    data = run("serving", tmp_path, "--model", "tiny", "--clients", "1", "--seconds", "1", "--reps", "1",
+               "--tokens", "3", "--data", str(ZSRE))
+    assert len(data["rows"]) == 2
+    assert all(r["requests"] > 0 and r["error_rate"] == 0 for r in data["rows"])
+
+
+@needs_data
+def test_edit_steps(tmp_path):
+    data = run("edit_steps", tmp_path, "--model", "tiny", "--edits", "1", "--data", str(ZSRE))
+    assert data["rows"][0]["part"].startswith("preparation") and len(data["edits"]) == 1
