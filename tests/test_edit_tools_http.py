@@ -18,9 +18,18 @@ pytestmark = pytest.mark.timeout(180)
 PROMPT = "who is the chief executive of the company"
 
 
+@pytest.fixture(scope="module")
+def fresh_server():
+    # Its own server: on the session's shared one, edits other modules left behind share columns
+    # with this module's edit, and what a tiny random model learns in a few steps then varies.
+    server = console().start(120)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def client(console_server):
-    with httpx.Client(base_url=console_server.url, timeout=60, headers=AS_ADMIN) as c:
+def client(fresh_server):
+    with httpx.Client(base_url=fresh_server.url, timeout=60, headers=AS_ADMIN) as c:
         yield c
 
 

@@ -114,7 +114,10 @@ def world(real_server):
             return {"before": before, "edits": edits, "after": after, "streamed": streamed, "removed": removed,
                     "rolled_back": rolled_back}
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except Exception as exc:  # the server's own log says why a connection broke
+        raise AssertionError(f"{exc!r}; the server's log:\n{real_server.output()}") from exc
 
 
 def starts_with(text: str, target: str) -> bool:
