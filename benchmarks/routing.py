@@ -35,7 +35,7 @@ TARGET_MS = {100_000: 5.0, 1_000_000: 50.0}
 TARGET_BYTES = 256
 
 
-@njit(cache=True)
+@njit  # no cache: the smoke test loads this file under a made-up module name, which a cache cannot find again
 def _random_bits(n, width, k, words, seed):  # pragma: no cover - compiled
     """n packed masks of exactly k random columns each (partial Fisher-Yates per row)."""
     np.random.seed(seed)
