@@ -153,20 +153,26 @@ class Runtime:
             log.info("ready in %.1f s: %s, %d edits, memory version %d", time.perf_counter() - t0,
                      self.model_name, len(memoir.edits), memoir.version)
         except Exception as error:
-            self.status, self.error = "failed", f"{type(error).__name__}: {error}"
-            if self._stopping:  # stopped while loading (the store was closed underneath): no fault
-                log.info("start-up abandoned: the server is stopping")
-                return
-            if not isinstance(error, (StateError, DurabilityError)):
-                log.exception("start-up failed")
-                if getattr(self.store, "shared", False):  # let go of the database's locks: other
-                    self._close_store()  # replicas may be waiting for this one to create the memory
-                return
-            self.fatal = self.error
-            log.critical("the memory's state stops the start: %s", self.error)
-            self._close_store()
-            if self.on_fatal is not None:
-                self.on_fatal(self.error)
+            self.error = f"{type(error).__name__}: {error}"
+            try:
+                self._failed(error)
+            finally:  # "failed" only once the failure is handled: whoever sees it sees on_fatal done
+                self.status = "failed"
+
+    def _failed(self, error: Exception) -> None:
+        if self._stopping:  # stopped while loading (the store was closed underneath): no fault
+            log.info("start-up abandoned: the server is stopping")
+            return
+        if not isinstance(error, (StateError, DurabilityError)):
+            log.exception("start-up failed", exc_info=error)
+            if getattr(self.store, "shared", False):  # let go of the database's locks: other
+                self._close_store()  # replicas may be waiting for this one to create the memory
+            return
+        self.fatal = self.error
+        log.critical("the memory's state stops the start: %s", self.error)
+        self._close_store()
+        if self.on_fatal is not None:
+            self.on_fatal(self.error)
 
     def _close_store(self) -> None:
         if self.store is not None:
