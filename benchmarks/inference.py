@@ -64,14 +64,7 @@ def decode(memoir, layer, decide, prompts: list[str], params: SamplingParams, ba
     seqs = [Sequence(e.ids, e.span, params) for e in map(memoir.encode, prompts)]
     decoder = Decoder(memoir.model, layer, decide, memoir.encoder, batch)
     decoder.eos = set()  # every sequence makes exactly max_new_tokens: the same work in every condition
-    pending = list(seqs)
-    while pending or decoder.running:
-        room = decoder.room
-        if pending and room:
-            decoder.add(pending[:room])
-            pending = pending[room:]
-        else:
-            decoder.step()
+    decoder.run(seqs)
     return seqs
 
 

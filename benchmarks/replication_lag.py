@@ -19,7 +19,6 @@ import argparse
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -32,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.server_utils import Server, free_port, tiny  # noqa: E402
+from tests.server_utils import Server, free_port, start_all, tiny  # noqa: E402
 
 ADMIN_URL = os.environ.get("MEMOIR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -45,25 +44,6 @@ def replica(kind: str, url: str, name: str, threads: str) -> Server:
     port = free_port()
     return Server(["-m", "memoir_cli.main", "serve", "--port", str(port), "--threads", threads, "--log-level",
                    "warning"], env, port)
-
-
-def start_all(servers: list[Server], timeout: float) -> None:
-    for s in servers:
-        s.proc = subprocess.Popen([sys.executable, *s.args], cwd=REPO, env=s.env, stdout=s.log,
-                                  stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    for s in servers:
-        while True:
-            if s.proc.poll() is not None:
-                raise RuntimeError(f"a replica exited:\n{s.output()}")
-            try:
-                if httpx.get(s.url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"a replica was not ready in time:\n{s.output()}")
-            time.sleep(0.2)
 
 
 def watch(client: httpx.Client, url: str, version: int, t0: float, out: list[float], timeout: float = 30) -> None:

@@ -101,11 +101,7 @@ def inspect_postgres(args) -> int:
     for r in s["replicas"]:
         lines.append(f"replica          {r['name']} at version {r['version']}, seen {r['seen_seconds_ago']:.0f} s ago"
                      + (f" ({r['url']})" if r["url"] else ""))
-    if s["last_edits"]:
-        lines.append("newest edits")
-        for e in reversed(s["last_edits"]):
-            lines.append(f"  v{e['version']:<6} {e['id']:<18} {e['author'] or '-':<10} "
-                         f"{e['prompt'][:48]!r} -> {e['target_new'][:32]!r}")
+    lines += newest_edits(s["last_edits"])
     print("\n".join(lines))
     return 0
 
@@ -148,11 +144,7 @@ def run_inspect(args) -> int:
         lines.append(f"torn tail        {s['torn_tail']['file']}: {s['torn_tail']['bytes']} bytes (cut at start-up)")
     if s["leftovers"]:
         lines.append(f"leftovers        {', '.join(s['leftovers'])} (removed at start-up)")
-    if s["last_edits"]:
-        lines.append("newest edits")
-        for e in reversed(s["last_edits"]):
-            lines.append(f"  v{e['version']:<6} {e['id']:<18} {e['author'] or '-':<10} "
-                         f"{e['prompt'][:48]!r} -> {e['target_new'][:32]!r}")
+    lines += newest_edits(s["last_edits"])
     print("\n".join(lines))
     return 0
 
@@ -208,3 +200,10 @@ def run_import(args) -> int:
         return _fail(f"{args.archive} cannot be read: {e}")
     print(f"imported version {view.registry.version} ({len(view.registry.live)} live edits) into {view.root}; verified")
     return 0
+
+
+def newest_edits(last_edits: list[dict]) -> list[str]:
+    if not last_edits:
+        return []
+    return ["newest edits"] + [f"  v{e['version']:<6} {e['id']:<18} {e['author'] or '-':<10} "
+                               f"{e['prompt'][:48]!r} -> {e['target_new'][:32]!r}" for e in reversed(last_edits)]

@@ -132,6 +132,17 @@ class Decoder:
         return events
 
     @torch.inference_mode()
+    def run(self, sequences: list[Sequence]) -> None:
+        """Decode all of them to the end, admitting new ones as room frees (offline use)."""
+        pending = list(sequences)
+        while pending or self.running:
+            room = self.room
+            if pending and room:
+                self.add(pending[:room])
+                pending = pending[room:]
+            else:
+                self.step()
+
     def step(self) -> list[Event]:
         """One new token for every running sequence."""
         if not self.running:

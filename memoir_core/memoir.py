@@ -388,12 +388,4 @@ class Memoir:
         return seqs
 
     def _run(self, seqs: list[Sequence], memory: bool = True, max_batch: int = 16) -> None:
-        decoder = self.decoder(max_batch, memory)
-        pending = list(seqs)
-        while pending or decoder.running:
-            room = decoder.room
-            if pending and room:
-                decoder.add(pending[:room])
-                pending = pending[room:]
-            else:
-                decoder.step()
+        self.decoder(max_batch, memory).run(seqs)

@@ -71,6 +71,27 @@ class Server:
         os.unlink(self.log.name)
 
 
+def start_all(servers: list[Server], timeout: float = 180) -> list[Server]:
+    """Start the processes together (replicas race to create the memory), then wait until all are ready."""
+    for s in servers:
+        s.proc = subprocess.Popen([sys.executable, *s.args], cwd=REPO, env=s.env, stdout=s.log,
+                                  stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    for s in servers:
+        while True:
+            if s.proc.poll() is not None:
+                raise RuntimeError(f"a server exited ({s.proc.returncode}):\n{s.output()}")
+            try:
+                if httpx.get(s.url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"a server was not ready within {timeout} s:\n{s.output()}")
+            time.sleep(0.2)
+    return servers
+
+
 def uvicorn_args(target: str, port: int) -> list[str]:
     return ["-m", "uvicorn", target, "--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
 

@@ -6,8 +6,6 @@ and another replica takes over writing. Each test gets its own database (tests/p
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +13,7 @@ import httpx
 import pytest
 
 from .pg_support import pg_url  # noqa: F401
-from .server_utils import REPO, Server, tiny
+from .server_utils import Server, start_all, tiny
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -27,27 +25,6 @@ NAMES = ["jane roe", "john doe", "alice bob", "carol dave", "paris london", "ber
 def replica(url: str, name: str, **env: str) -> Server:
     return tiny({"MEMOIR_STORE": "postgres", "MEMOIR_STATE_URL": url, "MEMOIR_REPLICA_NAME": name,
                  "MEMOIR_PG_SNAPSHOT_EVERY": "10", "MEMOIR_LOG_FORMAT": "text", **env})
-
-
-def start_all(servers: list[Server], timeout: float = 180) -> list[Server]:
-    """Start the processes together (they race to create the memory), then wait until all are ready."""
-    for s in servers:
-        s.proc = subprocess.Popen([sys.executable, *s.args], cwd=REPO, env=s.env, stdout=s.log,
-                                  stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    for s in servers:
-        while True:
-            if s.proc.poll() is not None:
-                raise RuntimeError(f"a replica exited ({s.proc.returncode}):\n{s.output()}")
-            try:
-                if httpx.get(s.url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"a replica was not ready within {timeout} s:\n{s.output()}")
-            time.sleep(0.2)
-    return servers
 
 
 def kill9(server: Server) -> None:
