@@ -47,7 +47,7 @@ class Engine:
         self.settings = settings
         limits.apply(memoir, settings)
         self.writer = Writer(memoir, store, settings.max_edit_seconds, settings.max_blast_radius,
-                             settings.preview_max_new_tokens)
+                             settings.preview_max_new_tokens, settings.edit_slice_ms / 1000)
         self.decoder = memoir.decoder(settings.max_batch)
         self.context = getattr(memoir.model.config, "max_position_embeddings", None)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -318,6 +318,8 @@ class Engine:
         while self._waiting:
             self._fail(self._waiting.popleft(), stopped)
         for job in ([self._job] if self._job else []) + list(self._jobs):
+            if getattr(job, "training", None) is not None:
+                job.training.close()  # a sliced edit's worker thread unwinds and ends
             job.post(stopped)
             self._job_done(job)
         self._job = None

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     edit_queue_size: int = Field(16, ge=1, description="edit and delete requests waiting before 429")
     max_edits_per_request: int = Field(64, ge=1)
     max_edit_seconds: float | None = Field(None, gt=0, description="per edit; default: the config's")
+    edit_slice_ms: float = Field(15.0, ge=0, description="a training edit hands the engine thread back at least "
+                                 "this often, even mid-forward, so a new request waits about this long for its "
+                                 "prefill (memoir_core/timeslice.py); 0: after each whole optimisation step")
 
     # limits on input
     max_body_bytes: int = Field(1 << 20, ge=1024)

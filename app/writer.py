@@ -1,7 +1,8 @@
 """The one code path that changes the memory: train, make durable, commit — in that order.
 
-An edit request (one edit or a list) is a job that the engine advances by one optimisation
-step per turn, so generation goes on while it trains. Before anything is trained the whole
+An edit request (one edit or a list) is a job that the engine advances a little per turn (one
+optimisation step, or one time slice of it: memoir_core/timeslice.py), so generation goes on
+while it trains. Before anything is trained the whole
 list is checked (texts, token limits, id conflicts), so bad input applies nothing. Each edit
 is then written to the store and only after that committed (a new memory version) — an edit
 the client hears about is durable, and one the store could not write never becomes visible.
@@ -21,6 +22,7 @@ from memoir_core.preview import Probes, check_blast_radius, preview
 from memoir_core.records import EditRecord
 from memoir_core.replica import apply_entries
 from memoir_core.state import MemoryStore
+from memoir_core.timeslice import Sliced
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class EditJob:
     post: Post
     applied: list[Applied] = field(default_factory=list)
     index: int = 0
-    training: Any = None  # the current propose() generator
+    training: Any = None  # the current propose() generator (or its Sliced runner)
     checked: bool = False
     dry_run: bool = False  # train, preview and answer with the Preview; nothing is committed
 
@@ -78,8 +80,9 @@ class RemoveJob:
 
 class Writer:
     def __init__(self, memoir: Memoir, store: MemoryStore, max_edit_seconds: float | None = None,
-                 max_blast_radius: int | None = None, preview_tokens: int = 16):
+                 max_blast_radius: int | None = None, preview_tokens: int = 16, slice_seconds: float = 0.0):
         self.memoir = memoir
+        self.slice_seconds = slice_seconds  # > 0: train in time slices (timeslice.Sliced)
         self.store = store
         self.max_edit_seconds = max_edit_seconds
         self.max_blast_radius = max_blast_radius  # None: no limit
@@ -199,9 +202,11 @@ class Writer:
                 found = self.memoir.existing(it.id, it.prompt, it.target_new)
             if found is None:
                 deadline = time.perf_counter() + self.max_edit_seconds if self.max_edit_seconds else None
-                job.training = self.memoir.propose(
+                training = self.memoir.propose(
                     it.prompt, it.target_new, edit_id=None if job.dry_run else it.id, rephrases=it.rephrase_prompts,
                     subject=it.subject, metadata=it.metadata, author=it.author, deadline=deadline)
+                points = self.memoir.pause_points() if self.slice_seconds else []
+                job.training = Sliced(training, points, self.slice_seconds) if points else training
                 return True
             job.applied.append(Applied(found, True))
             job.index += 1

@@ -7,13 +7,14 @@ Both paths edit the first ZsRE dev records (read from the shared data directory,
 each path keeps its own W_m, edits accumulate). The runs are interleaved: reference edit j runs
 right after memoir edit j * (N / n_ref), so load from other processes hits both alike.
 
-memoir path: `Memoir.propose` + `commit`, what `Memoir.edit` and the server run (hidden states
-before block L computed once, cached prefix contexts, LM head at the target positions, Adam with
-early stop, chat rows, neighbour co-training, the continuation term).
+memoir path: `Memoir.propose` + `commit`, what `Memoir.edit` and the server run (a bf16 training
+copy where the CPU has native bf16, hidden states before block L computed once, cached prefix
+contexts, the plain row, one prefixed row and the chat row, LM head at the target positions,
+Adam with early stop, neighbour co-training, the continuation term).
 
 reference path, as the authors' code does it: the same mask (TopHash of the prompt) and the
-paper's kind of rows (the plain row and the prompt after each of the basis's prefixes: 5 here,
-as memoir trains; the paper has 10, which would make the reference slower; no chat row); every
+paper's rows (the plain row and the prompt after 10 prefixes: the basis's 5 at 10 tokens and at
+their first 5, as the paper's lengths 5 and 10; no chat row; `--ref-rows five` keeps 5); every
 optimisation step runs the whole model over the full rows (prefixes recomputed) and the LM head
 over every position; the memory is a full D-wide W_m (d_out x D parameter) applied as
 `W_m @ (a * m)` with a dense 0/1 mask at every position; a fixed number of steps (no early
@@ -49,8 +50,9 @@ from memoir_core.maskbank import MaskBank  # noqa: E402
 class Reference:
     """The authors' path: whole-model forward per step, dense masked W_m, fixed step count."""
 
-    def __init__(self, memoir, steps: int, optimizer: str, lr: float | None):
+    def __init__(self, memoir, steps: int, optimizer: str, lr: float | None, paper_rows: bool = True):
         self.m = memoir
+        self.paper_rows = paper_rows
         self.steps = steps
         self.optimizer = optimizer
         self.lr = lr if lr is not None else (memoir.config.lr if optimizer == "adam" else 1.0)
@@ -70,7 +72,13 @@ class Reference:
         enc = self.m.encoder
         tgt = enc.target(target)
         cont = enc.tokenizer(" " + prompt, add_special_tokens=False).input_ids
-        seqs = [enc.plain(prompt).ids] + [enc.plain(p).ids + cont for p in self.m.basis.prefixes]
+        prefixes = [enc.plain(p).ids for p in self.m.basis.prefixes]  # seed + 10 tokens the model wrote
+        if self.paper_rows:
+            # the paper's rows: each prefix at 10 tokens and at 5 (the first 5 it wrote: sampling
+            # with the same seed writes the same first tokens)
+            seeds = [len(enc.plain(s).ids) for n in self.m.config.prefix_lengths for s in self.m.config.prefix_seeds]
+            prefixes += [ids[: n + 5] for ids, n in zip(prefixes, seeds)]
+        seqs = [enc.plain(prompt).ids] + [ids + cont for ids in prefixes]
         width = max(len(s) + len(tgt) for s in seqs)
         ids = torch.full((len(seqs), width), enc.pad_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
@@ -169,6 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-steps", type=int, default=30, help="the reference's fixed step count (paper: 30-70)")
     ap.add_argument("--ref-optimizer", choices=("adam", "sgd"), default="adam")
     ap.add_argument("--ref-lr", type=float, default=None, help="default: memoir's lr for adam, 1.0 for sgd")
+    ap.add_argument("--ref-rows", choices=("paper", "five"), default="paper",
+                    help="paper: the plain row and 10 prefixed rows (5 prefixes at 10 and at 5 tokens); "
+                    "five: the plain row and the 5 prefixes at 10 tokens (this benchmark's reference before)")
     ap.add_argument("--quick", action="store_true", help="4 memoir edits, 2 reference edits of 3 steps")
     ap.add_argument("--model", default="default", help='"default", a Hugging Face id or folder, or "tiny" '
                     "(the tests' random model: a smoke run, no meaningful figures)")
@@ -184,7 +195,7 @@ def main(argv=None) -> int:
     run.data["config"] = memoir.config.to_dict()
     cases = load_cases(args.data, limit=args.edits)
     n_ref = min(args.ref_edits, len(cases))
-    ref = Reference(memoir, args.ref_steps, args.ref_optimizer, args.ref_lr)
+    ref = Reference(memoir, args.ref_steps, args.ref_optimizer, args.ref_lr, args.ref_rows == "paper")
     stride = max(1, len(cases) // max(1, n_ref))
     mine, theirs = [], []
     for i, case in enumerate(cases):

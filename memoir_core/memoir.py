@@ -28,6 +28,7 @@ from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
 from .generate import Decoder, SamplingParams, Sequence
 from .maskbank import MaskBank
 from .memory import Decision, ResidualMemory, Route
+from .precision import train_dtype, training_model
 from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
 from .residual import ResidualWeights, quantise
@@ -79,11 +80,15 @@ class Memoir:
         self.keybank = MaskBank(width, self.config.k)  # extra routing keys (chat form, paraphrases)
         self.edits: dict[str, EditRecord] = {}
         self.version = 0
-        self.trainer = Trainer(model, blocks, down, self.config.layer, self.config)
+        # Edits train on a copy in the training dtype (the model itself when they match).
+        self.train_model = training_model(model, train_dtype(model, self.config.train_dtype))
+        train_blocks = arch.get_path(self.train_model, spec.blocks)
+        self.trainer = Trainer(self.train_model, train_blocks, arch.get_path(self.train_model, down_path),
+                               self.config.layer, self.config)
         self._routes: dict[str, Route] = {}
         self.basis = basis or self._make_basis(list(background) if background is not None else background_texts())
         self.tophash = TopHash(self.config.k, self.basis.permutation, self.basis.background_mean)
-        self.contexts = ContextCache(model, training_contexts(self.encoder, self.basis.prefixes, self.config.chat_rows))
+        self.contexts = ContextCache(self.train_model, training_contexts(self.encoder, self.basis.prefixes, self.config.chat_rows))
 
     # -- the basis --------------------------------------------------------------------------
     def _make_basis(self, texts: list[str]) -> Basis:
@@ -198,17 +203,23 @@ class Memoir:
         for p in rephrases:
             self.validate(p, target)
         edit_id = edit_id or uuid.uuid4().hex[:16]
-        rows = edit_rows(self.encoder, self.contexts, prompt, target, len(self.basis.prefixes),
+        n_prefixes = len(self.basis.prefixes)
+        if self.config.prefix_rows is not None:
+            n_prefixes = min(n_prefixes, self.config.prefix_rows)
+        rows = edit_rows(self.encoder, self.contexts, prompt, target, n_prefixes,
                          chat=self.config.chat_rows, rephrases=rephrases, after=self.config.continuation_weight > 0)
         prepared = self.trainer.prepare(collate(rows, self.contexts, self.encoder.pad_id, self.device))
         # Row 0 is the plain prompt followed by the target: its prompt positions give the mask;
         # the chat row and given paraphrases give extra routing keys.
         keyed = [i for i, r in enumerate(rows) if r.key]
         masks = self.tophash.masks(torch.stack([prepared.features(i, rows[i].key) for i in keyed]))
+        # With a bf16 training copy (precision.py) a few of the k columns at the margin differ
+        # from the served model's: the edit's own prompt then matches its mask at about 0.97,
+        # not 1.0. An fp32 mask would cost another 26-block forward (+15% per edit).
         idx = masks[0]
         keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(idx.tolist())}
         match = self.bank.best(idx.numpy()[None])[0]
-        superseded = self._superseded_by(prompt, match)
+        superseded = self._superseded_by(prompt)
         neighbours = self._neighbours(masks.numpy(), exclude=superseded)
         if neighbours:
             yield
@@ -243,6 +254,14 @@ class Memoir:
         )
         return EditProposal(record, outcome, rows=len(rows),
                             timings={"prepare": t_prep - t0, "train": time.perf_counter() - t_prep})
+
+    def pause_points(self) -> list[torch.nn.Module]:
+        """Modules at whose entry an edit's training may pause while the served model decodes
+        (timeslice.Sliced): the training copy's blocks and head. None where edits train on the
+        served model itself, whose block list a paused step would leave swapped (blockrun.py)."""
+        if self.train_model is self.model:
+            return []
+        return [*self.trainer.blocks, self.trainer.head]
 
     def _neighbours(self, queries: np.ndarray, exclude: str | None) -> list[EditRecord]:
         """Stored edits whose masks or keys overlap this edit's mask or keys enough to be confused
@@ -290,9 +309,10 @@ class Memoir:
             return None
         return self.basis.background_mean.to(idx.device)[idx]
 
-    def _superseded_by(self, prompt: str, match) -> str | None:
-        if match.edit_id is not None and match.overlap >= 1.0:
-            return match.edit_id
+    def _superseded_by(self, prompt: str) -> str | None:
+        """The stored edit of the same prompt (case and spacing aside): the new answer replaces it.
+        Only the same text: two different prompts can have identical masks (one word apart on a
+        small model), and replacing on that would silently drop an acknowledged edit."""
         key = _normalise(prompt)
         for rec in self.edits.values():
             if _normalise(rec.prompt) == key:

