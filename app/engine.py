@@ -6,7 +6,9 @@ Each turn the thread
   1. takes posted commands (new sequences, cancellations, registry reads, edit jobs),
   2. admits waiting sequences into the running batch when it has room (continuous batching),
   3. decodes one token for every running sequence,
-  4. advances the current edit job by one optimisation step (the writer commits it when done).
+  4. advances the current edit job for about as long as that decode step took, in steps or
+     time slices (memoir_core/timeslice.py), and sooner back to 1. when a command arrives
+     (the writer commits an edit when it is trained).
 A running sequence keeps the memory version it was admitted with (its route copies W_m's
 columns at prefill), so a commit between two decode steps never changes it, and a request that
 arrives after an edit's response is admitted after the commit and sees the edit.
@@ -155,8 +157,9 @@ class Engine:
         try:
             while self._take_commands(*self._idle()):
                 self._admit()
+                started = time.perf_counter()
                 self._step()
-                self._advance_job()
+                self._advance_job(time.perf_counter() - started)
             # stopping: finish the edit that trains (not one still waiting for the cluster's lock)
             while self._job is not None and time.monotonic() < self._stop_by and not self.writer.waiting:
                 self._advance_job()
@@ -275,15 +278,22 @@ class Engine:
             if ev.finished:
                 self._done(work)
 
-    def _advance_job(self) -> None:
-        if self._job is None:
-            if not self._jobs:
+    def _advance_job(self, share: float = 0.0) -> None:
+        """Advance the current job by at least one step (or time slice), and on for about `share`
+        seconds (the time the decode step took: edits and generation split the thread evenly)
+        unless a command arrives: a new request then waits at most one slice for its prefill."""
+        until = time.perf_counter() + share
+        while True:
+            if self._job is None:
+                if not self._jobs:
+                    return
+                self._job = self._jobs.popleft()
+            job = self._job
+            if self.writer.remove(job) if isinstance(job, RemoveJob) else self.writer.step(job):
+                self._job_done(self._job)
+                self._job = None
+            if time.perf_counter() >= until or not self._inbox.empty() or self.writer.waiting:
                 return
-            self._job = self._jobs.popleft()
-        job = self._job
-        if self.writer.remove(job) if isinstance(job, RemoveJob) else self.writer.step(job):
-            self._job_done(self._job)
-            self._job = None
 
     def _done(self, work: Work) -> None:
         if not work.done:

@@ -63,6 +63,13 @@ except ImportError:  # pragma: no cover
         out[:] = np.bitwise_count(bank & query).sum(axis=1)
 
 
+def warm_up() -> None:
+    """Compile the scan (or load it from numba's cache) now: the first routing would otherwise
+    pay 0.1-0.5 s, inside somebody's request or edit."""
+    bits = np.zeros((1, 1), dtype=np.uint64)
+    _overlap_counts(bits, bits[0], np.empty(1, dtype=np.uint64))
+
+
 def pack(indices: np.ndarray, width: int) -> np.ndarray:
     """Indices [k] (or [B, k]) -> packed words [W] (or [B, W]) of uint64."""
     indices = np.atleast_2d(np.asarray(indices, dtype=np.int64))

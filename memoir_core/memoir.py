@@ -26,6 +26,7 @@ from .editor import Trainer, TrainOutcome
 from .rows import collate, edit_rows, neighbour_rows, training_contexts
 from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
 from .generate import Decoder, SamplingParams, Sequence
+from . import maskbank
 from .maskbank import MaskBank
 from .memory import Decision, ResidualMemory, Route
 from .precision import train_dtype, training_model
@@ -78,6 +79,7 @@ class Memoir:
         self.weights = ResidualWeights(d_out, width, self.device)
         self.bank = MaskBank(width, self.config.k)  # each edit's mask: the columns it trains
         self.keybank = MaskBank(width, self.config.k)  # extra routing keys (chat form, paraphrases)
+        maskbank.warm_up()
         self.edits: dict[str, EditRecord] = {}
         self.version = 0
         # Edits train on a copy in the training dtype (the model itself when they match).

@@ -2,31 +2,35 @@
 
 A server that trains an edit between decode steps can only let a new request in where the
 edit's generator yields: after a whole preparation (a forward up to block L over every row) or
-a whole optimisation step, tens to hundreds of milliseconds. `Sliced` runs the generator on a
-worker thread and also pauses it at the entry of any of the given modules (the blocks of the
-model copy edits train on), and where a backward pass reaches their outputs, once its slice is
-used up, so each `next()` returns within about one block's time after `slice_s`.
+a whole optimisation step, up to a hundred milliseconds. `Sliced` runs the generator in a
+greenlet and also pauses it at the entry of any of the given modules (the blocks of the model
+copy edits train on) once its slice is used up, so each `next()` returns within about one
+block's time after `slice_s` (a backward pass is not cut: its chunk is the longest).
 
-The two threads never run at once: the caller blocks while the worker runs and the worker
-blocks while paused, so the generator sees the same single-threaded world as before. Pausing
-mid-forward is only safe where nothing else uses those modules meanwhile, which is why the
-pause points are the training copy's blocks, never the served model's (Memoir.pause_points).
+A greenlet, not a thread: both sides must run on the same OS thread. torch's OpenMP pool
+belongs to the thread that starts parallel work, and a second thread brings a second pool
+whose idle workers spin on the same two cores; measured here, an edit on a worker thread ran
+1.5x slower even while the engine thread only waited.
+
+Pausing mid-forward is only safe where nothing else uses those modules meanwhile, which is
+why the pause points are the training copy's blocks, never the served model's
+(Memoir.pause_points). Grad mode is thread state, so each switch keeps the side it leaves
+and restores the side it enters (inference mode is never held across a switch: the engine
+enters it only inside a decode step, the edit only uses no_grad).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Generator, Iterable
 
 import torch
 import torch.nn as nn
+from greenlet import GreenletExit, getcurrent, greenlet
 
-_current = threading.local()  # the Sliced whose worker this thread is, if any
 
-
-class _Closed(BaseException):
-    """Unwinds an abandoned worker from wherever it is paused."""
+class _Worker(greenlet):
+    sliced: "Sliced"
 
 
 class Sliced:
@@ -35,17 +39,13 @@ class Sliced:
     def __init__(self, gen: Generator, pause_points: Iterable[nn.Module], slice_s: float):
         self._gen = gen
         self._slice = slice_s
-        self._go = threading.Semaphore(0)
-        self._back = threading.Semaphore(0)
         self._deadline = 0.0
-        self._thread: threading.Thread | None = None
+        self._worker = _Worker(self._work)
+        self._worker.sliced = self
+        self._caller: greenlet | None = None
         self._finished = False
-        self._closed = False
         self._result = None
-        self._error: BaseException | None = None
-        self._hooks = []
-        for m in pause_points:
-            self._hooks += [m.register_forward_pre_hook(_checkpoint), m.register_forward_hook(_on_output)]
+        self._hooks = [m.register_forward_pre_hook(_checkpoint) for m in pause_points]
 
     def __iter__(self):
         return self
@@ -54,69 +54,52 @@ class Sliced:
         if self._finished:
             raise StopIteration(self._result)
         self._deadline = time.perf_counter() + self._slice
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="memoir-edit-slice", daemon=True)
-            self._thread.start()
-        else:
-            self._go.release()
-        self._back.acquire()
+        self._caller = self._worker.parent = getcurrent()
+        mode = torch.is_grad_enabled()
+        try:
+            self._worker.switch()
+        except BaseException:
+            self._end()
+            raise
+        finally:
+            torch.set_grad_enabled(mode)
         if self._finished:
-            self._remove_hooks()
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
+            self._end()
             raise StopIteration(self._result)
         return None
 
     def close(self) -> None:
-        """Abandon the generator: its worker unwinds (GeneratorExit in the generator) and ends."""
-        if self._thread is not None and not self._finished:
-            self._closed = True
-            self._go.release()
-            self._back.acquire()
+        """Abandon the generator: it is closed (GeneratorExit inside) wherever it paused."""
+        if self._worker and not self._worker.dead:
+            self._caller = self._worker.parent = getcurrent()
+            self._worker.throw(GreenletExit)
+        self._end()
+
+    def _end(self) -> None:
         self._finished = True
-        self._remove_hooks()
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
 
-    def __del__(self):
-        if not self._finished:
-            self.close()
-
-    # -- the worker ------------------------------------------------------------------------------
+    # -- inside the greenlet ---------------------------------------------------------------------
     def _work(self) -> None:
-        _current.sliced = self
         try:
             while True:
                 next(self._gen)
                 self._pause()
         except StopIteration as stop:
             self._result = stop.value
-        except _Closed:
+        except GreenletExit:
             self._gen.close()
-        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
-            self._error = error
         self._finished = True
-        self._back.release()
 
     def _pause(self) -> None:
-        self._back.release()
-        self._go.acquire()
-        if self._closed:
-            raise _Closed
-
-    def _remove_hooks(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        mode = torch.is_grad_enabled()
+        self._caller.switch()
+        torch.set_grad_enabled(mode)
 
 
-def _checkpoint(*_args) -> None:
-    sliced = getattr(_current, "sliced", None)
+def _checkpoint(_module, _args) -> None:
+    sliced = getattr(getcurrent(), "sliced", None)
     if sliced is not None and time.perf_counter() > sliced._deadline:
         sliced._pause()
-
-
-def _on_output(_module, _args, output) -> None:
-    """A backward pass is a pause point too: where the gradient reaches this module's output."""
-    out = output[0] if isinstance(output, tuple) else output
-    if getattr(_current, "sliced", None) is not None and isinstance(out, torch.Tensor) and out.requires_grad:
-        out.register_hook(_checkpoint)

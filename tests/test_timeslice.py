@@ -49,25 +49,27 @@ def test_sliced_pauses_at_module_entries_and_returns_the_generators_value():
     assert all(not layer._forward_pre_hooks for layer in layers)
 
 
-def test_sliced_runs_on_one_thread_at_a_time():
+def test_sliced_runs_on_the_callers_thread_and_keeps_its_grad_mode():
+    """One OS thread (torch's thread pool is per thread), and each side sees its own grad mode."""
     layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
-    seen = []
-    caller = threading.get_ident()
+    seen, modes = [], []
 
     def gen():
-        for _ in range(4):
-            for layer in layers:
-                seen.append(threading.get_ident())
-                layer(torch.ones(1, 4))
-            yield
+        with torch.no_grad():
+            for _ in range(4):
+                for layer in layers:
+                    seen.append(threading.get_ident())
+                    modes.append(torch.is_grad_enabled())
+                    layer(torch.ones(1, 4))
+                yield
 
-    it = Sliced(gen(), list(layers), 0.0)
     turns = 0
-    for _ in it:
+    for _ in Sliced(gen(), list(layers), 0.0):
         turns += 1
-        # between turns the worker is paused: the caller may use anything
-        assert threading.get_ident() == caller
-    assert len(set(seen)) == 1 and seen[0] != caller
+        assert torch.is_grad_enabled()  # the caller's mode, although the generator paused inside no_grad
+        with torch.inference_mode():
+            layers[0](torch.ones(1, 4))  # the caller uses the modules between turns
+    assert turns > 4 and set(seen) == {threading.get_ident()} and not any(modes)
 
 
 def test_sliced_error_reaches_the_caller_and_close_unwinds_the_worker():
@@ -97,7 +99,7 @@ def test_sliced_error_reaches_the_caller_and_close_unwinds_the_worker():
     next(it)
     next(it)
     it.close()
-    assert finished == [True] and not it._thread.is_alive()
+    assert finished == [True] and it._worker.dead
     assert not layers[0]._forward_pre_hooks
 
 
