@@ -21,7 +21,7 @@ def _work(layers: nn.ModuleList, log: list, n: int = 3):
             x = layer(x)
         log.append(step)
         yield
-    return float(x.sum())
+    return float(x.detach().sum())
 
 
 def _drain(it):
