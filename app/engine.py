@@ -329,7 +329,7 @@ class Engine:
             self._fail(self._waiting.popleft(), stopped)
         for job in ([self._job] if self._job else []) + list(self._jobs):
             if getattr(job, "training", None) is not None:
-                job.training.close()  # a sliced edit's worker thread unwinds and ends
+                job.training.close()  # the edit's generator (and a sliced one's greenlet) unwinds
             job.post(stopped)
             self._job_done(job)
         self._job = None
