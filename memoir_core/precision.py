@@ -14,8 +14,7 @@ import copy
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+from .models import pick_dtype
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -33,9 +32,9 @@ def train_dtype(model, name: str) -> torch.dtype:
             return torch.bfloat16
         return param.dtype
     try:
-        return _DTYPES[name]
+        return pick_dtype(name, param.device.type)
     except KeyError:
-        raise ValueError(f"unknown train_dtype {name!r}; use auto, {', '.join(_DTYPES)}") from None
+        raise ValueError(f"unknown train_dtype {name!r}; use auto, float32, bfloat16 or float16") from None
 
 
 def training_model(model, dtype: torch.dtype):
