@@ -93,7 +93,8 @@ class Trainer:
 
     def optimise(self, prepared: Prepared, idx: torch.Tensor, start: torch.Tensor,
                  offset: torch.Tensor | None = None, deadline: float | None = None,
-                 gate: torch.Tensor | None = None, const: torch.Tensor | None = None):
+                 gate: torch.Tensor | None = None, const: torch.Tensor | None = None,
+                 guard: torch.Tensor | None = None):
         """A generator: yields after each optimisation step and returns a TrainOutcome.
 
         `offset` [k] is subtracted from the activations before the memory reads them (the
@@ -116,7 +117,10 @@ class Trainer:
         base_out_f = base_out.float()
         if const is not None:
             base_out_f = base_out_f + const.to(base_out_f.device)
-        cols = start.detach().clone().to(acts_k.device).requires_grad_(True)  # [d_out, k]
+        start = start.detach().to(acts_k.device)
+        cols = start.clone().requires_grad_(True)  # [d_out, k]
+        if guard is not None:
+            guard = guard.to(acts_k.device)
         if cfg.optimizer == "adam":
             opt = torch.optim.Adam([cols], lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "sgd":
@@ -148,6 +152,9 @@ class Trainer:
             if after is not None:
                 drift = F.kl_div(after_logits.log_softmax(-1), after, log_target=True, reduction="batchmean")
                 loss = loss + cfg.continuation_weight * drift
+            if guard is not None:
+                change = cols - start
+                loss = loss + cfg.protect * ((change @ guard) * change).sum()
             losses.append(value)
             if value <= cfg.stop_loss and converged_at is None:
                 converged_at = steps
@@ -157,7 +164,9 @@ class Trainer:
             # Neighbours may conflict with the new fact: once it holds, they get a few steps more.
             neighbours_done = neighbour_value <= cfg.neighbour_stop_loss or (
                 converged_at is not None and steps - converged_at >= cfg.neighbour_extra_steps)
-            if (value <= cfg.stop_loss and neighbours_done) or steps >= cfg.max_steps or out_of_time or value != value:
+            settled = steps >= cfg.settle_steps and value <= cfg.settle_ratio * cfg.stop_loss
+            if (value <= cfg.stop_loss and neighbours_done) or settled or steps >= cfg.max_steps or out_of_time \
+                    or value != value:
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,5 +187,6 @@ class Trainer:
             yield
         loss_value, trained = best
         # Time spent at yields (the caller's work) is counted too: it is wall time per edit.
+        settled = steps >= cfg.settle_steps and loss_value <= cfg.settle_ratio * cfg.stop_loss
         return TrainOutcome(trained, steps, loss_value, losses, time.perf_counter() - prepared.started,
-                            loss_value <= cfg.stop_loss)
+                            loss_value <= cfg.stop_loss or settled)

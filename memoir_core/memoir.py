@@ -25,9 +25,10 @@ from .contexts import ContextCache
 from .editor import Trainer, TrainOutcome
 from .rows import collate, edit_rows, neighbour_rows, training_contexts
 from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
+from .guard import KeyGuard, factor
 from .generate import Decoder, SamplingParams, Sequence
 from . import maskbank
-from .maskbank import MaskBank
+from .maskbank import MaskBank, Match
 from .memory import Decision, ResidualMemory, Route
 from .precision import train_dtype, training_model
 from .prompts import Encoded, PromptEncoder
@@ -88,6 +89,7 @@ class Memoir:
         self.trainer = Trainer(self.train_model, train_blocks, arch.get_path(self.train_model, down_path),
                                self.config.layer, self.config)
         self._routes: dict[str, Route] = {}
+        self.guard = KeyGuard(width)
         self.basis = basis or self._make_basis(list(background) if background is not None else background_texts())
         self.tophash = TopHash(self.config.k, self.basis.permutation, self.basis.background_mean)
         self.contexts = ContextCache(self.train_model, training_contexts(self.encoder, self.basis.prefixes, self.config.chat_rows))
@@ -136,11 +138,14 @@ class Memoir:
         return self.tophash.masks(self.features(encoded))
 
     def best(self, masks) -> list:
-        """Best match of each mask [B, k] among the edits' masks and their extra routing keys."""
+        """Best match of each mask [B, k] among the edits' masks and their extra routing keys
+        (a key's overlap counts config.key_margin less: its score, not its raw overlap)."""
         primary = self.bank.best(masks)
         if not len(self.keybank):
             return primary
-        return [a if a.overlap >= b.overlap else b for a, b in zip(primary, self.keybank.best(masks))]
+        margin = self.config.key_margin
+        keyed = [Match(b.edit_id, b.overlap - margin) if b.edit_id is not None else b for b in self.keybank.best(masks)]
+        return [a if a.overlap >= b.overlap else b for a, b in zip(primary, keyed)]
 
     def decide(self, features: torch.Tensor) -> list[Decision]:
         """Routing of a batch from its prompt features: the best stored mask, on if overlap >= tau."""
@@ -219,6 +224,7 @@ class Memoir:
         # from the served model's: the edit's own prompt then matches its mask at about 0.97,
         # not 1.0. An fp32 mask would cost another 26-block forward (+15% per edit).
         idx = masks[0]
+        own_keys = self._keys(rows, prepared, idx)
         keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(idx.tolist())}
         match = self.bank.best(idx.numpy()[None])[0]
         superseded = self._superseded_by(prompt)
@@ -241,8 +247,13 @@ class Memoir:
         gate, const = self._row_routes(rows, dev_idx, prepared.acts)
         if deadline is None:
             deadline = t0 + self.config.max_edit_seconds
+        guard = None
+        if self.config.protect > 0 and len(self.guard):
+            # the edit being replaced is not protected: its prompt is this edit's own
+            old = self.edits[superseded] if superseded is not None else None
+            guard = self.guard.restricted(dev_idx, without=old if old is not None and old.inputs is not None else None)
         outcome = yield from self.trainer.optimise(prepared, dev_idx, start, self._offset(dev_idx), deadline,
-                                                   gate, const)
+                                                   gate, const, guard)
         delta = quantise(outcome.columns - start)
         other_id, other_overlap = (match.edit_id, match.overlap) if match.edit_id != superseded else (None, 0.0)
         if superseded is not None and len(self.bank) > 1:
@@ -252,10 +263,20 @@ class Memoir:
             metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
             best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)],
-            idx=idx.long().cpu(), delta=delta.cpu(),
+            idx=idx.long().cpu(), delta=delta.cpu(), inputs=factor(own_keys),
         )
         return EditProposal(record, outcome, rows=len(rows),
                             timings={"prepare": t_prep - t0, "train": time.perf_counter() - t_prep})
+
+    def _keys(self, rows, prepared, idx: torch.Tensor) -> torch.Tensor:
+        """The edit's memory inputs on its own columns at every position of its own rows -> [n, k]."""
+        batch = prepared.batch
+        valid = batch.attention_mask[:, batch.context_length:].bool()
+        own = [i for i, r in enumerate(rows) if r.own and r.route is None and i < valid.shape[0]]
+        dev_idx = idx.to(prepared.acts.device)
+        x = prepared.acts[own].index_select(-1, dev_idx).float()[valid[own]]
+        offset = self._offset(dev_idx)
+        return (x if offset is None else x - offset).cpu()
 
     def pause_points(self) -> list[torch.nn.Module]:
         """Modules at whose entry an edit's training may pause while the served model decodes
@@ -348,6 +369,8 @@ class Memoir:
         if rec.keys:
             self.keybank.add(rec.id, np.asarray(rec.keys))
         self.edits[rec.id] = rec
+        if rec.inputs is not None and self.config.protect > 0:
+            self.guard.add(rec.idx, rec.inputs)
         self._routes.clear()
 
     def edit(self, prompt: str, target: str, **kwargs) -> EditRecord:
@@ -372,7 +395,17 @@ class Memoir:
         self.version += 1
         return rec
 
+    def rebuild_guard(self) -> None:
+        """The key guard from the live edits' stored inputs (after a restore that skipped apply)."""
+        self.guard = KeyGuard(self.width)
+        if self.config.protect > 0:
+            for rec in self.edits.values():
+                if rec.inputs is not None:
+                    self.guard.add(rec.idx, rec.inputs)
+
     def _unapply(self, rec: EditRecord) -> None:
+        if rec.inputs is not None and self.config.protect > 0:
+            self.guard.remove(rec.idx, rec.inputs)
         self.weights.subtract(rec.idx.to(self.device), rec.delta)
         self.bank.remove(rec.id)
         if rec.id in self.keybank:

@@ -134,7 +134,7 @@ def check_blast_radius(memoir: Memoir, record, probes: Probes, limit: int | None
 def trial(memoir: Memoir, proposal: EditProposal) -> Iterator[None]:
     """Commit the proposal for the length of the block; afterwards the memory is exactly as it was."""
     rec = proposal.record
-    saved = (memoir.version, memoir.edits, memoir.bank, memoir.keybank, memoir._routes)
+    saved = (memoir.version, memoir.edits, memoir.bank, memoir.keybank, memoir._routes, memoir.guard)
     saved_version = rec.version
     cols = rec.idx
     if rec.supersedes in memoir.edits:
@@ -146,13 +146,14 @@ def trial(memoir: Memoir, proposal: EditProposal) -> Iterator[None]:
     memoir.bank = MaskBank.restore(memoir.bank.width, memoir.bank.k, *memoir.bank.export())
     memoir.keybank = MaskBank.restore(memoir.keybank.width, memoir.keybank.k, *memoir.keybank.export())
     memoir._routes = {}
+    memoir.guard = memoir.guard.copy()
     try:
         memoir.commit(proposal)
         yield
     finally:
         weights.acc.index_copy_(1, cols, acc)
         weights.weight.index_copy_(1, cols, weight)
-        memoir.version, memoir.edits, memoir.bank, memoir.keybank, memoir._routes = saved
+        memoir.version, memoir.edits, memoir.bank, memoir.keybank, memoir._routes, memoir.guard = saved
         rec.version = saved_version
 
 

@@ -31,16 +31,22 @@ class EditRecord:
     # tensors: the mask (sorted column indices) and the quantised delta on those columns
     idx: torch.Tensor = field(default=None, repr=False)  # [k] int64
     delta: torch.Tensor = field(default=None, repr=False)  # [d_out, k] int32
+    # the edit's memory inputs as a factor F [r, k] fp16 (guard.py); None: stored before it
+    inputs: torch.Tensor | None = field(default=None, repr=False)
 
     def info(self) -> dict[str, Any]:
         """Every field but the tensors, JSON-ready."""
         return {
             f.name: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
             for f in fields(self)
-            if f.name not in ("idx", "delta")
+            if f.name not in TENSORS
             for v in (getattr(self, f.name),)
         }
 
     @classmethod
-    def from_info(cls, info: dict[str, Any], idx: torch.Tensor, delta: torch.Tensor) -> "EditRecord":
-        return cls(**info, idx=idx, delta=delta)
+    def from_info(cls, info: dict[str, Any], idx: torch.Tensor, delta: torch.Tensor,
+                  inputs: torch.Tensor | None = None) -> "EditRecord":
+        return cls(**info, idx=idx, delta=delta, inputs=inputs)
+
+
+TENSORS = ("idx", "delta", "inputs")

@@ -71,6 +71,7 @@ def reset(memoir: "Memoir", loaded: Loaded) -> None:
     memoir.weights.acc.zero_()
     memoir.weights.weight.zero_()
     memoir.edits = {}
+    memoir.rebuild_guard()
     memoir.version = 0
     memoir.bank = type(memoir.bank)(memoir.width, memoir.config.k)
     memoir.keybank = type(memoir.keybank)(memoir.width, memoir.config.k)

@@ -182,6 +182,7 @@ def restore(memoir: "Memoir", loaded: Loaded) -> None:
     else:
         memoir.weights.load(loaded.acc.to(memoir.device))
         memoir.edits = {rec.id: rec for rec in loaded.edits}
+        memoir.rebuild_guard()
     if loaded.bank_order is not None or loaded.acc is not None:
         order = loaded.bank_order if loaded.bank_order is not None else [r.id for r in loaded.edits]
         k = memoir.config.k

@@ -179,3 +179,19 @@ def test_a_different_prompt_with_the_same_mask_does_not_replace_an_edit():
     assert second.supersedes is None and set(m.edits) == {first.id, second.id}
     third = m.edit("Who is the  chief executive of the company", "john doe")  # same prompt, other case/spacing
     assert third.supersedes == first.id and set(m.edits) == {second.id, third.id}
+
+
+def test_an_extra_routing_key_scores_key_margin_below_an_edit_mask():
+    """Chat-form keys sit near many plain prompts: a query matches one only key_margin above tau."""
+    m = make_memoir("llama", key_margin=0.6, chat_rows=False)
+    rec = m.edit("who is the chief executive of the company", "jane roe")
+    other = torch.tensor(sorted(set(range(m.width)) - set(rec.idx.tolist()))[: m.config.k])
+    m.keybank.add(rec.id, other.numpy()[None])  # a key that shares no column with the edit's mask
+    (via_key,) = m.best(other.numpy()[None])
+    (via_mask,) = m.best(rec.idx.numpy()[None])
+    assert via_key.edit_id == via_mask.edit_id == rec.id
+    assert via_mask.overlap == 1.0 and via_key.overlap == pytest.approx(0.4)
+    m.tophash.masks = lambda features: other.expand(features.shape[0], -1).clone()
+    assert m.decide(torch.zeros(1, m.width))[0].route is None  # 0.4 < tau 0.5
+    m.config.key_margin = 0.0
+    assert m.decide(torch.zeros(1, m.width))[0].route.edit_id == rec.id

@@ -23,7 +23,8 @@ PROMPTS = [
     "the capital city of berlin",
 ]
 # Cheap edits: what is stored is what counts here, not how well it was learned.
-FAST = dict(max_steps=4, continuation_weight=0.0, max_neighbours=0, chat_rows=False, prefix_lengths=(5,))
+FAST = dict(max_steps=4, continuation_weight=0.0, max_neighbours=0, chat_rows=False, prefix_lengths=(5,),
+            protect=1e-3)
 TARGETS = ["jane roe", "paris", "dog", "madrid", "bob", "five six", "alice", "lisbon", "fox", "carol",
            "ten", "rome", "berlin", "john doe", "quick", "london"]
 
@@ -104,6 +105,10 @@ def test_restart_restores_the_memory_bit_for_bit(edited, with_acc):
         assert list(m2.edits) == list(m.edits)
         for a, b in zip(m.edits.values(), m2.edits.values()):
             assert a.info() == b.info() and torch.equal(a.idx, b.idx) and torch.equal(a.delta, b.delta)
+            assert a.inputs is not None and torch.equal(a.inputs, b.inputs)  # the key guard's share
+        # the guard is rebuilt from the live edits' inputs (m summed and subtracted on the way)
+        assert len(m2.guard) == len(m.guard) == len(m.edits)
+        assert torch.allclose(m2.guard.cov, m.guard.cov, atol=1e-9 * float(m.guard.cov.abs().max()))
         assert torch.equal(m2.basis.permutation, m.basis.permutation)
         assert torch.equal(m2.basis.background_mean, m.basis.background_mean) and m2.basis.prefixes == m.basis.prefixes
         assert outputs(m2, probe) == before

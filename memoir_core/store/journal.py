@@ -5,7 +5,8 @@ Record layout (every record starts and ends 8-aligned, so tensors read from it a
     magic "MJ01" | header length u32 | payload length u64 | crc32 of those 16 bytes | 0 u32
     sha256 of everything after it (header, payload, padding)
     header: JSON {"kind": "edit"|"removal", "version", "id", "info"?, "time"} padded with spaces
-    payload: safetensors {"idx": [k] int64, "delta": [d_out, k] int32} (edits only), zero padding
+    payload: safetensors {"idx": [k] int64, "delta": [d_out, k] int32, "inputs"?: [r, k] fp16}
+             (edits only; inputs: guard.py, absent in records written before it), zero padding
 
 The frame has its own crc so a damaged length is never mistaken for a record that runs past
 the end of the file. A record that cannot be read is a torn write only if it is in the last
@@ -22,7 +23,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..records import EditRecord
+from ..records import TENSORS, EditRecord
 from . import fsio, tensorfile
 from .layout import segment_name, sha256
 
@@ -46,7 +47,7 @@ def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
 
 
 def encode_edit(rec: EditRecord) -> bytes:
-    payload = tensorfile.encode({"idx": rec.idx, "delta": rec.delta})
+    payload = tensorfile.encode(record_tensors(rec))
     info = rec.info()
     json.dumps(info)  # fail here, before any write, if the metadata is not JSON
     return encode({"kind": "edit", "version": rec.version, "id": rec.id, "time": time.time(), "info": info}, payload)
@@ -140,19 +141,26 @@ def scan(buf: bytearray) -> Scan:
 def decode_edit(buf, entry: Entry) -> EditRecord:
     """The EditRecord of an edit entry; ValueError when its payload or info is unusable."""
     tensors, _ = tensorfile.decode(buf, *entry.payload)
-    if set(tensors) != {"idx", "delta"}:
-        raise ValueError("an edit payload must hold exactly idx and delta")
+    if set(tensors) - {"inputs"} != {"idx", "delta"}:
+        raise ValueError("an edit payload must hold idx and delta (and inputs) only")
     info = entry.header.get("info")
     if not isinstance(info, dict) or info.get("id") != entry.header["id"] \
             or info.get("version") != entry.header["version"]:
         raise ValueError("the record's info does not match its header")
-    return record_from_info(info, tensors["idx"], tensors["delta"])
+    return record_from_info(info, tensors["idx"], tensors["delta"], tensors.get("inputs"))
 
 
-def record_from_info(info: dict[str, Any], idx, delta) -> EditRecord:
-    known = set(EditRecord.__dataclass_fields__) - {"idx", "delta"}
+def record_tensors(rec: EditRecord) -> dict:
+    out = {"idx": rec.idx, "delta": rec.delta}
+    if rec.inputs is not None:
+        out["inputs"] = rec.inputs
+    return out
+
+
+def record_from_info(info: dict[str, Any], idx, delta, inputs=None) -> EditRecord:
+    known = set(EditRecord.__dataclass_fields__) - set(TENSORS)
     try:
-        return EditRecord.from_info({k: v for k, v in info.items() if k in known}, idx, delta)
+        return EditRecord.from_info({k: v for k, v in info.items() if k in known}, idx, delta, inputs)
     except TypeError as e:
         raise ValueError(f"edit info is unusable: {e}") from None
 

@@ -64,6 +64,11 @@ class Registry:
             raise RegistryError(f"edit {rec.id!r}: idx must be int64 [{self.k}]")
         if not isinstance(delta, torch.Tensor) or delta.dtype != torch.int32 or tuple(delta.shape) != (self.d_out, self.k):
             raise RegistryError(f"edit {rec.id!r}: delta must be int32 [{self.d_out}, {self.k}]")
+        inputs = rec.inputs
+        if inputs is not None and (not isinstance(inputs, torch.Tensor) or inputs.dtype != torch.float16
+                                   or inputs.dim() != 2 or inputs.shape[1] != self.k
+                                   or not bool(torch.isfinite(inputs).all())):
+            raise RegistryError(f"edit {rec.id!r}: inputs must be finite float16 [r, {self.k}]")
         if self.k and (int(idx.min()) < 0 or int(idx.max()) >= self.width or not bool((idx[1:] > idx[:-1]).all())):
             raise RegistryError(f"edit {rec.id!r}: idx must be sorted, distinct and within 0..{self.width - 1}")
 

@@ -2,7 +2,9 @@
 
     snapshots/<version>/registry.json      checked JSON: version, every live edit's info in apply
                                            order, the bank order, sha256 and size of the two files
-    snapshots/<version>/edits.safetensors  idx [n, k] int64, delta [n, d_out, k] int32 (apply order)
+    snapshots/<version>/edits.safetensors  idx [n, k] int64, delta [n, d_out, k] int32 (apply order),
+                                           inputs [n, r, k] fp16 where the edits have them (guard.py;
+                                           zeros for an edit stored before them)
     snapshots/<version>/memory.safetensors acc [d_out, D] int64, W_m's exact accumulator
 
 The deltas of every live edit are kept, so a rollback of an edit older than the snapshot is
@@ -76,11 +78,22 @@ def _stream(path: str, parts: Iterable, cancel: threading.Event | None) -> dict[
 
 def _edit_parts(records: list[EditRecord], d_out: int, k: int):
     n = len(records)
-    yield tensorfile.header([("idx", torch.int64, (n, k)), ("delta", torch.int32, (n, d_out, k))])
+    shapes = {tuple(r.inputs.shape) for r in records if r.inputs is not None}
+    entries = [("idx", torch.int64, (n, k)), ("delta", torch.int32, (n, d_out, k))]
+    if len(shapes) > 1:
+        raise ValueError(f"edits' inputs have different shapes: {sorted(shapes)}")
+    if shapes:
+        (shape,) = shapes
+        entries.append(("inputs", torch.float16, (n, *shape)))
+    yield tensorfile.header(entries)
     if n:
         yield tensorfile.raw(torch.stack([r.idx for r in records]))
     for rec in records:
         yield tensorfile.raw(rec.delta)
+    if shapes:
+        none = torch.zeros(shape, dtype=torch.float16)
+        for rec in records:
+            yield tensorfile.raw(rec.inputs.to(torch.float16).contiguous() if rec.inputs is not None else none)
 
 
 def write(root: str, version: int, records: list[EditRecord], order: list[str], dims: dict[str, int],
@@ -158,8 +171,16 @@ def read(root: str, current: dict[str, Any], dims: dict[str, int]):
     for key, shape in shapes.items():
         if key not in tensors or tuple(tensors[key].shape) != shape:
             raise corrupt(root, f"{rel}: tensor {key} is missing or not of shape {shape}")
+    inputs = tensors.get("inputs")
+    if inputs is not None and (inputs.shape[0] != n or inputs.shape[2] != k):
+        raise corrupt(root, f"{rel}: tensor inputs is not of shape ({n}, r, {k})")
+
+    def inputs_of(i: int):
+        # an all-zero factor stands for an edit stored before edits kept their inputs
+        return None if inputs is None or not inputs[i].any() else inputs[i]
     try:
-        records = [record_from_info(info, tensors["idx"][i], tensors["delta"][i]) for i, info in enumerate(body["edits"])]
+        records = [record_from_info(info, tensors["idx"][i], tensors["delta"][i], inputs_of(i))
+                   for i, info in enumerate(body["edits"])]
     except ValueError as e:
         raise corrupt(root, f"{rel}: {e}") from None
     return body["version"], records, body["bank_order"], tensors["acc"], size

@@ -45,16 +45,20 @@ def edit_row(rec: EditRecord) -> dict:
         text = json.dumps(info)
     except (TypeError, ValueError) as e:
         raise ValueError(f"edit {rec.id!r} cannot be stored: {e}") from None
-    delta = tensorfile.encode({"delta": rec.delta.cpu()})
+    blob = {"delta": rec.delta.cpu()}
+    if rec.inputs is not None:  # the edit's memory inputs (guard.py) travel with its delta
+        blob["inputs"] = rec.inputs.cpu()
+    delta = tensorfile.encode(blob)
     return {"seq": rec.version, "edit_id": rec.id, "supersedes": rec.supersedes, "info": text,
             "idx": tensorfile.encode({"idx": rec.idx.long().cpu()}), "author": rec.author,
             "delta": delta, "sha256": sha256(delta)}
 
 
-def _tensor(data, name: str, seq: int) -> torch.Tensor:
+def _tensors(data, name: str, seq: int) -> dict[str, torch.Tensor]:
     try:
         tensors, _ = tensorfile.decode(bytearray(data))
-        return tensors[name]
+        tensors[name]
+        return tensors
     except (ValueError, KeyError) as e:
         raise corrupt(f"log entry {seq}: {name} is unreadable: {e}") from None
 
@@ -72,7 +76,8 @@ def entry(seq: int, kind: str, edit_id: str, info, idx, delta, digest) -> LogEnt
     if not isinstance(info, dict) or info.get("id") != edit_id or info.get("version") != seq:
         raise corrupt(f"log entry {seq}: its info does not match the row")
     try:
-        rec = record_from_info(info, _tensor(idx, "idx", seq), _tensor(delta, "delta", seq))
+        blob = _tensors(delta, "delta", seq)
+        rec = record_from_info(info, _tensors(idx, "idx", seq)["idx"], blob["delta"], blob.get("inputs"))
     except ValueError as e:
         raise corrupt(f"log entry {seq}: {e}") from None
     return LogEntry(seq, kind, edit_id, rec)

@@ -1,0 +1,87 @@
+"""The key guard (guard.py): a stored edit's inputs as a factor, the guard's sum, and its effect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from memoir_core.guard import KeyGuard, factor
+from memoir_core.records import EditRecord
+
+
+def _record(idx, inputs):
+    return EditRecord(id="x", prompt="p", target_new="t", idx=torch.tensor(idx), inputs=inputs)
+
+
+def test_the_factor_keeps_the_second_moment_of_few_keys():
+    keys = torch.randn(6, 10)
+    f = factor(keys, rank=8)
+    assert f.shape == (8, 10) and f.dtype == torch.float16
+    assert torch.allclose(f.double().T @ f.double(), keys.double().T @ keys.double() / 6, atol=2e-2)
+
+
+def test_the_factor_keeps_the_top_directions_of_many_keys():
+    keys = torch.randn(80, 40) * torch.linspace(3, 0.01, 40)
+    f = factor(keys, rank=8).double()
+    moment = keys.double().T @ keys.double() / 80
+    top = torch.linalg.eigvalsh(moment)[-8:].sum()
+    assert abs(float(torch.trace(f.T @ f)) / float(top) - 1) < 1e-2
+
+
+def test_the_guard_sums_edits_on_their_own_columns_and_forgets_them_exactly():
+    g = KeyGuard(6)
+    fa, fb = torch.randn(3, 2).half(), torch.randn(3, 3).half()
+    g.add(torch.tensor([1, 4]), fa)
+    g.add(torch.tensor([0, 1, 5]), fb)
+    c = g.restricted(torch.tensor([0, 1, 4]))
+    ma, mb = fa.double().T @ fa.double(), fb.double().T @ fb.double()
+    assert torch.allclose(c[1, 1].double(), ma[0, 0] + mb[1, 1], atol=1e-5)  # column 1 is shared
+    assert torch.allclose(c[2, 2].double(), ma[1, 1], atol=1e-5)
+    assert torch.allclose(c[0, 2].double(), torch.zeros((), dtype=torch.float64))  # never in one edit
+    assert len(g) == 2
+    # less one edit's share, as when a new edit replaces it
+    without = g.restricted(torch.tensor([0, 1, 4]), without=_record([1, 4], fa))
+    assert torch.allclose(without[1, 1].double(), mb[1, 1], atol=1e-5) and float(without[2, 2]) == pytest.approx(0, abs=1e-6)
+    g.remove(torch.tensor([1, 4]), fa)
+    g.remove(torch.tensor([0, 1, 5]), fb)
+    assert len(g) == 0 and float(g.cov.abs().max()) < 1e-12
+
+
+def _train(m, prompt, target):
+    gen = m.propose(prompt, target)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _disturbance(later: EditRecord, earlier: EditRecord) -> float:
+    """Summed squared change the later edit's delta makes to the earlier edit's memory output."""
+    _, here, there = np.intersect1d(later.idx.numpy(), earlier.idx.numpy(), return_indices=True)
+    delta = later.delta.double()[:, here] / 2**24
+    f = earlier.inputs.double()[:, there]
+    return float(((delta @ f.T) ** 2).sum())
+
+
+@pytest.mark.real
+def test_a_guarded_edit_moves_an_earlier_edit_about_the_same_subject_less(real):
+    """Two facts about one subject share most columns: unguarded, the second edit's update lands
+    on what the first reads; guarded, it learns its fact as well and moves the first far less."""
+    saved = real.config.protect
+    first = real.edit("The mother tongue of Danielle Darrieux is", "Finnish")
+    try:
+        real.config.protect = 0.0
+        free = _train(real, "Danielle Darrieux was born in the city of", "Oslo")
+        # one stored edit: a weight that makes its penalty count beside the new edit's loss (the
+        # default, 3e-5, is set for banks of hundreds, whose penalties add up)
+        real.config.protect = 1e-3
+        guarded = _train(real, "Danielle Darrieux was born in the city of", "Oslo")
+    finally:
+        real.config.protect = saved
+        real.remove(first.id)
+    assert free.outcome.converged and guarded.outcome.converged
+    shared = len(set(first.idx.tolist()) & set(free.record.idx.tolist()))
+    assert shared > 0.3 * first.idx.numel()
+    assert _disturbance(guarded.record, first) < 0.5 * _disturbance(free.record, first)
