@@ -164,9 +164,8 @@ class Trainer:
             # Neighbours may conflict with the new fact: once it holds, they get a few steps more.
             neighbours_done = neighbour_value <= cfg.neighbour_stop_loss or (
                 converged_at is not None and steps - converged_at >= cfg.neighbour_extra_steps)
-            settled = steps >= cfg.settle_steps and value <= cfg.settle_ratio * cfg.stop_loss
-            if (value <= cfg.stop_loss and neighbours_done) or settled or steps >= cfg.max_steps or out_of_time \
-                    or value != value:
+            if (value <= cfg.stop_loss and neighbours_done) or self._settled(steps, value) \
+                    or steps >= cfg.max_steps or out_of_time or value != value:
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -187,6 +186,10 @@ class Trainer:
             yield
         loss_value, trained = best
         # Time spent at yields (the caller's work) is counted too: it is wall time per edit.
-        settled = steps >= cfg.settle_steps and loss_value <= cfg.settle_ratio * cfg.stop_loss
         return TrainOutcome(trained, steps, loss_value, losses, time.perf_counter() - prepared.started,
-                            loss_value <= cfg.stop_loss or settled)
+                            loss_value <= cfg.stop_loss or self._settled(steps, loss_value))
+
+    def _settled(self, steps: int, loss: float) -> bool:
+        """Close enough after settle_steps (a ratio, so a negative stop_loss still never stops)."""
+        cfg = self.config
+        return steps >= cfg.settle_steps and loss <= cfg.settle_ratio * cfg.stop_loss

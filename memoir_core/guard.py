@@ -37,9 +37,9 @@ def factor(keys: torch.Tensor, rank: int = RANK) -> torch.Tensor:
 
 
 class KeyGuard:
-    def __init__(self, width: int, device: torch.device | str = "cpu"):
+    def __init__(self, width: int, enabled: bool = True, device: torch.device | str = "cpu"):
         # D x D float64, made at the first add: 19 MB on the default model, 1.6 GB at D = 14336
-        self.width, self.device = width, device
+        self.width, self.enabled, self.device = width, enabled, device
         self._cov: torch.Tensor | None = None
         self.count = 0
 
@@ -53,16 +53,16 @@ class KeyGuard:
         return self.count
 
     def copy(self) -> "KeyGuard":
-        out = KeyGuard(self.width, self.device)
+        out = KeyGuard(self.width, self.enabled, self.device)
         out._cov = None if self._cov is None else self._cov.clone()
         out.count = self.count
         return out
 
     def restricted(self, idx: torch.Tensor, without=None) -> torch.Tensor:
-        """C[idx, idx] as fp32 [k, k], less the share of `without` (a record with idx and inputs)."""
+        """C[idx, idx] as fp32 [k, k], less the share of `without` (a record, or None)."""
         idx = idx.to(self.cov.device)
         out = self.cov.index_select(0, idx).index_select(1, idx)
-        if without is not None:
+        if without is not None and without.inputs is not None:
             other = without.idx.to(self.cov.device)
             f = without.inputs.to(self.cov.device, torch.float64)
             where = torch.searchsorted(idx, other).clamp_max(idx.numel() - 1)
@@ -72,13 +72,16 @@ class KeyGuard:
             out[pos.unsqueeze(1), pos.unsqueeze(0)] -= g.T @ g
         return out.float()
 
-    def add(self, idx: torch.Tensor, inputs: torch.Tensor) -> None:
-        self._update(idx, inputs, +1.0)
-        self.count += 1
+    def add(self, rec) -> None:
+        """A record's share (its idx and inputs); nothing when disabled or stored without inputs."""
+        if self.enabled and rec.inputs is not None:
+            self._update(rec.idx, rec.inputs, +1.0)
+            self.count += 1
 
-    def remove(self, idx: torch.Tensor, inputs: torch.Tensor) -> None:
-        self._update(idx, inputs, -1.0)
-        self.count -= 1
+    def remove(self, rec) -> None:
+        if self.enabled and rec.inputs is not None:
+            self._update(rec.idx, rec.inputs, -1.0)
+            self.count -= 1
 
     def _update(self, idx: torch.Tensor, inputs: torch.Tensor, sign: float) -> None:
         idx = idx.to(self.cov.device)

@@ -89,7 +89,7 @@ class Memoir:
         self.trainer = Trainer(self.train_model, train_blocks, arch.get_path(self.train_model, down_path),
                                self.config.layer, self.config)
         self._routes: dict[str, Route] = {}
-        self.guard = KeyGuard(width)
+        self.guard = KeyGuard(width, enabled=self.config.protect > 0)
         self.basis = basis or self._make_basis(list(background) if background is not None else background_texts())
         self.tophash = TopHash(self.config.k, self.basis.permutation, self.basis.background_mean)
         self.contexts = ContextCache(self.train_model, training_contexts(self.encoder, self.basis.prefixes, self.config.chat_rows))
@@ -248,10 +248,9 @@ class Memoir:
         if deadline is None:
             deadline = t0 + self.config.max_edit_seconds
         guard = None
-        if self.config.protect > 0 and len(self.guard):
+        if len(self.guard):
             # the edit being replaced is not protected: its prompt is this edit's own
-            old = self.edits[superseded] if superseded is not None else None
-            guard = self.guard.restricted(dev_idx, without=old if old is not None and old.inputs is not None else None)
+            guard = self.guard.restricted(dev_idx, without=self.edits.get(superseded))
         outcome = yield from self.trainer.optimise(prepared, dev_idx, start, self._offset(dev_idx), deadline,
                                                    gate, const, guard)
         delta = quantise(outcome.columns - start)
@@ -369,8 +368,7 @@ class Memoir:
         if rec.keys:
             self.keybank.add(rec.id, np.asarray(rec.keys))
         self.edits[rec.id] = rec
-        if rec.inputs is not None and self.config.protect > 0:
-            self.guard.add(rec.idx, rec.inputs)
+        self.guard.add(rec)
         self._routes.clear()
 
     def edit(self, prompt: str, target: str, **kwargs) -> EditRecord:
@@ -397,15 +395,12 @@ class Memoir:
 
     def rebuild_guard(self) -> None:
         """The key guard from the live edits' stored inputs (after a restore that skipped apply)."""
-        self.guard = KeyGuard(self.width)
-        if self.config.protect > 0:
-            for rec in self.edits.values():
-                if rec.inputs is not None:
-                    self.guard.add(rec.idx, rec.inputs)
+        self.guard = KeyGuard(self.width, enabled=self.config.protect > 0)
+        for rec in self.edits.values():
+            self.guard.add(rec)
 
     def _unapply(self, rec: EditRecord) -> None:
-        if rec.inputs is not None and self.config.protect > 0:
-            self.guard.remove(rec.idx, rec.inputs)
+        self.guard.remove(rec)
         self.weights.subtract(rec.idx.to(self.device), rec.delta)
         self.bank.remove(rec.id)
         if rec.id in self.keybank:

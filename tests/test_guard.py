@@ -32,8 +32,9 @@ def test_the_factor_keeps_the_top_directions_of_many_keys():
 def test_the_guard_sums_edits_on_their_own_columns_and_forgets_them_exactly():
     g = KeyGuard(6)
     fa, fb = torch.randn(3, 2).half(), torch.randn(3, 3).half()
-    g.add(torch.tensor([1, 4]), fa)
-    g.add(torch.tensor([0, 1, 5]), fb)
+    a, b = _record([1, 4], fa), _record([0, 1, 5], fb)
+    g.add(a)
+    g.add(b)
     c = g.restricted(torch.tensor([0, 1, 4]))
     ma, mb = fa.double().T @ fa.double(), fb.double().T @ fb.double()
     assert torch.allclose(c[1, 1].double(), ma[0, 0] + mb[1, 1], atol=1e-5)  # column 1 is shared
@@ -41,11 +42,14 @@ def test_the_guard_sums_edits_on_their_own_columns_and_forgets_them_exactly():
     assert torch.allclose(c[0, 2].double(), torch.zeros((), dtype=torch.float64))  # never in one edit
     assert len(g) == 2
     # less one edit's share, as when a new edit replaces it
-    without = g.restricted(torch.tensor([0, 1, 4]), without=_record([1, 4], fa))
+    without = g.restricted(torch.tensor([0, 1, 4]), without=a)
     assert torch.allclose(without[1, 1].double(), mb[1, 1], atol=1e-5) and float(without[2, 2]) == pytest.approx(0, abs=1e-6)
-    g.remove(torch.tensor([1, 4]), fa)
-    g.remove(torch.tensor([0, 1, 5]), fb)
+    g.remove(a)
+    g.remove(b)
     assert len(g) == 0 and float(g.cov.abs().max()) < 1e-12
+    off = KeyGuard(6, enabled=False)  # protect = 0: records pass through, nothing is summed
+    off.add(a)
+    assert len(off) == 0 and off._cov is None
 
 
 def _train(m, prompt, target):

@@ -55,12 +55,14 @@ def edit_row(rec: EditRecord) -> dict:
 
 
 def _tensors(data, name: str, seq: int) -> dict[str, torch.Tensor]:
+    """The tensors of one stored blob, which must hold `name`."""
     try:
         tensors, _ = tensorfile.decode(bytearray(data))
-        tensors[name]
-        return tensors
-    except (ValueError, KeyError) as e:
+    except ValueError as e:
         raise corrupt(f"log entry {seq}: {name} is unreadable: {e}") from None
+    if name not in tensors:
+        raise corrupt(f"log entry {seq}: {name} is missing")
+    return tensors
 
 
 def entry(seq: int, kind: str, edit_id: str, info, idx, delta, digest) -> LogEntry:
