@@ -18,7 +18,7 @@ from memoir_core import models
 from memoir_core.config import MemoirConfig
 from memoir_core.errors import DurabilityError, StateCorruptError, StateError, StateMismatchError
 from memoir_core.memoir import Memoir
-from memoir_core.state import Loaded, Manifest, MemoryStore, check_manifest, restore
+from memoir_core.state import Loaded, Manifest, MemoryStore, check_manifest, restore, stored_meaning
 
 from .engine import Engine
 from .errors import NotReadyError
@@ -51,21 +51,21 @@ def config_from(values: dict) -> MemoirConfig:
 
 
 # Config fields that fix the layout of a stored memory: MEMOIR_CONFIG may not contradict them.
-LAYOUT = ("layer", "k", "centre")
+LAYOUT = ("layer", "k", "centre", "pool")
 
 
 def stored_config(manifest: Manifest, values: dict) -> MemoirConfig:
     """A stored memory's config: the one it was made with, and MEMOIR_CONFIG's other fields (tau...)
     over it; a MEMOIR_CONFIG that contradicts its layout is a StateMismatchError."""
     config_from(values)  # unknown fields
-    stored = {**manifest.config, "layer": manifest.layer, "k": manifest.k}
+    stored = {**stored_meaning(manifest.config), "layer": manifest.layer, "k": manifest.k}
     diffs = [f"{name}: the state has {stored.get(name)}, MEMOIR_CONFIG {values[name]}" for name in LAYOUT
              if values.get(name) is not None and stored.get(name) is not None and values[name] != stored[name]]
     if diffs:
         raise StateMismatchError(
             "MEMOIR_CONFIG contradicts the stored memory's layout: " + "; ".join(diffs) + ". Drop those fields "
             "(a stored memory keeps the layout it was made with), or use a new, empty state directory.")
-    return MemoirConfig.from_dict({**manifest.config, **{n: v for n, v in values.items() if n not in LAYOUT}})
+    return MemoirConfig.from_dict({**stored, **{n: v for n, v in values.items() if n not in LAYOUT}})
 
 
 def exit_process(message: str, code: int = 3) -> None:

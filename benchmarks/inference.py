@@ -62,7 +62,7 @@ class BaseLayer(torch.nn.Module):
 def decode(memoir, layer, decide, prompts: list[str], params: SamplingParams, batch: int) -> list[Sequence]:
     """Memoir._run with a given layer: continuous batching, up to `batch` sequences at once."""
     seqs = [Sequence(e.ids, e.span, params) for e in map(memoir.encode, prompts)]
-    decoder = Decoder(memoir.model, layer, decide, memoir.encoder, batch)
+    decoder = Decoder(memoir.model, layer, decide, memoir.encoder, batch, centre=memoir.pool_centre)
     decoder.eos = set()  # every sequence makes exactly max_new_tokens: the same work in every condition
     decoder.run(seqs)
     return seqs

@@ -41,7 +41,10 @@ def build_config(args):
     data = json.loads(Path(args.config).read_text()) if args.config else {}
     for item in args.set:
         key, _, value = item.partition("=")
-        data[key] = json.loads(value) if value[:1] in "[{0123456789-.tfn" else value
+        try:
+            data[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word: pool=norm
+            data[key] = value
     return MemoirConfig.from_dict(data)
 
 
@@ -80,7 +83,8 @@ def run_eval(args) -> int:
     if args.edit_stats:
         report["edit_stats"] = result.edits
     keys = ("reliability", "generalization", "locality", "greedy_reliability", "greedy_generalization",
-            "chat_reliability", "chat_generalization", "routing_accuracy", "routing_accuracy_subject", "false_activation_rate", "edit_seconds_median",
+            "chat_reliability", "chat_generalization", "routing_accuracy", "routing_accuracy_subject",
+            "routing_accuracy_unique", "false_activation_rate", "edit_seconds_median",
             "edit_seconds_p90", "steps_median")
     print(" ".join(f"{k}={m[k]:.3f}" for k in keys if k in m))
     if args.out:

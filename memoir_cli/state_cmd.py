@@ -95,7 +95,7 @@ def inspect_postgres(args) -> int:
         f"log              {s['log']['edits']} edit(s), {s['log']['rollbacks']} rollback(s) (every row kept)",
         f"deltas           {d['kept']} kept: {_mb(d['bytea_bytes'])} bytea, {_mb(d['large_object_bytes'])} "
         "large objects",
-        f"snapshots        " + (", ".join(f"v{v}" for v in s["snapshots"]) or "none yet"),
+        "snapshots        " + (", ".join(f"v{v}" for v in s["snapshots"]) or "none yet"),
         f"database         {_mb(s['database_bytes'])}",
     ]
     for r in s["replicas"]:
@@ -132,13 +132,13 @@ def run_inspect(args) -> int:
         f"created          {when}",
         f"version          {s['version']}",
         f"live edits       {s['live_edits']}",
-        f"snapshot         " + (f"version {view.snapshot_version}, {_mb(view.snapshot_bytes)}" if view.snapshot
+        "snapshot         " + (f"version {view.snapshot_version}, {_mb(view.snapshot_bytes)}" if view.snapshot
                                 else "none yet"),
         f"journal          {len(view.segments)} segment(s), {view.replayed} record(s) after the snapshot, "
         f"{_mb(view.journal_bytes)}",
         f"disk             journal {_mb(disk['journal'])}, snapshots {_mb(disk['snapshots'])}, "
         f"other {_mb(disk['other'])}",
-        f"in use           " + (f"by process {s['locked_by']}" if s["locked_by"] else "no"),
+        "in use           " + (f"by process {s['locked_by']}" if s["locked_by"] else "no"),
     ]
     if s["torn_tail"]:
         lines.append(f"torn tail        {s['torn_tail']['file']}: {s['torn_tail']['bytes']} bytes (cut at start-up)")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .blockrun import capture, replay_from
 from .config import MemoirConfig
 from .rows import Batch
+from .tophash import span_mean
 
 
 @dataclass
@@ -40,9 +41,10 @@ class Prepared:
     started: float
     after_logprobs: torch.Tensor | None = None  # [A, V] base model's log-probs after each target
 
-    def features(self, row: int, length: int) -> torch.Tensor:
-        """Mean activation over the first `length` own tokens of one row -> [D] fp32."""
-        return self.acts[row, :length].float().mean(dim=0).cpu()
+    def features(self, row: int, length: int, centre: torch.Tensor | None = None) -> torch.Tensor:
+        """Routing features of the first `length` own tokens of one row -> [D] fp32 (tophash.span_mean)."""
+        acts = self.acts[row : row + 1, :length]
+        return span_mean(acts, torch.ones(acts.shape[:2], dtype=torch.bool), centre)[0].cpu()
 
     def extend(self, other: "Prepared") -> "Prepared":
         """Both preparations as one batch (rows of `other` after ours)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,7 +51,7 @@ def teacher_forced(memoir: Memoir, contexts: list[Encoded], targets: list[list[i
             active[i, off + c.span[0] :] = True
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         decide = memoir.decide if memory else memoir._decide_off
-        routing = Routing(decide=decide, span=span, active=active)
+        routing = Routing(decide=decide, span=span, active=active, centre=memoir.pool_centre)
         dev = memoir.device
         with memoir.layer.use(routing):
             logits = memoir.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
@@ -135,6 +136,11 @@ def score(memoir: Memoir, probe: Probe, upto: int | None = None, greedy: bool = 
             r is not None and subjects.get(r) == subjects.get(o) for r, o in zip(routed, own)
         )
         out["rephrase_activation_rate"] = _mean(r is not None for r in routed)
+        # where no other stored edit is about the same subject, the paraphrase has one right edit;
+        # elsewhere data sets hold several (ZsRE: the same question with different answers)
+        per_subject = Counter(subjects.values())
+        out["routing_accuracy_unique"] = _mean(
+            r == o for r, o in zip(routed, own) if subjects.get(o) is not None and per_subject[subjects[o]] == 1)
     if greedy:
         cases = probe.cases[:n]
         para_cases = [probe.cases[probe.rephrase_case[j]] for j in sel]

@@ -65,8 +65,10 @@ class Event:
 
 
 class Decoder:
-    def __init__(self, model, layer: ResidualMemory, decide: Decide, encoder, max_batch: int = 16):
+    def __init__(self, model, layer: ResidualMemory, decide: Decide, encoder, max_batch: int = 16,
+                 centre: torch.Tensor | None = None):
         self.model = model
+        self.centre = centre  # routing features' pooling (Routing.centre)
         self.layer = layer
         self.decide = decide
         self.encoder = encoder
@@ -112,7 +114,7 @@ class Decoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         cache = DynamicCache(config=self.model.config)
-        routing = Routing(decide=self.decide, span=span, active=active)
+        routing = Routing(decide=self.decide, span=span, active=active, centre=self.centre)
         with self.layer.use(routing):
             out = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1

@@ -90,16 +90,30 @@ class Memoir:
                                self.config.layer, self.config)
         self._routes: dict[str, Route] = {}
         self.guard = KeyGuard(width, enabled=self.config.protect > 0)
+        self.basis: Basis | None = None  # while it is being made, routing features are plain means
         self.basis = basis or self._make_basis(list(background) if background is not None else background_texts())
-        self.tophash = TopHash(self.config.k, self.basis.permutation, self.basis.background_mean)
+        # Two hashes of the same prompt: the mask that routes (route_mean centres the
+        # norm-weighted features) and the columns an edit trains, picked from the plain mean,
+        # where the last prompt token has its energy: the answer is read there.
+        self.tophash = TopHash(self.config.k, self.basis.permutation, self._route_centre())
+        self.colhash = TopHash(self.config.k, self.basis.permutation, self.basis.background_mean)
         self.contexts = ContextCache(self.train_model, training_contexts(self.encoder, self.basis.prefixes, self.config.chat_rows))
 
     # -- the basis --------------------------------------------------------------------------
     def _make_basis(self, texts: list[str]) -> Basis:
         permutation = random_permutation(self.width, self.config.seed)
-        mean = self.features([self.encoder.plain(t) for t in texts]).mean(dim=0)
+        encoded = [self.encoder.plain(t) for t in texts]
+        mean = self.features(encoded, centre=None).mean(dim=0)
+        route_mean = self.features(encoded, centre=mean).mean(dim=0) if self.config.pool == "norm" else None
         prefixes = self._sample_prefixes()
-        return Basis(permutation, mean, prefixes)
+        return Basis(permutation, mean, prefixes, route_mean)
+
+    def _route_centre(self) -> torch.Tensor:
+        if self.config.pool == "norm":
+            if self.basis.route_mean is None:
+                raise ValueError("pool='norm' needs a basis with route_mean (one made with pool='norm')")
+            return self.basis.route_mean
+        return self.basis.background_mean
 
     def _sample_prefixes(self) -> list[str]:
         """Short texts the base model writes once from fixed seeds; reused by every edit."""
@@ -114,9 +128,21 @@ class Memoir:
         return [" ".join(f"{start} {seq.text}".split()) for start, seq in zip(starts, seqs)]
 
     # -- masks and routing ------------------------------------------------------------------
+    @property
+    def pool_centre(self) -> torch.Tensor | None:
+        """What routing features weigh tokens against (tophash.span_mean); None: a plain mean."""
+        if self.basis is None or self.config.pool != "norm":
+            return None
+        return self.basis.background_mean
+
     @torch.inference_mode()
-    def features(self, encoded: list[Encoded], batch_size: int = 16) -> torch.Tensor:
-        """Mean activation entering the memory over each text's span -> [B, D] fp32 (memory off)."""
+    def features(self, encoded: list[Encoded], batch_size: int = 16, centre: torch.Tensor | None | str = "basis"
+                 ) -> torch.Tensor:
+        """Features of the activations entering the memory over each text's span -> [B, D] fp32
+        (memory off). centre "basis": pooled as config.pool says (routing features); None: the
+        plain mean (the columns an edit trains); a tensor: weighed against it (tophash.span_mean)."""
+        if isinstance(centre, str):
+            centre = self.pool_centre
         out = []
         pad = self.encoder.pad_id
         for start in range(0, len(encoded), batch_size):
@@ -131,7 +157,7 @@ class Memoir:
                 span[i, e.span[0] : e.span[1]] = True
             acts, _ = capture(self.model.base_model, self.blocks, self.config.layer, self.layer,
                               input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-            out.append(span_mean(acts, span).cpu())
+            out.append(span_mean(acts, span, centre).cpu())
         return torch.cat(out)
 
     def masks(self, encoded: list[Encoded]) -> torch.Tensor:
@@ -219,14 +245,15 @@ class Memoir:
         # Row 0 is the plain prompt followed by the target: its prompt positions give the mask;
         # the chat row and given paraphrases give extra routing keys.
         keyed = [i for i, r in enumerate(rows) if r.key]
-        masks = self.tophash.masks(torch.stack([prepared.features(i, rows[i].key) for i in keyed]))
+        masks = self.tophash.masks(torch.stack([prepared.features(i, rows[i].key, self.pool_centre) for i in keyed]))
         # With a bf16 training copy (precision.py) a few of the k columns at the margin differ
         # from the served model's: the edit's own prompt then matches its mask at about 0.97,
         # not 1.0. An fp32 mask would cost another 26-block forward (+15% per edit).
-        idx = masks[0]
+        route = masks[0]
+        idx = route if self.pool_centre is None else self.colhash.masks(prepared.features(0, rows[0].key)[None])[0]
         own_keys = self._keys(rows, prepared, idx)
-        keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(idx.tolist())}
-        match = self.bank.best(idx.numpy()[None])[0]
+        keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(route.tolist())}
+        match = self.bank.best(route.numpy()[None])[0]
         superseded = self._superseded_by(prompt)
         neighbours = self._neighbours(masks.numpy(), exclude=superseded)
         if neighbours:
@@ -256,12 +283,13 @@ class Memoir:
         delta = quantise(outcome.columns - start)
         other_id, other_overlap = (match.edit_id, match.overlap) if match.edit_id != superseded else (None, 0.0)
         if superseded is not None and len(self.bank) > 1:
-            other_id, other_overlap = self._best_other(idx, superseded)
+            other_id, other_overlap = self._best_other(route, superseded)
         record = EditRecord(
             id=edit_id, prompt=prompt, target_new=target, rephrase_prompts=list(rephrases), subject=subject,
             metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
             best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)],
+            route=None if route is idx else route.tolist(),
             idx=idx.long().cpu(), delta=delta.cpu(), inputs=factor(own_keys),
         )
         return EditProposal(record, outcome, rows=len(rows),
@@ -364,7 +392,7 @@ class Memoir:
     def apply(self, rec: EditRecord) -> None:
         """Add a stored edit (replay): no training, no version change."""
         self.weights.add(rec.idx.to(self.device), rec.delta)
-        self.bank.add(rec.id, rec.idx.numpy())
+        self.bank.add(rec.id, rec.route_mask)
         if rec.keys:
             self.keybank.add(rec.id, np.asarray(rec.keys))
         self.edits[rec.id] = rec
@@ -417,12 +445,18 @@ class Memoir:
         rec = self.edits.get(edit_id)
         if rec is None:
             raise EditNotFoundError(f"no edit with id {edit_id!r}")
-        counts = self.bank.counts(rec.idx.numpy())
-        return {other: int(c) for other, c in zip(self.bank.ids, counts) if other != edit_id and c > 0}
+        if all(r.route is None for r in self.edits.values()):  # the bank holds the columns
+            counts = self.bank.counts(rec.idx.numpy())
+            return {other: int(c) for other, c in zip(self.bank.ids, counts) if other != edit_id and c > 0}
+        own = rec.idx.numpy()
+        shared = {other.id: int(np.intersect1d(own, other.idx.numpy(), assume_unique=True).size)
+                  for other in self.edits.values() if other.id != edit_id}
+        return {e: c for e, c in shared.items() if c > 0}
 
     # -- generation -------------------------------------------------------------------------
     def decoder(self, max_batch: int = 16, memory: bool = True) -> Decoder:
-        return Decoder(self.model, self.layer, self.decide if memory else self._decide_off, self.encoder, max_batch)
+        return Decoder(self.model, self.layer, self.decide if memory else self._decide_off, self.encoder, max_batch,
+                       centre=self.pool_centre)
 
     def encode(self, prompt: str | Encoded) -> Encoded:
         return prompt if isinstance(prompt, Encoded) else self.encoder.plain(prompt)

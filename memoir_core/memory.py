@@ -55,6 +55,7 @@ class Routing:
     # [B, T] bool, prefill only: where the memory acts (from the prompt span on). What precedes
     # the prompt (a chat template's system prompt) is read as the base model reads it.
     active: torch.Tensor | None = None
+    centre: torch.Tensor | None = None  # [D]: norm-weighted features (tophash.span_mean); None: plain mean
     decisions: list[Decision] = field(default_factory=list)
     _groups: list[tuple] | None = None
 
@@ -68,7 +69,7 @@ class Routing:
 
     def resolve(self, acts: torch.Tensor) -> torch.Tensor | None:
         """Decide every row from its prompt features; returns the prefill's active mask (used once)."""
-        features = span_mean(acts, self.span)
+        features = span_mean(acts, self.span, self.centre)
         self.decisions = self.decide(features)
         active = self.active
         self.decide = self.span = self.active = None

@@ -81,7 +81,7 @@ class Probes:
 
 def _edit_bank(memoir: Memoir, record) -> MaskBank:
     bank = MaskBank(memoir.width, memoir.config.k, capacity=1 + len(record.keys))
-    bank.add(record.id, np.concatenate([record.idx.numpy()[None], np.asarray(record.keys, dtype=np.int64)
+    bank.add(record.id, np.concatenate([record.route_mask[None], np.asarray(record.keys, dtype=np.int64)
                                         .reshape(-1, memoir.config.k)]))
     return bank
 

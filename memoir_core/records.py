@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -28,11 +29,19 @@ class EditRecord:
     # Extra routing keys (sorted column indices): the chat form of the prompt and any given
     # paraphrases. They only route; the memory always reads the columns of `idx`.
     keys: list[list[int]] = field(default_factory=list)
+    # The mask that routes to this edit (sorted column indices) where it differs from the
+    # columns it trains (config pool="norm"); None: idx routes
+    route: list[int] | None = None
     # tensors: the mask (sorted column indices) and the quantised delta on those columns
     idx: torch.Tensor = field(default=None, repr=False)  # [k] int64
     delta: torch.Tensor = field(default=None, repr=False)  # [d_out, k] int32
     # the edit's memory inputs as a factor F [r, k] fp16 (guard.py); None: stored before it
     inputs: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def route_mask(self) -> np.ndarray:
+        """The edit's mask in the routing bank."""
+        return np.asarray(self.route, dtype=np.int64) if self.route is not None else self.idx.numpy()
 
     def info(self) -> dict[str, Any]:
         """Every field but the tensors, JSON-ready."""

@@ -38,8 +38,16 @@ if TYPE_CHECKING:
     from .memoir import Memoir
 
 FORMAT_VERSION = 1
-# Config fields that change what a stored delta means; the rest (tau, optimiser...) may change freely.
-_MEANING = ("centre",)
+# Config fields that change what a stored delta or mask means, each with the value a state written
+# before the field existed has (None: not checked then); the rest (tau, optimiser...) may change freely.
+_MEANING = {"centre": None, "pool": "mean"}
+
+
+def stored_meaning(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the fields it predates filled in as they were then (a memory written
+    before `pool` existed routes on plain means, whatever today's default is)."""
+    legacy = {name: value for name, value in _MEANING.items() if value is not None}
+    return {**legacy, **config}
 
 
 @dataclass
@@ -95,7 +103,7 @@ def check_manifest(stored: Manifest, expected: Manifest, where: str = "the state
         if a != b:
             diffs.append(f"{name}: the state has {a}, the running configuration {b}")
     for name in _MEANING:
-        a, b = stored.config.get(name), expected.config.get(name)
+        a, b = stored_meaning(stored.config).get(name), expected.config.get(name)
         if a is not None and b is not None and a != b:
             diffs.append(f"config {name}: the state has {a}, the running configuration {b}")
     if diffs:
@@ -186,7 +194,7 @@ def restore(memoir: "Memoir", loaded: Loaded) -> None:
     if loaded.bank_order is not None or loaded.acc is not None:
         order = loaded.bank_order if loaded.bank_order is not None else [r.id for r in loaded.edits]
         k = memoir.config.k
-        masks = torch.stack([memoir.edits[e].idx for e in order]).numpy() if order else []
+        masks = np.stack([memoir.edits[e].route_mask for e in order]) if order else []
         bits = pack(masks, memoir.width) if order else None
         memoir.bank = MaskBank.restore(memoir.width, k, order, bits) if order else MaskBank(memoir.width, k)
         memoir.keybank = MaskBank(memoir.width, k)

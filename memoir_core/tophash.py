@@ -10,11 +10,17 @@ from __future__ import annotations
 import torch
 
 
-def span_mean(acts: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
-    """Mean of acts [B, T, D] over the positions where span [B, T] is true, in fp32 -> [B, D]."""
+def span_mean(acts: torch.Tensor, span: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of acts [B, T, D] over the positions where span [B, T] is true, in fp32 -> [B, D].
+
+    With `centre` [D] (config pool="norm") each token weighs ||a_t - centre||: the tokens far
+    from the background (names, rare words) outweigh the template words that many questions
+    share, so a question about one thing stops looking like every question of its shape."""
     weights = span.to(device=acts.device, dtype=torch.float32).unsqueeze(-1)
+    if centre is not None:
+        weights = weights * (acts.float() - centre.to(acts.device)).norm(dim=-1, keepdim=True)
     total = (acts.float() * weights).sum(dim=1)
-    return total / weights.sum(dim=1).clamp_min(1.0)
+    return total / weights.sum(dim=1).clamp_min(1e-6)
 
 
 def random_permutation(width: int, seed: int) -> torch.Tensor:

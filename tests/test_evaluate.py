@@ -26,7 +26,8 @@ def test_run_stream_reports_the_protocol_metrics():
     result = run_stream(m, CASES, checkpoints=2, greedy_checkpoints=True)
     metrics = result.metrics
     for key in ("reliability", "generalization", "locality", "greedy_reliability", "greedy_generalization",
-                "routing_accuracy", "routing_accuracy_subject", "false_activation_rate", "edit_seconds_median",
+                "routing_accuracy", "routing_accuracy_subject", "routing_accuracy_unique", "false_activation_rate",
+                "edit_seconds_median",
                 "edit_seconds_p90", "steps_median"):
         assert key in metrics, key
         assert metrics[key] == metrics[key]  # not NaN

@@ -9,6 +9,7 @@ from memoir_core.errors import InvalidRequestError, UnsupportedArchitectureError
 from memoir_core.evaluate import teacher_forced
 from memoir_core.generate import SamplingParams, Sequence
 from memoir_core.memory import Decision, Route, Routing
+from memoir_core.tophash import span_mean
 
 from .conftest import make_memoir, tiny_model, tiny_tokenizer
 
@@ -185,13 +186,34 @@ def test_an_extra_routing_key_scores_key_margin_below_an_edit_mask():
     """Chat-form keys sit near many plain prompts: a query matches one only key_margin above tau."""
     m = make_memoir("llama", key_margin=0.6, chat_rows=False)
     rec = m.edit("who is the chief executive of the company", "jane roe")
-    other = torch.tensor(sorted(set(range(m.width)) - set(rec.idx.tolist()))[: m.config.k])
+    other = torch.tensor(sorted(set(range(m.width)) - set(rec.route_mask.tolist()))[: m.config.k])
     m.keybank.add(rec.id, other.numpy()[None])  # a key that shares no column with the edit's mask
     (via_key,) = m.best(other.numpy()[None])
-    (via_mask,) = m.best(rec.idx.numpy()[None])
+    (via_mask,) = m.best(rec.route_mask[None])
     assert via_key.edit_id == via_mask.edit_id == rec.id
     assert via_mask.overlap == 1.0 and via_key.overlap == pytest.approx(0.4)
     m.tophash.masks = lambda features: other.expand(features.shape[0], -1).clone()
     assert m.decide(torch.zeros(1, m.width))[0].route is None  # 0.4 < tau 0.5
     m.config.key_margin = 0.0
     assert m.decide(torch.zeros(1, m.width))[0].route.edit_id == rec.id
+
+
+def test_norm_pooling_weighs_each_token_by_its_distance_from_the_centre():
+    acts = torch.tensor([[[1.0, 0.0], [3.0, 4.0], [9.0, 9.0]]])
+    span = torch.tensor([[True, True, False]])  # the third token is outside the prompt
+    assert torch.allclose(span_mean(acts, span), torch.tensor([[2.0, 2.0]]))
+    # distances 1 and 5 from the origin: (1 * [1, 0] + 5 * [3, 4]) / 6
+    assert torch.allclose(span_mean(acts, span, torch.zeros(2)), torch.tensor([[16 / 6, 20 / 6]]))
+
+
+@pytest.mark.parametrize("pool", ["mean", "norm"])
+def test_an_edit_routes_its_own_prompt_to_itself_under_either_pooling(pool):
+    m = make_memoir("llama", pool=pool)
+    rec = m.edit("who is the chief executive of the company", "jane roe")
+    decision = m.decide(m.features([m.encoder.plain("who is the chief executive of the company")]))[0]
+    assert decision.best_edit_id == rec.id and decision.best_overlap >= 0.95
+    # norm pooling routes on its own mask and trains the columns the plain mean picks
+    assert (rec.route is None) == (pool == "mean")
+    assert rec.idx.tolist() == m.colhash.masks(m.features([m.encoder.plain(rec.prompt)], centre=None))[0].tolist()
+    with pytest.raises(ValueError, match="pool"):
+        make_memoir("llama", pool="max")

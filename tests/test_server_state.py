@@ -9,6 +9,7 @@ kill -9 in test_server_crash.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -155,6 +156,9 @@ def test_a_config_that_contradicts_the_stored_layout_stops_the_start(tmp_path):
     # The default builder keeps the stored layout and takes MEMOIR_CONFIG's other fields.
     config = stored_config(manifest, {"tau": 0.7, "layer": None})
     assert (config.tau, config.k, config.layer, config.lr) == (0.7, 32, manifest.layer, 0.5)
+    # a memory written before `pool` existed keeps routing on plain means under today's default
+    old = dataclasses.replace(manifest, config={n: v for n, v in manifest.config.items() if n != "pool"})
+    assert stored_config(old, {}).pool == "mean" and stored_config(manifest, {}).pool == manifest.config["pool"]
 
 
 def test_a_corrupt_state_stops_the_start(tmp_path):

@@ -215,3 +215,12 @@ def test_state_of_another_model_or_layout_is_refused(tmp_path, field, value):
     assert reload(tmp_path)[0] is not None
     with DirectoryStore(tmp_path) as store:
         store.load(manifest(config={"centre": True, "tau": 0.9, "lr": 1.0}))
+
+
+def test_a_state_written_before_pool_existed_reads_as_plain_mean_pooling(tmp_path):
+    build(tmp_path, 3)  # its manifest's config has no "pool": its masks are plain span means
+    with DirectoryStore(tmp_path) as store:
+        with pytest.raises(StateMismatchError, match="pool: the state has mean"):
+            store.load(manifest(config={"centre": True, "pool": "norm"}))
+    with DirectoryStore(tmp_path) as store:
+        assert store.load(manifest(config={"centre": True, "pool": "mean"})) is not None

@@ -144,9 +144,7 @@ class DirectoryStore:
                 raise corrupt(self.root, f"{MANIFEST} is missing, but {', '.join(stray)} exist")
             if tuple(basis.permutation.shape) != (manifest.width,):
                 raise ValueError(f"basis width {tuple(basis.permutation.shape)} != manifest width {manifest.width}")
-            data = tensorfile.encode({"permutation": basis.permutation.long().cpu(),
-                                      "background_mean": basis.background_mean.float().cpu()},
-                                     {"prefixes": json.dumps(list(basis.prefixes))})
+            data = tensorfile.encode(basis.tensors(), {"prefixes": json.dumps(list(basis.prefixes))})
             body = {**manifest.to_dict(), "basis_sha256": sha256(data), "created_at": time.time()}
             try:
                 for name in os.listdir(self.root):  # a create that crashed before its manifest

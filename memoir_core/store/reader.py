@@ -103,11 +103,12 @@ def read_basis(root: str, body: dict[str, Any], manifest: Manifest) -> tuple[Bas
         tensors, meta = tensorfile.decode(buf)
         prefixes = json.loads(meta["prefixes"])
         perm, mean = tensors["permutation"], tensors["background_mean"]
+        route = tensors.get("route_mean")
     except (ValueError, KeyError) as e:
         raise corrupt(root, f"{BASIS} is unreadable: {e}") from None
-    if tuple(perm.shape) != (manifest.width,) or tuple(mean.shape) != (manifest.width,):
+    if any(tuple(t.shape) != (manifest.width,) for t in (perm, mean, route) if t is not None):
         raise corrupt(root, f"{BASIS} does not match width {manifest.width}")
-    return Basis(perm.clone(), mean.clone(), list(prefixes)), bytes(buf)
+    return Basis(perm.clone(), mean.clone(), list(prefixes), None if route is None else route.clone()), bytes(buf)
 
 
 def _leftovers(root: str, current: str | None) -> list[str]:

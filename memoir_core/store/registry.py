@@ -69,8 +69,15 @@ class Registry:
                                    or inputs.dim() != 2 or inputs.shape[1] != self.k
                                    or not bool(torch.isfinite(inputs).all())):
             raise RegistryError(f"edit {rec.id!r}: inputs must be finite float16 [r, {self.k}]")
-        if self.k and (int(idx.min()) < 0 or int(idx.max()) >= self.width or not bool((idx[1:] > idx[:-1]).all())):
-            raise RegistryError(f"edit {rec.id!r}: idx must be sorted, distinct and within 0..{self.width - 1}")
+        for name, mask in (("idx", idx), ("route", rec.route)):
+            if mask is None:
+                continue
+            if name == "route" and (not isinstance(mask, list) or len(mask) != self.k
+                                    or not all(isinstance(i, int) for i in mask)):
+                raise RegistryError(f"edit {rec.id!r}: route must be a list of {self.k} column indices")
+            m = torch.as_tensor(mask)
+            if self.k and (int(m.min()) < 0 or int(m.max()) >= self.width or not bool((m[1:] > m[:-1]).all())):
+                raise RegistryError(f"edit {rec.id!r}: {name} must be sorted, distinct and within 0..{self.width - 1}")
 
     def put(self, records: list[EditRecord], order: list[str], version: int) -> None:
         """Start from a snapshot's live set."""

@@ -21,21 +21,20 @@ def corrupt(what: str) -> StateCorruptError:
 
 
 def encode_basis(basis: Basis) -> bytes:
-    return tensorfile.encode({"permutation": basis.permutation.long().cpu(),
-                              "background_mean": basis.background_mean.float().cpu()},
-                             {"prefixes": json.dumps(list(basis.prefixes))})
+    return tensorfile.encode(basis.tensors(), {"prefixes": json.dumps(list(basis.prefixes))})
 
 
 def decode_basis(data: bytes, width: int) -> Basis:
     try:
         tensors, meta = tensorfile.decode(bytearray(data))
         perm, mean = tensors["permutation"], tensors["background_mean"]
+        route = tensors.get("route_mean")
         prefixes = json.loads(meta["prefixes"])
     except (ValueError, KeyError) as e:
         raise corrupt(f"the basis is unreadable: {e}") from None
-    if tuple(perm.shape) != (width,) or tuple(mean.shape) != (width,):
+    if any(tuple(t.shape) != (width,) for t in (perm, mean, route) if t is not None):
         raise corrupt(f"the basis does not match width {width}")
-    return Basis(perm.clone(), mean.clone(), list(prefixes))
+    return Basis(perm.clone(), mean.clone(), list(prefixes), None if route is None else route.clone())
 
 
 def edit_row(rec: EditRecord) -> dict:
