@@ -19,7 +19,6 @@ import torch
 
 from . import arch
 from .basis import Basis  # noqa: F401  (re-exported: Basis used to live here)
-from .blockrun import capture
 from .config import MemoirConfig
 from .contexts import ContextCache
 from .editor import Trainer, TrainOutcome
@@ -28,13 +27,14 @@ from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
 from .guard import KeyGuard, factor
 from .generate import Decoder, SamplingParams, Sequence
 from . import maskbank
-from .maskbank import MaskBank, Match
-from .memory import Decision, ResidualMemory, Route
+from .maskbank import MaskBank
+from .memory import ResidualMemory, Route
 from .precision import train_dtype, training_model
 from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
 from .residual import ResidualWeights, quantise
-from .tophash import TopHash, random_permutation, span_mean
+from .routing import Routing
+from .tophash import TopHash, random_permutation
 
 
 def background_texts() -> list[str]:
@@ -56,7 +56,7 @@ def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-class Memoir:
+class Memoir(Routing):
     def __init__(self, model, tokenizer, config: MemoirConfig | None = None, *, basis: Basis | None = None,
                  background: Iterable[str] | None = None):
         spec = arch.spec_for(model)
@@ -127,82 +127,6 @@ class Memoir:
         starts = [s for n in cfg.prefix_lengths for s in cfg.prefix_seeds]
         return [" ".join(f"{start} {seq.text}".split()) for start, seq in zip(starts, seqs)]
 
-    # -- masks and routing ------------------------------------------------------------------
-    @property
-    def pool_centre(self) -> torch.Tensor | None:
-        """What routing features weigh tokens against (tophash.span_mean); None: a plain mean."""
-        if self.basis is None or self.config.pool != "norm":
-            return None
-        return self.basis.background_mean
-
-    @torch.inference_mode()
-    def features(self, encoded: list[Encoded], batch_size: int = 16, centre: torch.Tensor | None | str = "basis"
-                 ) -> torch.Tensor:
-        """Features of the activations entering the memory over each text's span -> [B, D] fp32
-        (memory off). centre "basis": pooled as config.pool says (routing features); None: the
-        plain mean (the columns an edit trains); a tensor: weighed against it (tophash.span_mean)."""
-        if isinstance(centre, str):
-            centre = self.pool_centre
-        out = []
-        pad = self.encoder.pad_id
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start : start + batch_size]
-            width = max(len(e.ids) for e in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            span = torch.zeros((len(chunk), width), dtype=torch.bool)
-            for i, e in enumerate(chunk):
-                ids[i, : len(e.ids)] = torch.tensor(e.ids)
-                mask[i, : len(e.ids)] = 1
-                span[i, e.span[0] : e.span[1]] = True
-            acts, _ = capture(self.model.base_model, self.blocks, self.config.layer, self.layer,
-                              input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-            out.append(span_mean(acts, span, centre).cpu())
-        return torch.cat(out)
-
-    def masks(self, encoded: list[Encoded]) -> torch.Tensor:
-        return self.tophash.masks(self.features(encoded))
-
-    def best(self, masks) -> list:
-        """Best match of each mask [B, k] among the edits' masks and their extra routing keys
-        (a key's overlap counts config.key_margin less: its score, not its raw overlap)."""
-        primary = self.bank.best(masks)
-        if not len(self.keybank):
-            return primary
-        margin = self.config.key_margin
-        keyed = [Match(b.edit_id, b.overlap - margin) if b.edit_id is not None else b for b in self.keybank.best(masks)]
-        return [a if a.overlap >= b.overlap else b for a, b in zip(primary, keyed)]
-
-    def decide(self, features: torch.Tensor) -> list[Decision]:
-        """Routing of a batch from its prompt features: the best stored mask, on if overlap >= tau."""
-        masks = self.tophash.masks(features).numpy()
-        tau = self.tau
-        decisions = []
-        for match in self.best(masks):
-            route = None
-            if match.edit_id is not None and match.overlap >= tau:
-                route = self._route(match.edit_id)
-            decisions.append(Decision(route, match.edit_id, match.overlap, self.version))
-        return decisions
-
-    @property
-    def tau(self) -> float:
-        """The routing threshold at the current bank size."""
-        return self.config.tau_at(len(self.edits))
-
-    def _decide_off(self, features: torch.Tensor) -> list[Decision]:
-        return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
-
-    def _route(self, edit_id: str) -> Route:
-        route = self._routes.get(edit_id)
-        if route is None:
-            rec = self.edits[edit_id]
-            idx = rec.idx.to(self.device)
-            cols = self.weights.columns(idx).T.contiguous()
-            route = Route(edit_id, self.version, idx, cols, self._offset(idx))
-            self._routes[edit_id] = route
-        return route
-
     # -- edits ------------------------------------------------------------------------------
     def validate(self, prompt: str, target: str) -> tuple[str, str]:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -250,7 +174,8 @@ class Memoir:
         # from the served model's: the edit's own prompt then matches its mask at about 0.97,
         # not 1.0. An fp32 mask would cost another 26-block forward (+15% per edit).
         route = masks[0]
-        idx = route if self.pool_centre is None else self.colhash.masks(prepared.features(0, rows[0].key)[None])[0]
+        weighted = self.pool_centre is not None  # routes on another mask than the columns it trains
+        idx = self.colhash.masks(prepared.features(0, rows[0].key)[None])[0] if weighted else route
         own_keys = self._keys(rows, prepared, idx)
         keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(route.tolist())}
         match = self.bank.best(route.numpy()[None])[0]
@@ -289,7 +214,7 @@ class Memoir:
             metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
             best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)],
-            route=None if route is idx else route.tolist(),
+            route=route.tolist() if weighted else None,
             idx=idx.long().cpu(), delta=delta.cpu(), inputs=factor(own_keys),
         )
         return EditProposal(record, outcome, rows=len(rows),

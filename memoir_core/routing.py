@@ -1,0 +1,92 @@
+"""How a Memoir routes: the features of a prompt, its mask, the best stored match, the decision.
+
+A mixin of Memoir (memoir.py), kept apart because routing reads the memory and never changes
+it. It uses the Memoir's model, basis, hashes, banks, weights and edits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .blockrun import capture
+from .maskbank import Match
+from .memory import Decision, Route
+from .prompts import Encoded
+from .tophash import span_mean
+
+
+class Routing:
+    @property
+    def pool_centre(self) -> torch.Tensor | None:
+        """What routing features weigh tokens against (tophash.span_mean); None: a plain mean."""
+        if self.basis is None or self.config.pool != "norm":
+            return None
+        return self.basis.background_mean
+
+    @torch.inference_mode()
+    def features(self, encoded: list[Encoded], batch_size: int = 16, centre: torch.Tensor | None | str = "basis"
+                 ) -> torch.Tensor:
+        """Features of the activations entering the memory over each text's span -> [B, D] fp32
+        (memory off). centre "basis": pooled as config.pool says (routing features); None: the
+        plain mean (the columns an edit trains); a tensor: weighed against it (tophash.span_mean)."""
+        if isinstance(centre, str):
+            centre = self.pool_centre
+        out = []
+        pad = self.encoder.pad_id
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            width = max(len(e.ids) for e in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            span = torch.zeros((len(chunk), width), dtype=torch.bool)
+            for i, e in enumerate(chunk):
+                ids[i, : len(e.ids)] = torch.tensor(e.ids)
+                mask[i, : len(e.ids)] = 1
+                span[i, e.span[0] : e.span[1]] = True
+            acts, _ = capture(self.model.base_model, self.blocks, self.config.layer, self.layer,
+                              input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            out.append(span_mean(acts, span, centre).cpu())
+        return torch.cat(out)
+
+    def masks(self, encoded: list[Encoded]) -> torch.Tensor:
+        return self.tophash.masks(self.features(encoded))
+
+    def best(self, masks) -> list:
+        """Best match of each mask [B, k] among the edits' masks and their extra routing keys
+        (a key's overlap counts config.key_margin less: its score, not its raw overlap)."""
+        primary = self.bank.best(masks)
+        if not len(self.keybank):
+            return primary
+        margin = self.config.key_margin
+        keyed = [Match(b.edit_id, b.overlap - margin) if b.edit_id is not None else b for b in self.keybank.best(masks)]
+        return [a if a.overlap >= b.overlap else b for a, b in zip(primary, keyed)]
+
+    def decide(self, features: torch.Tensor) -> list[Decision]:
+        """Routing of a batch from its prompt features: the best stored mask, on if overlap >= tau."""
+        masks = self.tophash.masks(features).numpy()
+        tau = self.tau
+        decisions = []
+        for match in self.best(masks):
+            route = None
+            if match.edit_id is not None and match.overlap >= tau:
+                route = self._route(match.edit_id)
+            decisions.append(Decision(route, match.edit_id, match.overlap, self.version))
+        return decisions
+
+    @property
+    def tau(self) -> float:
+        """The routing threshold at the current bank size."""
+        return self.config.tau_at(len(self.edits))
+
+    def _decide_off(self, features: torch.Tensor) -> list[Decision]:
+        return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
+
+    def _route(self, edit_id: str) -> Route:
+        route = self._routes.get(edit_id)
+        if route is None:
+            rec = self.edits[edit_id]
+            idx = rec.idx.to(self.device)
+            cols = self.weights.columns(idx).T.contiguous()
+            route = Route(edit_id, self.version, idx, cols, self._offset(idx))
+            self._routes[edit_id] = route
+        return route
