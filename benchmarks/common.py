@@ -45,7 +45,12 @@ def machine() -> dict:
         fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         fields = {k.strip(): v.strip() for k, v in fields.items()}
         info.update(cpu_model=fields.get("Model name"), cores=fields.get("CPU(s)"),
-                    threads_per_core=fields.get("Thread(s) per core"), l3=fields.get("L3 cache"))
+                    threads_per_core=fields.get("Thread(s) per core"), l3=fields.get("L3 cache"),
+                    cpu_family=fields.get("CPU family"), cpu_model_number=fields.get("Model"))
+        # The same "AMD EPYC" name covered a Zen 4 VM with AVX512-BF16 and a Zen 3 one with AVX2
+        # only: edits train on a bf16 copy only on the first (memoir_core/precision.py), 2.3x apart.
+        flags = set(fields.get("Flags", "").split())
+        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     except (OSError, subprocess.SubprocessError):
         pass
     try:

@@ -9,7 +9,7 @@ Queries are fresh random masks (half) and stored masks (half). For each query, i
 the baseline (numpy: AND + np.bitwise_count over the same packed bank, the fallback without
 numba), MaskBank.best on one thread (the figure the targets are judged on) and, from 64k masks,
 the bank's parallel scan kernel on all cores (MaskBank.best uses it from PARALLEL_FROM masks). Bytes per mask count the
-packed bits and the bank's Python bookkeeping (id list, slot dict, id strings).
+packed bits and the bank's bookkeeping (slot -> id list, per-slot id hashes; id strings apart).
 """
 
 from __future__ import annotations
@@ -51,18 +51,14 @@ def _random_bits(n, width, k, words, seed):  # pragma: no cover - compiled
 
 
 def bookkeeping_bytes(bank: MaskBank) -> tuple[int, int]:
-    """Python objects the bank keeps beside its bit matrix -> (without, with) the id strings.
+    """What the bank keeps beside its bit matrix (the slot -> id list and the per-slot id
+    hashes) -> (without, with) the id strings.
 
     The id strings are the edit registry's own objects in a Memoir (the bank holds references),
     so the figure without them is what the bank adds."""
-    total = sys.getsizeof(bank._ids) + sys.getsizeof(bank._slots)
-    strings = 0
-    for eid, slots in bank._slots.items():
-        strings += sys.getsizeof(eid)
-        held = [slots] if isinstance(slots, int) else slots
-        if not isinstance(slots, int):
-            total += sys.getsizeof(slots)
-        total += sum(sys.getsizeof(s) for s in held if s > 256)  # small ints are shared objects
+    n = len(bank)
+    total = sys.getsizeof(bank._ids) + bank._keys[:n].nbytes
+    strings = sum(sys.getsizeof(eid) for eid in set(bank._ids))
     return total, total + strings
 
 

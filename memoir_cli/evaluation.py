@@ -58,13 +58,19 @@ def build_memoir(args):
 
 def run_eval(args) -> int:
     from memoir_core.datasets import load_cases
-    from memoir_core.evaluate import run_stream
+    from memoir_core.errors import InvalidRequestError
+    from memoir_core.evaluate import check_cases, run_stream
 
     cases = load_cases(args.data, args.limit, args.offset)
     if args.extend:
         cases += load_cases(args.extend, args.extend_limit)
     t0 = time.time()
     memoir = build_memoir(args)
+    try:
+        check_cases(memoir, cases)
+    except InvalidRequestError as e:
+        print(f"memoir eval: {e}", file=sys.stderr)
+        return 2
     bar = tqdm(total=len(cases), desc="editing", unit="edit", file=sys.stderr)
 
     def progress(done: int, stat: dict) -> None:

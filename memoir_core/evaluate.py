@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .datasets import Case
+from .errors import InvalidRequestError
 from .generate import SamplingParams
 from .memoir import Memoir
 from .memory import Decision, Routing
@@ -172,9 +173,25 @@ class StreamResult:
     edits: list[dict]
 
 
+def check_cases(memoir: Memoir, cases: list[Case]) -> None:
+    """Refuse a stream with a case the memory would refuse, before any edit: a long stream
+    should not stop at its 200th edit over a limit one setting lifts."""
+    bad = []
+    for i, case in enumerate(cases):
+        try:
+            memoir.validate(case.prompt, case.target)
+        except InvalidRequestError as e:
+            bad.append(f"case {i} ({case.case_id}): {e}")
+    if bad:
+        raise InvalidRequestError(
+            f"{len(bad)} of {len(cases)} cases exceed the memory's limits (raise max_prompt_tokens or "
+            f"max_target_tokens, e.g. --set max_target_tokens=128); first: {bad[0]}")
+
+
 def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, greedy_checkpoints: bool = False,
                progress: Callable[[int, dict], None] | None = None) -> StreamResult:
     """Apply the cases as sequential edits, scoring the edits so far at evenly spaced checkpoints."""
+    check_cases(memoir, cases)
     probe = make_probe(memoir, cases)
     marks = sorted({max(1, round(len(cases) * (i + 1) / checkpoints)) for i in range(checkpoints)}) if checkpoints else []
     ids, stats, curve = [], [], []

@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from memoir_core.datasets import Case, load_cases
+from memoir_core.errors import InvalidRequestError
 from memoir_core.evaluate import run_stream, token_accuracy
 
 from .conftest import make_memoir
@@ -35,6 +38,14 @@ def test_run_stream_reports_the_protocol_metrics():
     assert 0.0 <= metrics["locality"] <= 1.0 and metrics["edits"] == 3
     assert [c["edits"] for c in result.checkpoints] == [2, 3]
     assert len(result.edits) == 3 and all(e["steps"] >= 0 for e in result.edits)
+
+
+def test_a_stream_with_a_case_over_the_limits_stops_before_any_edit():
+    m = make_memoir("llama", max_target_tokens=8)
+    long = Case("where is the tower", "in the middle of the old city square", [], None, None, "tower", "9")
+    with pytest.raises(InvalidRequestError, match=r"1 of 3 cases .*max_target_tokens.*case 2 \(9\): target_new is"):
+        run_stream(m, [CASES[0], CASES[1], long], checkpoints=1)
+    assert len(m.edits) == 0
 
 
 def test_load_cases_maps_every_format_and_skips_broken_records(tmp_path):

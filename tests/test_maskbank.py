@@ -77,3 +77,40 @@ def test_several_masks_per_id_are_added_matched_and_removed_together():
         for m in ms:  # every key of a live edit still finds it
             match = bank.best(m[None])[0]
             assert (match.edit_id, match.overlap) == (eid, 1.0)
+
+
+class _SameHash(str):
+    """An id whose hash collides with every other _SameHash id."""
+
+    def __hash__(self):
+        return 7
+
+
+def test_ids_whose_hashes_collide_stay_apart():
+    rng = np.random.default_rng(3)
+    bank = MaskBank(256, 32)
+    a, b = _SameHash("edit-a"), _SameHash("edit-b")
+    ma, mb = random_mask(rng, 256, 32), random_mask(rng, 256, 32)
+    bank.add(a, ma)
+    assert b not in bank
+    bank.add(b, mb)
+    assert np.array_equal(bank.mask_of(a), ma) and np.array_equal(bank.mask_of(b), mb)
+    bank.remove(a)
+    assert a not in bank and b in bank
+    assert bank.best(mb[None])[0].edit_id == "edit-b"
+    with pytest.raises(KeyError):
+        bank.remove(a)
+
+
+def test_restored_bank_finds_adds_and_removes_like_the_original():
+    rng = np.random.default_rng(4)
+    bank = MaskBank(256, 32)
+    masks = {f"e{i}": np.stack([random_mask(rng, 256, 32) for _ in range(1 + i % 2)]) for i in range(6)}
+    for eid, ms in masks.items():
+        bank.add(eid, ms)
+    again = MaskBank.restore(256, 32, *bank.export())
+    assert again.ids == bank.ids and "e3" in again and "e9" not in again
+    again.remove("e3")
+    again.add("e9", masks["e3"][0])
+    assert again.best(masks["e3"][0][None])[0].edit_id == "e9"
+    assert np.array_equal(again.mask_of("e5"), masks["e5"][0])
