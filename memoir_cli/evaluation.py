@@ -19,7 +19,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--extend-limit", type=int, default=None)
     p.add_argument("--checkpoints", type=int, default=10, help="score the edits so far this many times along the stream")
     p.add_argument("--greedy-checkpoints", action="store_true", help="greedy accuracy at every checkpoint too (slower)")
-    p.add_argument("--out", default=None, help="JSON report: settings, metrics, the curve (no records of the data)")
+    p.add_argument("--out", default=None, help="JSON report: settings, metrics, the curve (no records of the data); "
+                   "rewritten at each checkpoint with \"partial\": true until the run ends")
     p.add_argument("--edit-stats", action="store_true",
                    help="also each edit's steps, loss and time in the report (one row per record)")
     p.add_argument("--plot", default=None, help="PNG of the metrics along the stream")
@@ -77,15 +78,27 @@ def run_eval(args) -> int:
         bar.update(1)
         bar.set_postfix(steps=stat["steps"], loss=f"{stat['loss']:.3f}", s=f"{stat['seconds']:.2f}")
 
+    def report_of(metrics: dict, curve: list[dict]) -> dict:
+        return {
+            "data": args.data, "extend": args.extend, "edits": len(cases), "model": args.model or "default",
+            "config": memoir.config.to_dict(), "metrics": metrics, "checkpoints": curve,
+            "wall_seconds": time.time() - t0,
+        }
+
+    def checkpoint(curve: list[dict]) -> None:
+        # a run of hours shows where it stands, and what it measured survives an interruption
+        point = curve[-1]
+        bar.write(f"{point['edits']} edits: " + " ".join(
+            f"{k}={point[k]:.3f}" for k in ("reliability", "generalization", "locality", "target_perplexity",
+                                            "false_activation_rate") if k in point and point[k] == point[k]))
+        if args.out:
+            Path(args.out).write_text(json.dumps({**report_of({}, curve), "partial": True}, indent=2))
+
     result = run_stream(memoir, cases, checkpoints=args.checkpoints, greedy_checkpoints=args.greedy_checkpoints,
-                        progress=progress)
+                        progress=progress, on_checkpoint=checkpoint)
     bar.close()
     m = result.metrics
-    report = {
-        "data": args.data, "extend": args.extend, "edits": len(cases), "model": args.model or "default",
-        "config": memoir.config.to_dict(), "metrics": m, "checkpoints": result.checkpoints,
-        "wall_seconds": time.time() - t0,
-    }
+    report = report_of(m, result.checkpoints)
     if args.edit_stats:
         report["edit_stats"] = result.edits
     keys = ("reliability", "generalization", "locality", "greedy_reliability", "greedy_generalization",

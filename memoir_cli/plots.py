@@ -16,6 +16,13 @@ def plot_curve(checkpoints: list[dict], path: str, title: str = "") -> None:
         ys = [c.get(key) for c in checkpoints]
         if any(y is not None for y in ys):
             ax.plot(xs, ys, style, label=key, markersize=4)
+    ppl = [c.get("target_perplexity") for c in checkpoints]
+    if any(y is not None and y == y for y in ppl):  # the hallucination set's measure: its own scale
+        right = ax.twinx()
+        right.plot(xs, ppl, "x:", color="tab:gray", label="target perplexity (right)", markersize=5)
+        right.set_ylabel("target perplexity")
+        right.set_ylim(1.0, max(1.5, max(y for y in ppl if y is not None and y == y) * 1.1))
+        right.legend(loc="lower right")
     ax.set_xlabel("edits applied (sequential)")
     ax.set_ylabel("score")
     ax.set_ylim(0, 1.02)

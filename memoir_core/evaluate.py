@@ -189,8 +189,10 @@ def check_cases(memoir: Memoir, cases: list[Case]) -> None:
 
 
 def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, greedy_checkpoints: bool = False,
-               progress: Callable[[int, dict], None] | None = None) -> StreamResult:
-    """Apply the cases as sequential edits, scoring the edits so far at evenly spaced checkpoints."""
+               progress: Callable[[int, dict], None] | None = None,
+               on_checkpoint: Callable[[list[dict]], None] | None = None) -> StreamResult:
+    """Apply the cases as sequential edits, scoring the edits so far at evenly spaced checkpoints
+    (`on_checkpoint` gets the curve so far after each, so a long run can be watched and saved)."""
     check_cases(memoir, cases)
     probe = make_probe(memoir, cases)
     marks = sorted({max(1, round(len(cases) * (i + 1) / checkpoints)) for i in range(checkpoints)}) if checkpoints else []
@@ -214,6 +216,8 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, gree
         if i + 1 in marks and i + 1 < len(cases):
             point = score(memoir, probe, upto=i + 1, greedy=greedy_checkpoints, edit_ids=[live(e) for e in ids])
             curve.append({"edits": i + 1, **point})
+            if on_checkpoint:
+                on_checkpoint(curve)
     final = score(memoir, probe, greedy=True, edit_ids=[live(e) for e in ids])
     curve.append({"edits": len(cases), **final})
     secs = sorted(s["seconds"] for s in stats)

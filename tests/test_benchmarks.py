@@ -42,6 +42,18 @@ def test_routing(tmp_path):
     data = run("routing", tmp_path, "--quick")
     assert [r["masks"] for r in data["rows"]] == [1000, 10000]
     assert all(r["agree"] == 1.0 and r["bits_B_per_mask"] == 192 for r in data["rows"])
+    assert all(r["total_B_per_mask"] <= 256 for r in data["rows"])  # the bound, bookkeeping included
+
+
+@needs_data
+def test_routing_study(tmp_path):
+    data = run("routing_study", tmp_path, "--model", "tiny", "--limit", "4", "--extend", "", "--margins", "0,inf",
+               "--data", str(ZSRE))
+    rows = {(r["prompts"], r["key_margin"]): r for r in data["rows"]}
+    assert data["edits"] == 4 and data["config"]["max_steps"] == 1
+    assert {kind for kind, _ in rows} >= {"plain", "paraphrase", "unrelated"}
+    assert rows[("plain", 0.0)]["own"] == 1.0  # an edit's own prompt matches its own mask exactly
+    assert "own" not in rows[("unrelated", "no keys")]
 
 
 @needs_data

@@ -26,7 +26,10 @@ def test_token_accuracy():
 
 def test_run_stream_reports_the_protocol_metrics():
     m = make_memoir("llama", max_steps=60, stop_loss=0.05)
-    result = run_stream(m, CASES, checkpoints=2, greedy_checkpoints=True)
+    seen = []
+    result = run_stream(m, CASES, checkpoints=2, greedy_checkpoints=True,
+                        on_checkpoint=lambda curve: seen.append([p["edits"] for p in curve]))
+    assert seen == [[2]]  # each checkpoint before the last is reported as it is scored
     metrics = result.metrics
     for key in ("reliability", "generalization", "locality", "greedy_reliability", "greedy_generalization",
                 "routing_accuracy", "routing_accuracy_subject", "routing_accuracy_unique", "false_activation_rate",
@@ -59,3 +62,16 @@ def test_load_cases_maps_every_format_and_skips_broken_records(tmp_path):
     c = load_cases(tmp_path / "c.json")
     assert len(z) == 1 and (z[0].prompt, z[0].target, z[0].rephrases, z[0].loc_answer) == ("q?", "a", ["q2?"], "y")
     assert (c[0].prompt, c[0].rephrases, c[0].loc_prompt, c[0].loc_answer, c[0].case_id) == ("p", ["r"], "l", "g", "7")
+
+
+def test_plot_curve_writes_a_png_with_and_without_perplexity(tmp_path):
+    from memoir_cli.plots import plot_curve
+
+    curve = [{"edits": 10, "reliability": 0.99, "generalization": float("nan"), "locality": 1.0,
+              "target_perplexity": 1.07},
+             {"edits": 20, "reliability": 0.98, "generalization": float("nan"), "locality": 0.99,
+              "target_perplexity": 1.12}]
+    for name, points in (("ppl.png", curve), ("plain.png", [{k: v for k, v in p.items() if k != "target_perplexity"}
+                                                            for p in curve])):
+        plot_curve(points, str(tmp_path / name), title="t")
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
