@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -26,6 +25,7 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
+from memoir_cli.evaluation import parse_sets
 from memoir_core.config import MemoirConfig
 from memoir_core.datasets import load_cases
 from memoir_core.maskbank import Match
@@ -86,13 +86,7 @@ def main(argv=None) -> int:
     cases = load_cases(args.data, args.limit)
     if len(cases) < args.limit and args.extend:
         cases += load_cases(args.extend, args.limit - len(cases))
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_sets(args.set)
     base = MemoirConfig(k=32, tau=0.5) if args.model == "tiny" else MemoirConfig()
     config = dataclasses.replace(base, **{**overrides, "max_steps": 1, "settle_steps": 1})
     run = common.Run("routing_study", vars(args))

@@ -40,13 +40,19 @@ def build_config(args):
     from memoir_core.config import MemoirConfig
 
     data = json.loads(Path(args.config).read_text()) if args.config else {}
-    for item in args.set:
+    return MemoirConfig.from_dict({**data, **parse_sets(args.set)})
+
+
+def parse_sets(items: list[str]) -> dict:
+    """`--set FIELD=VALUE` items -> {field: value}, each value JSON or else a bare word (pool=norm)."""
+    out = {}
+    for item in items:
         key, _, value = item.partition("=")
         try:
-            data[key] = json.loads(value)
-        except json.JSONDecodeError:  # a bare word: pool=norm
-            data[key] = value
-    return MemoirConfig.from_dict(data)
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def build_memoir(args):
@@ -60,18 +66,13 @@ def build_memoir(args):
 def run_eval(args) -> int:
     from memoir_core.datasets import load_cases
     from memoir_core.errors import InvalidRequestError
-    from memoir_core.evaluate import check_cases, run_stream
+    from memoir_core.evaluate import run_stream
 
     cases = load_cases(args.data, args.limit, args.offset)
     if args.extend:
         cases += load_cases(args.extend, args.extend_limit)
     t0 = time.time()
     memoir = build_memoir(args)
-    try:
-        check_cases(memoir, cases)
-    except InvalidRequestError as e:
-        print(f"memoir eval: {e}", file=sys.stderr)
-        return 2
     bar = tqdm(total=len(cases), desc="editing", unit="edit", file=sys.stderr)
 
     def progress(done: int, stat: dict) -> None:
@@ -94,8 +95,13 @@ def run_eval(args) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps({**report_of({}, curve), "partial": True}, indent=2))
 
-    result = run_stream(memoir, cases, checkpoints=args.checkpoints, greedy_checkpoints=args.greedy_checkpoints,
-                        progress=progress, on_checkpoint=checkpoint)
+    try:  # run_stream checks every case against the memory's limits before the first edit
+        result = run_stream(memoir, cases, checkpoints=args.checkpoints, greedy_checkpoints=args.greedy_checkpoints,
+                            progress=progress, on_checkpoint=checkpoint)
+    except InvalidRequestError as e:
+        bar.close()
+        print(f"memoir eval: {e}", file=sys.stderr)
+        return 2
     bar.close()
     m = result.metrics
     report = report_of(m, result.checkpoints)
