@@ -7,7 +7,8 @@ Masks are synthetic: uniformly random k-subsets of D columns with the default mo
 (440 of 1536), stored through MaskBank.restore under 16-character ids like the server's.
 Queries are fresh random masks (half) and stored masks (half). For each query, interleaved:
 the baseline (numpy: AND + np.bitwise_count over the same packed bank, the fallback without
-numba), MaskBank.best on one thread (the figure the targets are judged on) and, from 64k masks,
+numba), MaskBank.best on one thread as routing calls it (the best match and the runner-up at
+config.gap_rank; the figure the targets are judged on) and, from 64k masks,
 the bank's parallel scan kernel on all cores (MaskBank.best uses it from PARALLEL_FROM masks). Bytes per mask count the
 packed bits and the bank's bookkeeping (slot -> id list, per-slot id hashes; id strings apart).
 """
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
 from memoir_core import maskbank  # noqa: E402
+from memoir_core.config import MemoirConfig  # noqa: E402
 from memoir_core.maskbank import MaskBank, pack  # noqa: E402
 
 TARGET_MS = {100_000: 5.0, 1_000_000: 50.0}
@@ -84,8 +86,9 @@ def measure(n: int, width: int, k: int, queries: int, rng) -> dict:
     times = {"numpy": [], "serial": [], "parallel": []}
     agree = 0
     view = bank._bits[:n]
+    rank = MemoirConfig().gap_rank  # routing asks for the runner-up too (config.min_gap)
     for q in qs:  # warm-up (compilation, page faults) with every path once
-        bank.best(q[None])
+        bank.best(q[None], rank=rank)
         break
     for q in qs:
         packed = pack(q, width)[0]
@@ -94,7 +97,7 @@ def measure(n: int, width: int, k: int, queries: int, rng) -> dict:
         times["numpy"].append(time.perf_counter() - t0)
         numba.set_num_threads(1)
         t0 = time.perf_counter()
-        match = bank.best(q[None])[0]
+        match = bank.best(q[None], rank=rank)[0]
         times["serial"].append(time.perf_counter() - t0)
         agree += abs(match.overlap - c_np / k) < 1e-9
         if parallel:

@@ -48,14 +48,17 @@ def prompt_groups(memoir, cases) -> dict[str, list[tuple]]:
     return groups
 
 
-def decide(primary: list[Match], keyed: list[Match] | None, margin: float, tau: float) -> list[str | None]:
-    """The routed edit of each prompt (None: memory off), as Routing.best and decide combine them."""
+def decide(primary: list[Match], keyed: list[Match] | None, margin: float, tau: float,
+           min_gap: float = 0.0) -> list[str | None]:
+    """The routed edit of each prompt (None: memory off), as Routing.best and decide combine them
+    (primary: the bank's matches with their runner_up at config.gap_rank)."""
     routed = []
     for i, a in enumerate(primary):
         best = a
         if keyed is not None and keyed[i].edit_id is not None and keyed[i].overlap - margin > a.overlap:
             best = Match(keyed[i].edit_id, keyed[i].overlap - margin)
-        routed.append(best.edit_id if best.edit_id is not None and best.overlap >= tau else None)
+        on = best.edit_id is not None and best.overlap >= tau and best.overlap - a.runner_up >= min_gap
+        routed.append(best.edit_id if on else None)
     return routed
 
 
@@ -72,23 +75,33 @@ def rates(routed: list[str | None], own: list[str], subject: dict[str, str | Non
     return row
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def stream_parser(description: str) -> argparse.ArgumentParser:
+    """The options every routing study shares: which cases, which config, which model."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--data", default=str(common.ZSRE_DEV))
     ap.add_argument("--extend", default=str(ZSRE_TRAIN), help="records that continue the stream past --data")
     ap.add_argument("--limit", type=int, default=1000, help="edits in all")
-    ap.add_argument("--margins", default="0,0.01,0.03,0.08,inf", help="key margins to compare (inf: no chat keys)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one config field")
     ap.add_argument("--model", default="default", help='"default", a Hugging Face id or folder, or "tiny"')
     ap.add_argument("--out")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def stream_setup(args, **fixed) -> tuple[list, MemoirConfig]:
+    """The cases (--data, continued by --extend up to --limit) and the config (--set, then `fixed`)."""
     common.set_torch_threads()
     cases = load_cases(args.data, args.limit)
     if len(cases) < args.limit and args.extend:
         cases += load_cases(args.extend, args.limit - len(cases))
-    overrides = parse_sets(args.set)
     base = MemoirConfig(k=32, tau=0.5) if args.model == "tiny" else MemoirConfig()
-    config = dataclasses.replace(base, **{**overrides, "max_steps": 1, "settle_steps": 1})
+    return cases, dataclasses.replace(base, **{**parse_sets(args.set), **fixed})
+
+
+def main(argv=None) -> int:
+    ap = stream_parser(__doc__.splitlines()[0])
+    ap.add_argument("--margins", default="0,0.01,0.03,0.08,inf", help="key margins to compare (inf: no chat keys)")
+    args = ap.parse_args(argv)
+    cases, config = stream_setup(args, max_steps=1, settle_steps=1)
     run = common.Run("routing_study", vars(args))
     memoir = common.load_memoir(args.model, config)
     run.data["config"] = memoir.config.to_dict()
@@ -110,11 +123,11 @@ def main(argv=None) -> int:
     rows = []
     for kind, items in prompt_groups(memoir, cases).items():
         masks = memoir.tophash.masks(memoir.features([e for e, _ in items])).numpy()
-        primary = memoir.bank.best(masks)
+        primary = memoir.bank.best(masks, rank=memoir.config.gap_rank)
         keyed = memoir.keybank.best(masks) if len(memoir.keybank) else None
         own = [ids[i] for _, i in items]
         for margin in margins:
-            routed = decide(primary, keyed, margin, tau)
+            routed = decide(primary, keyed, margin, tau, memoir.config.min_gap)
             rows.append({"prompts": kind, "n": len(items), "key_margin": margin if math.isfinite(margin) else "no keys",
                          **rates(routed, own, subject, kind == "unrelated")})
     print(f"{len(cases)} edits, tau {tau:.3f}, pool {memoir.config.pool}")

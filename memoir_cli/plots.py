@@ -21,7 +21,10 @@ def plot_curve(checkpoints: list[dict], path: str, title: str = "") -> None:
         right = ax.twinx()
         right.plot(xs, ppl, "x:", color="tab:gray", label="target perplexity (right)", markersize=5)
         right.set_ylabel("target perplexity")
-        right.set_ylim(1.0, max(1.5, max(y for y in ppl if y is not None and y == y) * 1.1))
+        top = max(y for y in ppl if y is not None and y == y)
+        if top > 20:  # a few failed edits' targets dominate the mean: a log axis keeps the rest legible
+            right.set_yscale("log")
+        right.set_ylim(1.0, max(1.5, top * 1.1))
         right.legend(loc="lower right")
     ax.set_xlabel("edits applied (sequential)")
     ax.set_ylabel("score")

@@ -29,6 +29,17 @@ class MemoirConfig:
     # paraphrases routed to an edit about their subject go from 0.959 to 0.955 (chat: 0.951 to
     # 0.943). Measured from masks alone, so it holds whatever the edits learned.
     key_margin: float = 0.03
+    # The best match must also beat the gap_rank-th best stored mask by min_gap (0: off). A
+    # prompt in a template that many stored edits share ("Who is the CEO of Globex?" beside
+    # edits about other companies' CEOs; CounterFact's neighbour prompts) overlaps them all
+    # about alike; a question about an edited subject stands out. Masks alone, tau as at the
+    # bank's size (benchmarks/README.md §5): CounterFact, 2,000 edits, neighbour prompts on
+    # 57.8% -> 39.8%, paraphrases to their own edit 0.564 -> 0.555; ZsRE, 1,000 edits,
+    # paraphrases to their own edit 0.827 either way, to their subject 0.970 -> 0.967 (0.992
+    # -> 0.966 for subjects with 3 or more edits), unrelated prompts on 0.7% either way. The
+    # rank leaves room for the several edits one subject may have: their masks sit near the top.
+    min_gap: float = 0.06
+    gap_rank: int = 8
     tau_growth: float = 0.025
     tau_ref_size: int = 1000
     seed: int = 0  # permutation and prefix sampling
@@ -82,6 +93,11 @@ class MemoirConfig:
     # much (None: tau) are kept intact and made robust to being routed to each other
     neighbour_overlap: float | None = None
     max_neighbours: int = 2
+    # also look for neighbours among the edits sharing the most columns with the new one (only
+    # where routing masks are not the columns: pool="norm"). Off: on ZsRE it lowered
+    # generalization at T = 200 to 0.861 from 0.885 without it (same settings and machine;
+    # benchmarks/README.md §5)
+    neighbour_columns: bool = False
     neighbour_stop_loss: float = 0.1
     neighbour_extra_steps: int = 4
 

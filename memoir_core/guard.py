@@ -17,11 +17,19 @@ few hundred edits, so a penalty, which leaves the edit learnable, takes its plac
 Each record keeps its keys as a factor F [r, k] with F^T F ~ mean_t x x^T (the top r
 directions, fp16), so the guard is rebuilt from the records on restart and an edit's share
 leaves it exactly as it came in.
+
+The guard also indexes which columns each stored edit trains (a MaskBank, 208 B per edit): which
+edits share columns with one (Memoir.shared_columns, shown on rollback) and, with
+config.neighbour_columns, which stored edits a new update lands on most, to co-train them. Under
+the weighted routing pool those are not the edits whose routing masks are nearest.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from .maskbank import MaskBank
 
 RANK = 32  # 0.96-0.99 of an edit's key energy on the default model (40-80 positions)
 
@@ -37,11 +45,13 @@ def factor(keys: torch.Tensor, rank: int = RANK) -> torch.Tensor:
 
 
 class KeyGuard:
-    def __init__(self, width: int, enabled: bool = True, device: torch.device | str = "cpu"):
+    def __init__(self, width: int, k: int, enabled: bool = True, device: torch.device | str = "cpu"):
         # D x D float64, made at the first add: 19 MB on the default model, 1.6 GB at D = 14336
         self.width, self.enabled, self.device = width, enabled, device
         self._cov: torch.Tensor | None = None
         self.count = 0
+        # kept whether or not the penalty is on: neighbour search uses it too
+        self.columns = MaskBank(width, k)
 
     @property
     def cov(self) -> torch.Tensor:
@@ -53,10 +63,24 @@ class KeyGuard:
         return self.count
 
     def copy(self) -> "KeyGuard":
-        out = KeyGuard(self.width, self.enabled, self.device)
+        out = KeyGuard(self.width, self.columns.k, self.enabled, self.device)
         out._cov = None if self._cov is None else self._cov.clone()
         out.count = self.count
+        out.columns = MaskBank.restore(self.width, self.columns.k, *self.columns.export())
         return out
+
+    def sharing(self, idx: torch.Tensor, limit: int) -> list[tuple[str, int]]:
+        """The `limit` stored edits that share the most columns with idx, and how many each shares."""
+        if not len(self.columns) or limit <= 0:
+            return []
+        counts = self.columns.counts(idx.cpu().numpy()).astype(np.int64)
+        ids = self.columns.ids
+        # Ties go by edit id, not slot: slots move on removal, and a restored memory must pick
+        # the same neighbours as the one that was saved.
+        cut = np.partition(counts, -limit)[-limit] if len(counts) > limit else counts.min()
+        tied = np.flatnonzero(counts >= cut)
+        top = sorted(tied, key=lambda i: (-counts[i], ids[i]))[:limit]
+        return [(ids[i], int(counts[i])) for i in top]
 
     def restricted(self, idx: torch.Tensor, without=None) -> torch.Tensor:
         """C[idx, idx] as fp32 [k, k], less the share of `without` (a record, or None)."""
@@ -73,12 +97,16 @@ class KeyGuard:
         return out.float()
 
     def add(self, rec) -> None:
-        """A record's share (its idx and inputs); nothing when disabled or stored without inputs."""
+        """A record's columns, and its share of C (its idx and inputs) unless disabled or stored
+        without inputs."""
+        self.columns.add(rec.id, rec.idx.cpu().numpy())
         if self.enabled and rec.inputs is not None:
             self._update(rec.idx, rec.inputs, +1.0)
             self.count += 1
 
     def remove(self, rec) -> None:
+        if rec.id in self.columns:
+            self.columns.remove(rec.id)
         if self.enabled and rec.inputs is not None:
             self._update(rec.idx, rec.inputs, -1.0)
             self.count -= 1

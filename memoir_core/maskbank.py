@@ -49,6 +49,23 @@ try:  # numba is a hard dependency in pyproject; the fallback keeps odd platform
         for i in range(bank.shape[0]):
             out[i] = _row_count(bank, i, query)
 
+    @njit(cache=True, nogil=True)
+    def _scan_top(bank, query, top):  # pragma: no cover - compiled
+        """The first row of largest overlap; top [m] (zeroed) gets the m largest counts, descending."""
+        m = top.shape[0]
+        best = 0
+        for i in range(bank.shape[0]):
+            c = _row_count(bank, i, query)
+            if c > top[m - 1]:
+                j = m - 1
+                while j > 0 and top[j - 1] < c:
+                    top[j] = top[j - 1]
+                    j -= 1
+                top[j] = c
+                if j == 0:  # strictly above the best so far: ties keep the first row
+                    best = i
+        return best
+
     def _overlap_counts(bank, query, out):
         if bank.shape[0] >= PARALLEL_FROM:
             _overlap_counts_parallel(bank, query, out)
@@ -63,11 +80,24 @@ except ImportError:  # pragma: no cover
         out[:] = np.bitwise_count(bank & query).sum(axis=1)
 
 
+def _top(bank: np.ndarray, query: np.ndarray, m: int) -> tuple[int, np.ndarray]:
+    """The first row of largest overlap with the packed query, and the m largest counts."""
+    top = np.zeros(m, dtype=np.uint64)
+    if HAVE_NUMBA and bank.shape[0] < PARALLEL_FROM:
+        return int(_scan_top(bank, query, top)), top
+    counts = np.empty(bank.shape[0], dtype=np.uint64)
+    _overlap_counts(bank, query, counts)
+    n = min(m, counts.size)
+    top[:n] = np.sort(np.partition(counts, counts.size - n)[counts.size - n:])[::-1]
+    return int(counts.argmax()), top
+
+
 def warm_up() -> None:
     """Compile the scan (or load it from numba's cache) now: the first routing would otherwise
     pay 0.1-0.5 s, inside somebody's request or edit."""
     bits = np.zeros((1, 1), dtype=np.uint64)
     _overlap_counts(bits, bits[0], np.empty(1, dtype=np.uint64))
+    _top(bits, bits[0], 2)
 
 
 def pack(indices: np.ndarray, width: int) -> np.ndarray:
@@ -89,6 +119,7 @@ def unpack(words: np.ndarray, width: int) -> np.ndarray:
 class Match:
     edit_id: str | None  # None: the bank is empty
     overlap: float  # |m_q AND m_i| / k of the best stored mask
+    runner_up: float = 0.0  # overlap of the rank-th best stored mask (best(rank=)); 0 when fewer
 
 
 class MaskBank:
@@ -172,17 +203,25 @@ class MaskBank:
             _overlap_counts(self._bits[:n], pack(np.asarray(indices), self.width)[0], out)
         return out
 
-    def best(self, queries) -> list[Match]:
-        """Best stored mask for each query mask [B, k]."""
+    def best(self, queries, rank: int = 1) -> list[Match]:
+        """Best stored mask for each query mask [B, k], with the overlap of the rank-th best
+        (rank 1: the best itself) as its runner_up."""
         result = []
+        n = len(self._ids)
         for q in np.atleast_2d(np.asarray(queries)):
-            counts = self.counts(q)
-            if counts.size == 0:
+            if n == 0:
                 result.append(Match(None, 0.0))
                 continue
-            i = int(counts.argmax())
-            result.append(Match(self._ids[i], float(counts[i]) / self.k))
+            i, top = _top(self._bits[:n], pack(q, self.width)[0], max(1, rank))
+            result.append(Match(self._ids[i], float(top[0]) / self.k, float(top[-1]) / self.k))
         return result
+
+    def top_overlaps(self, query, m: int) -> np.ndarray:
+        """The m largest overlaps of one query mask with the stored masks, descending (0-padded)."""
+        n = len(self._ids)
+        if n == 0:
+            return np.zeros(m)
+        return _top(self._bits[:n], pack(np.asarray(query), self.width)[0], m)[1] / self.k
 
     def export(self) -> tuple[list[str], np.ndarray]:
         n = len(self._ids)

@@ -89,7 +89,7 @@ class Memoir(Routing):
         self.trainer = Trainer(self.train_model, train_blocks, arch.get_path(self.train_model, down_path),
                                self.config.layer, self.config)
         self._routes: dict[str, Route] = {}
-        self.guard = KeyGuard(width, enabled=self.config.protect > 0)
+        self.guard = KeyGuard(width, self.config.k, enabled=self.config.protect > 0)
         self.basis: Basis | None = None  # while it is being made, routing features are plain means
         self.basis = basis or self._make_basis(list(background) if background is not None else background_texts())
         # Two hashes of the same prompt: the mask that routes (route_mean centres the
@@ -180,7 +180,7 @@ class Memoir(Routing):
         keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(route.tolist())}
         match = self.bank.best(route.numpy()[None])[0]
         superseded = self._superseded_by(prompt)
-        neighbours = self._neighbours(masks.numpy(), exclude=superseded)
+        neighbours = self._neighbours(masks.numpy(), idx if weighted else None, exclude=superseded)
         if neighbours:
             yield
             extra = neighbour_rows(self.encoder, self.contexts, rows[0].tokens, rows[0].target,
@@ -238,10 +238,12 @@ class Memoir(Routing):
             return []
         return [*self.trainer.blocks, self.trainer.head]
 
-    def _neighbours(self, queries: np.ndarray, exclude: str | None) -> list[EditRecord]:
+    def _neighbours(self, queries: np.ndarray, columns: torch.Tensor | None, exclude: str | None) -> list[EditRecord]:
         """Stored edits whose masks or keys overlap this edit's mask or keys enough to be confused
-        with it (co-training). The chat keys matter most: the chat template makes chat forms of
-        different questions look alike, so their answers interfere first."""
+        with it, or whose columns this edit's update lands on most (co-training). The chat keys
+        matter most: the chat template makes chat forms of different questions look alike, so
+        their answers interfere first. `columns`: the columns this edit trains where they are not
+        its routing mask (config pool="norm"); routing masks then find other edits than columns do."""
         limit = self.config.max_neighbours
         if not limit or not len(self.bank):
             return []
@@ -256,8 +258,11 @@ class Memoir(Routing):
                 for i in np.argsort(-counts)[: limit + 2]:
                     if counts[i] > best.get(ids[i], -1):
                         best[ids[i]] = int(counts[i])
+        if columns is not None and self.config.neighbour_columns:
+            for edit_id, count in self.guard.sharing(columns, limit + 2):
+                best[edit_id] = max(count, best.get(edit_id, -1))
         found = sorted((e for e, c in best.items() if c / self.config.k >= threshold and e != exclude),
-                       key=lambda e: -best[e])
+                       key=lambda e: (-best[e], e))
         return [self.edits[e] for e in found[:limit]]
 
     def _row_routes(self, rows, idx: torch.Tensor, acts: torch.Tensor):
@@ -348,7 +353,7 @@ class Memoir(Routing):
 
     def rebuild_guard(self) -> None:
         """The key guard from the live edits' stored inputs (after a restore that skipped apply)."""
-        self.guard = KeyGuard(self.width, enabled=self.config.protect > 0)
+        self.guard = KeyGuard(self.width, self.config.k, enabled=self.config.protect > 0)
         for rec in self.edits.values():
             self.guard.add(rec)
 
@@ -370,13 +375,8 @@ class Memoir(Routing):
         rec = self.edits.get(edit_id)
         if rec is None:
             raise EditNotFoundError(f"no edit with id {edit_id!r}")
-        if all(r.route is None for r in self.edits.values()):  # the bank holds the columns
-            counts = self.bank.counts(rec.idx.numpy())
-            return {other: int(c) for other, c in zip(self.bank.ids, counts) if other != edit_id and c > 0}
-        own = rec.idx.numpy()
-        shared = {other.id: int(np.intersect1d(own, other.idx.numpy(), assume_unique=True).size)
-                  for other in self.edits.values() if other.id != edit_id}
-        return {e: c for e, c in shared.items() if c > 0}
+        counts = self.guard.columns.counts(rec.idx.numpy())
+        return {other: int(c) for other, c in zip(self.guard.columns.ids, counts) if other != edit_id and c > 0}
 
     # -- generation -------------------------------------------------------------------------
     def decoder(self, max_batch: int = 16, memory: bool = True) -> Decoder:

@@ -6,7 +6,8 @@ edit touches are saved and written back afterwards, so once `trial()` ends the m
 same bit for bit (version, bank, W_m, registry). Nothing is written to any store.
 
 The blast radius is how many background (unrelated) texts would switch the memory on with
-this edit: their best match after the edit would be the edit itself, at an overlap >= tau.
+this edit: their best match after the edit would be the edit itself, at an overlap >= tau that
+also stands out from the other stored masks (config.min_gap).
 It depends only on masks, so it is cheap enough to check before every committed edit.
 """
 
@@ -103,11 +104,23 @@ def reach(memoir: Memoir, record, masks: np.ndarray) -> list[tuple[int, float]]:
     if not len(candidates):
         return []
     found = []
+    own = _edit_bank(memoir, record)
     for i, match in zip(candidates, memoir.best(masks[candidates])):
         # the edit is added after the stored ones, so it wins only by a strictly larger overlap
-        if match.edit_id is None or match.edit_id == replaces or new[i] > match.overlap:
+        wins = match.edit_id is None or match.edit_id == replaces or new[i] > match.overlap
+        if wins and _stands_out(memoir, masks[i], float(new[i]), own):
             found.append((int(i), float(new[i])))
     return found
+
+
+def _stands_out(memoir: Memoir, mask: np.ndarray, overlap: float, own: MaskBank) -> bool:
+    """The gap rule (config.min_gap) once the edit's mask has joined the stored ones."""
+    cfg = memoir.config
+    if cfg.min_gap <= 0:
+        return True
+    route = float(own.counts(mask)[0]) / cfg.k  # slot 0: the edit's own mask, not its keys
+    ranked = np.sort(np.append(memoir.bank.top_overlaps(mask, cfg.gap_rank), route))[::-1]
+    return overlap - ranked[cfg.gap_rank - 1] >= cfg.min_gap
 
 
 def blast_radius(memoir: Memoir, record, probes: Probes) -> BlastRadius:

@@ -54,21 +54,29 @@ class Routing:
     def best(self, masks) -> list:
         """Best match of each mask [B, k] among the edits' masks and their extra routing keys
         (a key's overlap counts config.key_margin less: its score, not its raw overlap)."""
-        primary = self.bank.best(masks)
+        primary = self.bank.best(masks, rank=self.config.gap_rank)
         if not len(self.keybank):
             return primary
         margin = self.config.key_margin
-        keyed = [Match(b.edit_id, b.overlap - margin) if b.edit_id is not None else b for b in self.keybank.best(masks)]
+        # the runner-up stays the edits' own masks': a key is an edit's second way in, not a rival
+        keyed = [Match(b.edit_id, b.overlap - margin, a.runner_up) if b.edit_id is not None else a
+                 for a, b in zip(primary, self.keybank.best(masks))]
         return [a if a.overlap >= b.overlap else b for a, b in zip(primary, keyed)]
 
+    def switches_on(self, match: Match, tau: float) -> bool:
+        """On: the best match reaches tau and stands out from the crowd (config.min_gap)."""
+        return match.edit_id is not None and match.overlap >= tau and \
+            match.overlap - match.runner_up >= self.config.min_gap
+
     def decide(self, features: torch.Tensor) -> list[Decision]:
-        """Routing of a batch from its prompt features: the best stored mask, on if overlap >= tau."""
+        """Routing of a batch from its prompt features: the best stored mask, on if its overlap
+        reaches tau and beats the gap_rank-th best by min_gap."""
         masks = self.tophash.masks(features).numpy()
         tau = self.tau
         decisions = []
         for match in self.best(masks):
             route = None
-            if match.edit_id is not None and match.overlap >= tau:
+            if self.switches_on(match, tau):
                 route = self._route(match.edit_id)
             decisions.append(Decision(route, match.edit_id, match.overlap, self.version))
         return decisions

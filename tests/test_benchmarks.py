@@ -57,6 +57,18 @@ def test_routing_study(tmp_path):
 
 
 @needs_data
+def test_routing_gap(tmp_path):
+    data = run("routing_gap", tmp_path, "--model", "tiny", "--limit", "12", "--extend", "", "--ranks", "2,20",
+               "--gaps", "0.05", "--data", str(ZSRE))
+    rows = {(r["gap_rank"], r["min_gap"]): r for r in data["rows"]}
+    assert data["edits"] == 12 and set(rows) == {("off", 0.0), (2, 0.05), (20, 0.05)}
+    off = rows[("off", 0.0)]
+    assert rows[(20, 0.05)] == {**off, "gap_rank": 20, "min_gap": 0.05}  # a rank past the bank's size: the rule never bites
+    for r in rows.values():  # a rule only turns the memory off, never on
+        assert r["unrelated_on"] <= off["unrelated_on"] and r["para_subject"] <= off["para_subject"]
+
+
+@needs_data
 def test_edit_speed(tmp_path):
     data = run("edit_speed", tmp_path, "--model", "tiny", "--edits", "2", "--ref-edits", "1", "--ref-steps", "2",
                "--data", str(ZSRE))

@@ -71,7 +71,8 @@ def test_plot_curve_writes_a_png_with_and_without_perplexity(tmp_path):
               "target_perplexity": 1.07},
              {"edits": 20, "reliability": 0.98, "generalization": float("nan"), "locality": 0.99,
               "target_perplexity": 1.12}]
+    outlier = [*curve, {"edits": 30, "reliability": 0.9, "locality": 0.9, "target_perplexity": 3300.0}]  # log axis
     for name, points in (("ppl.png", curve), ("plain.png", [{k: v for k, v in p.items() if k != "target_perplexity"}
-                                                            for p in curve])):
+                                                            for p in curve]), ("log.png", outlier)):
         plot_curve(points, str(tmp_path / name), title="t")
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,8 @@ from memoir_core.guard import KeyGuard, factor
 from memoir_core.records import EditRecord
 
 
-def _record(idx, inputs):
-    return EditRecord(id="x", prompt="p", target_new="t", idx=torch.tensor(idx), inputs=inputs)
+def _record(idx, inputs, edit_id="x"):
+    return EditRecord(id=edit_id, prompt="p", target_new="t", idx=torch.tensor(idx), inputs=inputs)
 
 
 def test_the_factor_keeps_the_second_moment_of_few_keys():
@@ -30,9 +30,9 @@ def test_the_factor_keeps_the_top_directions_of_many_keys():
 
 
 def test_the_guard_sums_edits_on_their_own_columns_and_forgets_them_exactly():
-    g = KeyGuard(6)
+    g = KeyGuard(6, 3)
     fa, fb = torch.randn(3, 2).half(), torch.randn(3, 3).half()
-    a, b = _record([1, 4], fa), _record([0, 1, 5], fb)
+    a, b = _record([1, 4], fa, "a"), _record([0, 1, 5], fb, "b")
     g.add(a)
     g.add(b)
     c = g.restricted(torch.tensor([0, 1, 4]))
@@ -47,9 +47,26 @@ def test_the_guard_sums_edits_on_their_own_columns_and_forgets_them_exactly():
     g.remove(a)
     g.remove(b)
     assert len(g) == 0 and float(g.cov.abs().max()) < 1e-12
-    off = KeyGuard(6, enabled=False)  # protect = 0: records pass through, nothing is summed
+    off = KeyGuard(6, 3, enabled=False)  # protect = 0: records pass through, nothing is summed
     off.add(a)
     assert len(off) == 0 and off._cov is None
+    assert off.sharing(torch.tensor([1, 2, 4]), 2) == [("a", 2)]  # the column index is kept anyway
+
+
+def test_the_guard_finds_the_edits_sharing_most_columns_and_copies_apart():
+    g = KeyGuard(8, 3)
+    recs = [_record(idx, torch.randn(2, 3).half(), eid)
+            for eid, idx in (("c", [0, 1, 3]), ("b", [1, 2, 3]), ("a", [5, 6, 7]), ("d", [1, 2, 7]))]
+    for r in recs:
+        g.add(r)
+    # b and d share two columns with the query, c one: ties go by id, not by slot
+    assert g.sharing(torch.tensor([1, 2, 4]), 2) == [("b", 2), ("d", 2)]
+    assert g.sharing(torch.tensor([1, 2, 4]), 3)[2] == ("c", 1)
+    copy = g.copy()
+    g.remove(recs[1])  # the last mask moves into b's slot
+    assert g.sharing(torch.tensor([1, 2, 4]), 2) == [("d", 2), ("c", 1)]
+    assert copy.sharing(torch.tensor([1, 2, 4]), 1) == [("b", 2)]  # the copy kept its own index
+    assert KeyGuard(8, 3).sharing(torch.tensor([1, 2, 4]), 2) == []
 
 
 def _train(m, prompt, target):

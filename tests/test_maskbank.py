@@ -114,3 +114,32 @@ def test_restored_bank_finds_adds_and_removes_like_the_original():
     again.add("e9", masks["e3"][0])
     assert again.best(masks["e3"][0][None])[0].edit_id == "e9"
     assert np.array_equal(again.mask_of("e5"), masks["e5"][0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_the_runner_up_is_the_rank_th_best_overlap_and_ties_keep_the_first(n, rank, seed):
+    from memoir_core import maskbank
+
+    rng = np.random.default_rng(seed)
+    width, k = 64, 8  # narrow: many equal overlaps
+    bank = MaskBank(width, k)
+    masks = [random_mask(rng, width, k) for _ in range(n)]
+    for i, m in enumerate(masks):
+        bank.add(f"e{i}", m)
+    query = random_mask(rng, width, k)
+    counts = np.array([len(np.intersect1d(m, query)) for m in masks])
+    ranked = np.sort(counts)[::-1]
+    expected_runner_up = ranked[rank - 1] / k if rank <= n else 0.0
+    match = bank.best(query[None], rank=rank)[0]
+    assert match.edit_id == f"e{int(counts.argmax())}"  # the first of equal bests, as argmax
+    assert match.runner_up == pytest.approx(expected_runner_up)
+    assert bank.top_overlaps(query, 3) == pytest.approx(np.append(ranked, [0, 0, 0])[:3] / k)
+    # the numpy path (no numba, or banks scanned in parallel) agrees
+    with_numba = maskbank.HAVE_NUMBA
+    try:
+        maskbank.HAVE_NUMBA = False
+        assert bank.best(query[None], rank=rank)[0] == match
+    finally:
+        maskbank.HAVE_NUMBA = with_numba
+    assert MaskBank(width, k).best(query[None], rank=rank)[0].runner_up == 0.0

@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -217,3 +218,39 @@ def test_an_edit_routes_its_own_prompt_to_itself_under_either_pooling(pool):
     assert rec.idx.tolist() == m.colhash.masks(m.features([m.encoder.plain(rec.prompt)], centre=None))[0].tolist()
     with pytest.raises(ValueError, match="pool"):
         make_memoir("llama", pool="max")
+
+
+@pytest.mark.parametrize("by_columns", [True, False])
+def test_neighbours_include_the_edits_whose_columns_a_new_edit_trains(by_columns):
+    """Under norm pooling the routing masks are not the columns: an edit whose routing mask is far
+    from the new one's but whose columns it shares is still co-trained (when asked)."""
+    m = make_memoir("llama", pool="norm", max_neighbours=0, neighbour_columns=by_columns)
+    first = m.edit("who is the chief executive of the company", "jane roe")
+    second = m.edit("where was the painter born", "oslo")
+    m.config.max_neighbours, m.config.neighbour_overlap = 2, 0.9
+    # a routing mask that shares no column with either edit's (k = 32 of 128: room for it)
+    query = np.setdiff1d(np.arange(m.width), np.union1d(first.route, second.route))[None, : m.config.k]
+    assert query.shape[1] == m.config.k
+    found = m._neighbours(query, second.idx, exclude=None)
+    assert [r.id for r in found] == ([second.id] if by_columns else [])
+    assert m._neighbours(query, second.idx, exclude=second.id) == []
+    assert m.shared_columns(first.id).get(second.id, 0) == len(np.intersect1d(first.idx, second.idx))
+
+
+@pytest.mark.parametrize("crowd", [0, 6, 7])
+def test_a_prompt_that_matches_a_crowd_of_masks_alike_leaves_the_memory_off(crowd):
+    """The gap rule: the best match must beat the gap_rank-th best stored mask by min_gap."""
+    m = make_memoir("llama", pool="norm", max_neighbours=0, gap_rank=8, min_gap=0.06)
+    prompt = "who is the chief executive of the company"
+    rec = m.edit(prompt, "jane roe")
+    route = np.asarray(rec.route)
+    spare = np.setdiff1d(np.arange(m.width), route)
+    for i in range(crowd):  # masks 31 of 32 columns like the edit's: a template many edits share
+        m.bank.add(f"crowd-{i}", np.sort(np.append(route[np.arange(len(route)) != i], spare[i])))
+    features = m.features([m.encoder.plain(prompt)])
+    decision = m.decide(features)[0]
+    assert decision.best_edit_id == rec.id
+    # 7 look-alikes make the edit's own mask only 1/32 better than the 8th best: off
+    assert (decision.route is None) == (crowd == 7)
+    m.config.min_gap = 0.0
+    assert m.decide(features)[0].route is not None

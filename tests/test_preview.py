@@ -3,6 +3,7 @@ radius counts the background texts an edit would catch and can refuse it."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,28 @@ def test_blast_radius_matches_the_routing_after_the_commit(memoir):
             decisions = memoir.decide(memoir.features(encoded))
         actual = {i for i, d in enumerate(decisions) if d.route is not None and d.route.edit_id == proposal.record.id}
         assert predicted == actual and actual, prompt
+
+
+@pytest.mark.parametrize("swapped", [1, 3])
+def test_blast_radius_follows_the_gap_rule(swapped):
+    """With stored masks crowding round the edit's, texts near it stop reaching it, in the
+    prediction exactly as in the routing after the commit."""
+    m = make_memoir(max_steps=30, gap_rank=8, min_gap=0.06)
+    probes = Probes(sorted(set(CORPUS)) + [PROMPT, "who is the chief executive", "the chief executive of the company"])
+    encoded = [m.encoder.plain(t) for t in probes.texts]
+    m.edit("what is the capital city of the country", "paris", edit_id="capital")
+    proposal = drain(m.propose(PROMPT, "jane roe"))
+    alone = {i for i, _ in reach(m, proposal.record, probes.masks(m))}
+    route = proposal.record.route_mask
+    spare = np.setdiff1d(np.arange(m.width), route)
+    for i in range(7):  # look-alikes of the new mask: all but `swapped` of its 32 columns
+        cut = np.arange(i * swapped, (i + 1) * swapped)
+        m.bank.add(f"crowd-{i}", np.sort(np.append(np.delete(route, cut), spare[cut])))
+    predicted = {i for i, _ in reach(m, proposal.record, probes.masks(m))}
+    with trial(m, proposal):
+        decisions = m.decide(m.features(encoded))
+    actual = {i for i, d in enumerate(decisions) if d.route is not None and d.route.edit_id == proposal.record.id}
+    assert predicted == actual
+    # 31 of 32 alike: the edit's own prompt beats the crowd by 1/32 < min_gap; 29 of 32: by 3/32
+    assert (probes.texts.index(PROMPT) in actual) == (swapped == 3)
+    assert actual < alone if swapped == 1 else actual == alone
