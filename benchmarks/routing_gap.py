@@ -34,7 +34,7 @@ def dense(masks: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def scores(memoir, texts: list, chat: bool = False) -> np.ndarray:
+def dense_masks(memoir, texts: list, chat: bool = False) -> np.ndarray:
     enc = memoir.encoder
     encoded = [enc.chat([{"role": "user", "content": t}]) if chat else enc.plain(t) for t in texts]
     return dense(memoir.tophash.masks(memoir.features(encoded)).numpy(), memoir.width)
@@ -55,12 +55,12 @@ def main(argv=None) -> int:
     cfg = memoir.config
     run.data["config"] = cfg.to_dict()
     print(f"  masks of {len(cases)} prompts, chat forms, paraphrases, locality prompts", file=sys.stderr, flush=True)
-    bank = scores(memoir, [c.prompt for c in cases])
-    keys = scores(memoir, [c.prompt for c in cases], chat=memoir.encoder.has_chat) if memoir.encoder.has_chat else None
+    bank = dense_masks(memoir, [c.prompt for c in cases])
+    keys = dense_masks(memoir, [c.prompt for c in cases], chat=True) if memoir.encoder.has_chat else None
     para_case = np.array([i for i, c in enumerate(cases) for _ in c.rephrases], dtype=np.int64)
     loc_case = np.array([i for i, c in enumerate(cases) if c.loc_prompt], dtype=np.int64)
-    queries = {"paraphrase": (scores(memoir, [r for c in cases for r in c.rephrases]), para_case),
-               "unrelated": (scores(memoir, [c.loc_prompt for c in cases if c.loc_prompt]), loc_case)}
+    queries = {"paraphrase": (dense_masks(memoir, [r for c in cases for r in c.rephrases]), para_case),
+               "unrelated": (dense_masks(memoir, [c.loc_prompt for c in cases if c.loc_prompt]), loc_case)}
     subject = np.array([str(c.subject) for c in cases])
     per_subject = Counter(subject)
     tau = cfg.tau_at(len(cases))

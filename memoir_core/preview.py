@@ -87,10 +87,17 @@ def _edit_bank(memoir: Memoir, record) -> MaskBank:
     return bank
 
 
+def _counts(memoir: Memoir, record, masks: np.ndarray) -> np.ndarray:
+    """Overlap counts [n, slots] of each mask with the edit's mask (slot 0) and routing keys."""
+    bank = _edit_bank(memoir, record)
+    if not len(masks):
+        return np.zeros((0, len(bank)))
+    return np.stack([bank.counts(m) for m in masks]).astype(np.float64)
+
+
 def overlaps(memoir: Memoir, record, masks: np.ndarray) -> np.ndarray:
     """Each mask's best overlap with the edit's mask and routing keys, in [0, 1]."""
-    bank = _edit_bank(memoir, record)
-    return np.array([float(bank.counts(m).max()) / memoir.config.k for m in masks], dtype=np.float64)
+    return _counts(memoir, record, masks).max(axis=1) / memoir.config.k
 
 
 def reach(memoir: Memoir, record, masks: np.ndarray) -> list[tuple[int, float]]:
@@ -99,26 +106,25 @@ def reach(memoir: Memoir, record, masks: np.ndarray) -> list[tuple[int, float]]:
         return []
     replaces = record.supersedes if record.supersedes in memoir.edits else None
     tau = memoir.config.tau_at(len(memoir.edits) + (0 if replaces else 1))
-    new = overlaps(memoir, record, masks)
+    counts = _counts(memoir, record, masks) / memoir.config.k
+    new, route = counts.max(axis=1), counts[:, 0]
     candidates = np.flatnonzero(new >= tau)
     if not len(candidates):
         return []
     found = []
-    own = _edit_bank(memoir, record)
     for i, match in zip(candidates, memoir.best(masks[candidates])):
         # the edit is added after the stored ones, so it wins only by a strictly larger overlap
         wins = match.edit_id is None or match.edit_id == replaces or new[i] > match.overlap
-        if wins and _stands_out(memoir, masks[i], float(new[i]), own):
+        if wins and _stands_out(memoir, masks[i], float(new[i]), float(route[i])):
             found.append((int(i), float(new[i])))
     return found
 
 
-def _stands_out(memoir: Memoir, mask: np.ndarray, overlap: float, own: MaskBank) -> bool:
-    """The gap rule (config.min_gap) once the edit's mask has joined the stored ones."""
+def _stands_out(memoir: Memoir, mask: np.ndarray, overlap: float, route: float) -> bool:
+    """The gap rule (config.min_gap) once the edit's own mask (overlap `route`) has joined the stored ones."""
     cfg = memoir.config
     if cfg.min_gap <= 0:
         return True
-    route = float(own.counts(mask)[0]) / cfg.k  # slot 0: the edit's own mask, not its keys
     ranked = np.sort(np.append(memoir.bank.top_overlaps(mask, cfg.gap_rank), route))[::-1]
     return overlap - ranked[cfg.gap_rank - 1] >= cfg.min_gap
 
