@@ -386,10 +386,14 @@ class Memoir(Routing):
     def encode(self, prompt: str | Encoded) -> Encoded:
         return prompt if isinstance(prompt, Encoded) else self.encoder.plain(prompt)
 
-    def generate(self, prompts: list[str | Encoded], params: SamplingParams | None = None, *,
-                 memory: bool = True, max_batch: int = 16) -> list[Sequence]:
+    def generate(self, prompts: list[str | Encoded], params: SamplingParams | list[SamplingParams] | None = None,
+                 *, memory: bool = True, max_batch: int = 16) -> list[Sequence]:
+        """Run the prompts to the end, in batches of up to max_batch (params: one for all, or one each)."""
         params = params or SamplingParams()
-        seqs = [Sequence(e.ids, e.span, params) for e in map(self.encode, prompts)]
+        each = params if isinstance(params, list) else [params] * len(prompts)
+        if len(each) != len(prompts):
+            raise ValueError(f"{len(each)} sampling params for {len(prompts)} prompts")
+        seqs = [Sequence(e.ids, e.span, p) for e, p in zip(map(self.encode, prompts), each)]
         for s in seqs:
             if not s.prompt_ids:
                 raise InvalidRequestError("prompt must not be empty")

@@ -6,7 +6,8 @@ import pytest
 
 from memoir_core.datasets import Case, load_cases
 from memoir_core.errors import InvalidRequestError
-from memoir_core.evaluate import run_stream, token_accuracy
+from memoir_core.evaluate import _greedy, run_stream, teacher_forced, token_accuracy
+from memoir_core.generate import SamplingParams
 
 from .conftest import make_memoir
 
@@ -41,6 +42,38 @@ def test_run_stream_reports_the_protocol_metrics():
     assert 0.0 <= metrics["locality"] <= 1.0 and metrics["edits"] == 3
     assert [c["edits"] for c in result.checkpoints] == [2, 3]
     assert len(result.edits) == 3 and all(e["steps"] >= 0 for e in result.edits)
+
+
+def test_batched_scoring_matches_one_prompt_at_a_time():
+    """Scoring sorts prompts by length into batches and reads the LM head at target positions only:
+    every prompt must still get its own predictions, NLL and routing decision, in input order."""
+    m = make_memoir("llama", max_steps=60, stop_loss=0.05)
+    m.edit(CASES[0].prompt, CASES[0].target)
+    enc = m.encoder
+    texts = [CASES[0].prompt, "a", CASES[2].prompt + " and more words here", CASES[0].rephrases[0], "b c"]
+    targets = [enc.target(t) for t in ("jane roe", "x", "madrid", "jane roe", "long answer of several words")]
+    contexts = [enc.plain(t) for t in texts]
+    together = teacher_forced(m, contexts, targets, batch_size=3)
+    for i in range(len(texts)):
+        alone = teacher_forced(m, [contexts[i]], [targets[i]])
+        assert together.predictions[i] == alone.predictions[0]
+        assert together.nll[i] == pytest.approx(alone.nll[0], abs=1e-4)
+        assert together.decisions[i].route == alone.decisions[0].route
+    assert together.decisions[0].route is not None and together.decisions[1].route is None
+    assert together.predictions[0] == targets[0]  # the edit holds through the batched path
+
+
+def test_greedy_decodes_each_prompt_past_its_own_target_only():
+    m = make_memoir("llama", max_steps=60, stop_loss=0.05)
+    m.edit(CASES[0].prompt, CASES[0].target)
+    short = Case(CASES[0].prompt, CASES[0].target, [], None, None, "company", "a")
+    wrong = Case(CASES[1].prompt, "a much longer answer than any other in the set", [], None, None, "country", "b")
+    assert _greedy(m, [m.encoder.plain(short.prompt), m.encoder.plain(wrong.prompt)], [short, wrong]) == 0.5
+    seqs = m.generate(["one", "two"], [SamplingParams(max_new_tokens=1), SamplingParams(max_new_tokens=3)])
+    assert all(len(s.out_ids) == n or s.finish_reason == "stop" for s, n in zip(seqs, (1, 3)))
+    assert len(seqs[0].out_ids) <= 1
+    with pytest.raises(ValueError, match="2 sampling params for 1 prompts"):
+        m.generate(["one"], [SamplingParams(), SamplingParams()])
 
 
 def test_a_stream_with_a_case_over_the_limits_stops_before_any_edit():
