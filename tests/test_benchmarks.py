@@ -59,13 +59,17 @@ def test_routing_study(tmp_path):
 @needs_data
 def test_routing_gap(tmp_path):
     data = run("routing_gap", tmp_path, "--model", "tiny", "--limit", "12", "--extend", "", "--ranks", "2,20",
-               "--gaps", "0.05", "--data", str(ZSRE))
+               "--gaps", "0.05", "--rerank", "0,0.5", "--data", str(ZSRE))
     rows = {(r["gap_rank"], r["min_gap"]): r for r in data["rows"]}
+    reranked = [rows.pop(("8, re-rank within 0.0", 0.06)), rows.pop(("8, re-rank within 0.5", 0.06))]
     assert data["edits"] == 12 and set(rows) == {("off", 0.0), (2, 0.05), (20, 0.05)}
+    assert reranked[0]["unrelated_on"] == reranked[1]["unrelated_on"]  # re-ranking never turns the memory on
+    assert data["twin_paraphrases"] >= 0
     off = rows[("off", 0.0)]
     assert rows[(20, 0.05)] == {**off, "gap_rank": 20, "min_gap": 0.05}  # a rank past the bank's size: the rule never bites
     for r in rows.values():  # a rule only turns the memory off, never on
         assert r["unrelated_on"] <= off["unrelated_on"] and r["para_subject"] <= off["para_subject"]
+        assert r["para_own"] <= r["para_answer"]  # its own edit has its own answer
 
 
 @needs_data
