@@ -251,7 +251,7 @@ class Engine:
             raise InvalidRequestError(f"the prompt ({n} tokens) plus max_new_tokens ({work.params.max_new_tokens}) "
                                       f"exceeds the model's context of {self.context} tokens")
         work.params.validate()
-        return Sequence(enc.ids, enc.span, work.params, tag=work)
+        return Sequence(enc.ids, enc.span, work.params, tag=work, tail=enc.tail)
 
     def _step(self) -> None:
         if not self.decoder.running:

@@ -53,7 +53,7 @@ class BaseLayer(torch.nn.Module):
         r = self.routing
         if r is not None and r.pending:
             r.decisions = [Decision(None, None, 0.0, 0)] * x.shape[0]
-            r.decide = r.span = r.active = None
+            r.decide = r.span = r.active = r.tail = None
         return self.base_layer(x)
 
     use = ResidualMemory.use

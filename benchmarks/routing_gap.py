@@ -21,6 +21,10 @@ within that much of the best match, pick the one whose trained columns (the plai
 which the question's wording dominates) overlap the prompt's most: does telling one subject's
 relations apart help? And the last line routes each twin's paraphrases by word overlap alone
 among its subject's edits: how well a router that reads the words could do.
+
+The rule rows route each prompt as a whole. The last row adds what `tail_routing` does: a
+prompt of several sentences is also routed on its last one (prompts.last_sentence), under the
+configured rule, and the better match wins.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 from routing_study import stream_parser, stream_setup
 
+from memoir_core.prompts import Encoded
+
 
 def dense(masks: np.ndarray, width: int) -> np.ndarray:
     out = np.zeros((len(masks), width), dtype=np.float32)
@@ -50,6 +56,16 @@ def dense_masks(memoir, texts: list, chat: bool = False, columns: bool = False) 
     if columns:
         return dense(memoir.colhash.masks(memoir.features(encoded, centre=None)).numpy(), memoir.width)
     return dense(memoir.tophash.masks(memoir.features(encoded)).numpy(), memoir.width)
+
+
+def tail_masks(memoir, texts: list) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the texts that hold several sentences, and the routing masks of their last one."""
+    encoded = [memoir.encoder.plain(t) for t in texts]
+    rows = np.array([i for i, e in enumerate(encoded) if e.tail is not None], dtype=np.int64)
+    if not len(rows):
+        return rows, np.zeros((0, memoir.width), dtype=np.float32)
+    tails = [Encoded(encoded[i].ids, encoded[i].tail) for i in rows]
+    return rows, dense(memoir.tophash.masks(memoir.features(tails)).numpy(), memoir.width)
 
 
 def words(text: str) -> set[str]:
@@ -69,8 +85,9 @@ def lexical_twin_oracle(cases) -> tuple[int, float]:
         if all(answer[j] == answer[i] for j in group):
             continue
         for r in c.rephrases:
-            jacc = lambda j: len(words(r) & words(cases[j].prompt)) / len(words(r) | words(cases[j].prompt))  # noqa: E731
-            hits.append(answer[max(group, key=jacc)] == answer[i])
+            asked = words(r)
+            nearest = max(group, key=lambda j: len(asked & words(cases[j].prompt)) / len(asked | words(cases[j].prompt)))
+            hits.append(answer[nearest] == answer[i])
     return len(hits), (sum(hits) / len(hits) if hits else float("nan"))
 
 
@@ -95,8 +112,11 @@ def main(argv=None) -> int:
     keys = dense_masks(memoir, [c.prompt for c in cases], chat=True) if memoir.encoder.has_chat else None
     para_case = np.array([i for i, c in enumerate(cases) for _ in c.rephrases], dtype=np.int64)
     loc_case = np.array([i for i, c in enumerate(cases) if c.loc_prompt], dtype=np.int64)
-    queries = {"paraphrase": (dense_masks(memoir, [r for c in cases for r in c.rephrases]), para_case),
-               "unrelated": (dense_masks(memoir, [c.loc_prompt for c in cases if c.loc_prompt]), loc_case)}
+    texts = {"paraphrase": [r for c in cases for r in c.rephrases],
+             "unrelated": [c.loc_prompt for c in cases if c.loc_prompt]}
+    queries = {"paraphrase": (dense_masks(memoir, texts["paraphrase"]), para_case),
+               "unrelated": (dense_masks(memoir, texts["unrelated"]), loc_case)}
+    tails = {kind: tail_masks(memoir, ts) for kind, ts in texts.items()}
     subject = np.array([str(c.subject) for c in cases])
     answer = np.array([c.target.strip().lower() for c in cases])
     reranks = [float(d) for d in args.rerank.split(",") if d]
@@ -113,15 +133,20 @@ def main(argv=None) -> int:
     # re-ranked rows: the configured gap rule decides on/off, the columns pick among near-best edits
     rows.update({("rerank", d): {"gap_rank": f"{cfg.gap_rank}, re-rank within {d}", "min_gap": cfg.min_gap}
                  for d in reranks})
+    rows[("tail", cfg.min_gap)] = {"gap_rank": f"{cfg.gap_rank}, + last sentence", "min_gap": cfg.min_gap}
+    depth = max([*ranks, cfg.gap_rank])
+
+    def match(q: np.ndarray):
+        """Scores [n, edits], best edit, its score, and the stored masks' ranked overlaps [n, depth]."""
+        own_mask = q @ bank.T / k
+        score = own_mask if keys is None else np.maximum(own_mask, q @ keys.T / k - cfg.key_margin)
+        ranked = -np.sort(-own_mask, axis=1)[:, :depth]  # the runner-up: edits' own masks only
+        return score, score.argmax(1), score.max(1), np.pad(ranked, ((0, 0), (0, depth - ranked.shape[1])))
+
     for kind, (q, case) in queries.items():
         if not len(q):
             continue
-        own_mask = q @ bank.T / k
-        score = own_mask if keys is None else np.maximum(own_mask, q @ keys.T / k - cfg.key_margin)
-        best, top = score.argmax(1), score.max(1)
-        depth = max([*ranks, cfg.gap_rank])
-        ranked = -np.sort(-own_mask, axis=1)[:, :depth]  # the runner-up: edits' own masks only
-        ranked = np.pad(ranked, ((0, 0), (0, depth - ranked.shape[1])))
+        score, best, top, ranked = match(q)
         multi = np.array([per_subject[subject[c]] >= 3 for c in case])
         for (rank, gap), row in rows.items():
             pick = best
@@ -130,9 +155,22 @@ def main(argv=None) -> int:
                 if kind == "paraphrase":
                     col = para_columns @ columns.T
                     pick = np.where(score >= top[:, None] - near, col, -1).argmax(1)
-            on = top >= tau
-            if rank:
-                on &= top - ranked[:, rank - 1] >= gap
+            if rank == "tail":
+                rank = cfg.gap_rank
+                on = (top >= tau) & (top - ranked[:, rank - 1] >= gap)
+                tail_rows, tail_q = tails[kind]
+                if len(tail_rows):  # as Routing.decide: the tail wins where it is on and matches better
+                    _, t_best, t_top, t_ranked = match(tail_q)
+                    t_on = (t_top >= tau) & (t_top - t_ranked[:, rank - 1] >= gap)
+                    wins = t_on & (~on[tail_rows] | (t_top > top[tail_rows]))
+                    pick = best.copy()
+                    pick[tail_rows[wins]] = t_best[wins]
+                    on = on.copy()
+                    on[tail_rows[wins]] = True
+            else:
+                on = top >= tau
+                if rank:
+                    on &= top - ranked[:, rank - 1] >= gap
             if kind == "unrelated":
                 row["unrelated_on"] = float(on.mean())
                 continue
@@ -148,7 +186,10 @@ def main(argv=None) -> int:
                               "unrelated_on"]))
     print(f"{twins} paraphrases of twin cases (same subject, another answer); routed by word overlap among "
           f"their subject's edits, {lexical:.3f} reach their own answer")
-    run.finish(args.out, edits=len(cases), tau=tau, rows=rows, twin_paraphrases=twins, lexical_twin_oracle=lexical)
+    print(f"prompts of several sentences: {len(tails['paraphrase'][0])} of {len(para_case)} paraphrases, "
+          f"{len(tails['unrelated'][0])} of {len(loc_case)} locality prompts")
+    run.finish(args.out, edits=len(cases), tau=tau, rows=rows, twin_paraphrases=twins, lexical_twin_oracle=lexical,
+               several_sentences={kind: len(t[0]) for kind, t in tails.items()})
     return 0
 
 

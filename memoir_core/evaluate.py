@@ -52,6 +52,7 @@ def teacher_forced(memoir: Memoir, contexts: list[Encoded], targets: list[list[i
         mask = torch.zeros_like(ids)
         span = torch.zeros((len(seqs), width), dtype=torch.bool)
         active = torch.zeros((len(seqs), width), dtype=torch.bool)
+        tail = torch.zeros((len(seqs), width), dtype=torch.bool)
         at_row, at_pos = [], []  # the positions whose next token is a target token
         for i, (s, c) in enumerate(zip(seqs, ctxs)):
             off = width - len(s)
@@ -59,10 +60,12 @@ def teacher_forced(memoir: Memoir, contexts: list[Encoded], targets: list[list[i
             mask[i, off:] = 1
             span[i, off + c.span[0] : off + c.span[1]] = True
             active[i, off + c.span[0] :] = True
+            if c.tail is not None:
+                tail[i, off + c.tail[0] : off + c.tail[1]] = True
             at_row += [i] * (len(s) - len(c.ids))
             at_pos += range(off + len(c.ids) - 1, off + len(s) - 1)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
-        routing = Routing(decide=decide, span=span, active=active, centre=memoir.pool_centre)
+        routing = Routing(decide=decide, span=span, active=active, centre=memoir.pool_centre, tail=tail)
         with memoir.layer.use(routing):
             hidden = backbone(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
                               use_cache=False).last_hidden_state

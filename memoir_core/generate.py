@@ -51,6 +51,7 @@ class Sequence:
     emitted: int = 0  # characters of `text` already handed out
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    tail: tuple[int, int] | None = None  # the span's last sentence, also routed on (Encoded.tail)
 
     @property
     def finished(self) -> bool:
@@ -105,16 +106,19 @@ class Decoder:
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
         span = torch.zeros((len(sequences), width), dtype=torch.bool)
         active = torch.zeros((len(sequences), width), dtype=torch.bool)
+        tail = torch.zeros((len(sequences), width), dtype=torch.bool)
         for i, s in enumerate(sequences):
             pad = width - len(s.prompt_ids)
             ids[i, pad:] = torch.tensor(s.prompt_ids)
             mask[i, pad:] = 1
             span[i, pad + s.span[0] : pad + s.span[1]] = True
             active[i, pad + s.span[0] :] = True
+            if s.tail is not None:
+                tail[i, pad + s.tail[0] : pad + s.tail[1]] = True
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         cache = DynamicCache(config=self.model.config)
-        routing = Routing(decide=self.decide, span=span, active=active, centre=self.centre)
+        routing = Routing(decide=self.decide, span=span, active=active, centre=self.centre, tail=tail)
         with self.layer.use(routing):
             out = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1

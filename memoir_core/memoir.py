@@ -393,7 +393,7 @@ class Memoir(Routing):
         each = params if isinstance(params, list) else [params] * len(prompts)
         if len(each) != len(prompts):
             raise ValueError(f"{len(each)} sampling params for {len(prompts)} prompts")
-        seqs = [Sequence(e.ids, e.span, p) for e, p in zip(map(self.encode, prompts), each)]
+        seqs = [Sequence(e.ids, e.span, p, tail=e.tail) for e, p in zip(map(self.encode, prompts), each)]
         for s in seqs:
             if not s.prompt_ids:
                 raise InvalidRequestError("prompt must not be empty")

@@ -43,7 +43,9 @@ class Decision:
     version: int
 
 
-Decide = Callable[[torch.Tensor], list[Decision]]
+# decide(features [B, D], tails): tails, where some rows hold several sentences, is (rows, their
+# last sentence's features [n, D]): a second way in for those rows
+Decide = Callable[..., list[Decision]]
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Routing:
     # the prompt (a chat template's system prompt) is read as the base model reads it.
     active: torch.Tensor | None = None
     centre: torch.Tensor | None = None  # [D]: norm-weighted features (tophash.span_mean); None: plain mean
+    tail: torch.Tensor | None = None  # [B, T] bool, prefill only: the span's last sentence, where it has several
     decisions: list[Decision] = field(default_factory=list)
     _groups: list[tuple] | None = None
 
@@ -70,9 +73,15 @@ class Routing:
     def resolve(self, acts: torch.Tensor) -> torch.Tensor | None:
         """Decide every row from its prompt features; returns the prefill's active mask (used once)."""
         features = span_mean(acts, self.span, self.centre)
-        self.decisions = self.decide(features)
+        rows = [] if self.tail is None else self.tail.any(dim=1).nonzero()[:, 0].tolist()
+        if rows:
+            index = torch.tensor(rows, device=acts.device)
+            tails = span_mean(acts.index_select(0, index), self.tail[rows], self.centre)
+            self.decisions = self.decide(features, (rows, tails))
+        else:
+            self.decisions = self.decide(features)
         active = self.active
-        self.decide = self.span = self.active = None
+        self.decide = self.span = self.active = self.tail = None
         self._groups = None
         return active
 

@@ -7,13 +7,43 @@ is tokenised on its own with a leading space, so the prompt's tokens never chang
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# A sentence ends at . ! or ? and whitespace, and the next begins with a capital, a digit or a
+# quote. Not after an initial, a title or dotted letters ("Carlos W. Colby", "Mr. Smith Carries
+# On", "S.L.A. Marshall"), and both sides keep at least MIN_SENTENCE_WORDS words, so a lone "Hi."
+# is no sentence.
+MIN_SENTENCE_WORDS = 3
+_SENTENCE_END = re.compile(r"(\S*)[.!?]\s+(?=[\"'A-Z0-9])")
+_NOT_AN_END = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "mt", "ft", "vs", "no", "inc", "ltd", "co", "corp",
+               "gen", "col", "lt", "sgt", "capt", "rev", "hon", "gov", "sen", "rep", "etc", "approx"}
+
+
+def _ends_sentence(match: re.Match) -> bool:
+    word = match.group(1).lstrip("\"'(").lower()
+    return match.group(0)[len(match.group(1))] != "." or (len(word) > 1 and "." not in word and word not in _NOT_AN_END)
 
 
 @dataclass(frozen=True)
 class Encoded:
     ids: list[int]
     span: tuple[int, int]  # [start, end) of the tokens whose mean makes the mask
+    # [start, end) of the span's last sentence where the span holds several: a question after
+    # some context ("I'm writing a report. Who runs Acme?") is routed on it too (config tail_routing)
+    tail: tuple[int, int] | None = None
+
+
+def last_sentence(text: str, offsets: list[tuple[int, int]], span: tuple[int, int],
+                  start: int = 0) -> tuple[int, int] | None:
+    """Token range of the last sentence of `text` (which begins at character `start` of the
+    tokenised string and covers tokens `span`), or None when it is one sentence."""
+    cuts = [m.end() for m in _SENTENCE_END.finditer(text.rstrip()) if _ends_sentence(m)
+            and len(text[: m.end()].split()) >= MIN_SENTENCE_WORDS and len(text[m.end() :].split()) >= MIN_SENTENCE_WORDS]
+    if not cuts:
+        return None
+    first = next((i for i in range(span[0], span[1]) if offsets[i][1] > start + cuts[-1]), None)
+    return None if first is None or first == span[0] else (first, span[1])
 
 
 class PromptEncoder:
@@ -41,8 +71,9 @@ class PromptEncoder:
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     def plain(self, text: str) -> Encoded:
-        ids = self.tokenizer(text).input_ids
-        return Encoded(ids, (0, len(ids)))
+        enc = self.tokenizer(text, return_offsets_mapping=True)
+        ids, span = enc.input_ids, (0, len(enc.input_ids))
+        return Encoded(ids, span, last_sentence(text, enc.offset_mapping, span))
 
     def target(self, text: str, after_chat: bool = False) -> list[int]:
         if not after_chat and not text[:1].isspace():
@@ -55,7 +86,7 @@ class PromptEncoder:
         rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         enc = tok(rendered, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc.input_ids, enc.offset_mapping
-        span = (0, len(ids))
+        span, tail = (0, len(ids)), None
         users = [m for m in messages if m.get("role") == "user" and m.get("content")]
         if users:
             content = users[-1]["content"]
@@ -65,7 +96,8 @@ class PromptEncoder:
                 inside = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
                 if inside:
                     span = (inside[0], inside[-1] + 1)
-        return Encoded(ids, span)
+                    tail = last_sentence(content, offsets, span, start)
+        return Encoded(ids, span, tail)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -68,13 +68,22 @@ class Routing:
         return match.edit_id is not None and match.overlap >= tau and \
             match.overlap - match.runner_up >= self.config.min_gap
 
-    def decide(self, features: torch.Tensor) -> list[Decision]:
+    def decide(self, features: torch.Tensor, tails: tuple[list[int], torch.Tensor] | None = None) -> list[Decision]:
         """Routing of a batch from its prompt features: the best stored mask, on if its overlap
-        reaches tau and beats the gap_rank-th best by min_gap."""
-        masks = self.tophash.masks(features).numpy()
+        reaches tau and beats the gap_rank-th best by min_gap. `tails` (rows, features of their
+        last sentence) are a second way in: a question after some context ("A Marañón Week is
+        held since 1990. Howard Glacier is in") is routed on the question when that matches
+        better (config tail_routing)."""
         tau = self.tau
+        matches = self.best(self.tophash.masks(features).numpy())
+        if tails is not None and self.config.tail_routing:
+            rows, tail_features = tails
+            for row, match in zip(rows, self.best(self.tophash.masks(tail_features).numpy())):
+                full = matches[row]
+                if self.switches_on(match, tau) and (not self.switches_on(full, tau) or match.overlap > full.overlap):
+                    matches[row] = match
         decisions = []
-        for match in self.best(masks):
+        for match in matches:
             route = None
             if self.switches_on(match, tau):
                 route = self._route(match.edit_id)
@@ -86,7 +95,7 @@ class Routing:
         """The routing threshold at the current bank size."""
         return self.config.tau_at(len(self.edits))
 
-    def _decide_off(self, features: torch.Tensor) -> list[Decision]:
+    def _decide_off(self, features: torch.Tensor, tails=None) -> list[Decision]:
         return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
 
     def _route(self, edit_id: str) -> Route:

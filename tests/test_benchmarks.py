@@ -62,6 +62,9 @@ def test_routing_gap(tmp_path):
                "--gaps", "0.05", "--rerank", "0,0.5", "--data", str(ZSRE))
     rows = {(r["gap_rank"], r["min_gap"]): r for r in data["rows"]}
     reranked = [rows.pop(("8, re-rank within 0.0", 0.06)), rows.pop(("8, re-rank within 0.5", 0.06))]
+    tail = rows.pop(("8, + last sentence", 0.06))  # a tail only adds a way in
+    assert tail["unrelated_on"] >= reranked[0]["unrelated_on"] and set(data["several_sentences"]) == {
+        "paraphrase", "unrelated"}
     assert data["edits"] == 12 and set(rows) == {("off", 0.0), (2, 0.05), (20, 0.05)}
     assert reranked[0]["unrelated_on"] == reranked[1]["unrelated_on"]  # re-ranking never turns the memory on
     assert data["twin_paraphrases"] >= 0

@@ -254,3 +254,52 @@ def test_a_prompt_that_matches_a_crowd_of_masks_alike_leaves_the_memory_off(crow
     assert (decision.route is None) == (crowd == 7)
     m.config.min_gap = 0.0
     assert m.decide(features)[0].route is not None
+
+
+def test_the_last_sentence_of_a_prompt_is_found_in_plain_and_chat_form(tokenizer):
+    from memoir_core.prompts import PromptEncoder
+
+    enc = PromptEncoder(tokenizer)
+    text = "The quick brown fox jumps over the dog. Who is the chief executive of the company?"
+    plain = enc.plain(text)
+    assert tokenizer.decode(plain.ids[plain.tail[0] : plain.tail[1]]).strip() == "Who is the chief executive of the company?"
+    assert plain.tail[1] == plain.span[1]
+    for one in ("Who is the chief executive of the company?",
+                "Hi. Who is the chief executive of the company?",  # too short a sentence to cut off
+                "The chief of the company is Jane. Roe",  # ... or too short a rest
+                "What war did Carlos W. Colby fight in?", "Who starred in Mr. Smith Carries On?",  # initials, titles
+                "In what war did S.L.A. Marshall fight in?", "the quick brown fox. who is the chief of it"):  # no capital
+        assert enc.plain(one).tail is None, one
+    chat = enc.chat([{"role": "user", "content": text}])
+    assert chat.span[0] < chat.tail[0] and chat.tail[1] == chat.span[1]
+    assert tokenizer.decode(chat.ids[chat.tail[0] : chat.tail[1]]).strip() == "Who is the chief executive of the company?"
+
+
+def test_a_prompts_last_sentence_is_a_second_way_in():
+    m = make_memoir("llama", max_neighbours=0)
+    rec = m.edit("who is the chief executive of the company", "jane roe")
+    own = m.features([m.encoder.plain("who is the chief executive of the company")])
+    other = m.features([m.encoder.plain("numbers one two three four five six")])
+    assert m.decide(other)[0].route is None
+    both = torch.cat([other, own])
+    # row 0: the whole prompt matches nothing, its last sentence the edit; row 1 has no tail
+    decisions = m.decide(both, ([0], own))
+    assert decisions[0].route.edit_id == rec.id and decisions[1].route.edit_id == rec.id
+    # a tail that matches worse never replaces a whole prompt that routes
+    assert m.decide(own, ([0], other))[0].route.edit_id == rec.id
+    m.config.tail_routing = False
+    assert m.decide(both, ([0], own))[0].route is None
+
+
+def test_generation_routes_a_question_after_context_on_its_last_sentence():
+    m = make_memoir("llama", max_steps=60, stop_loss=0.05, max_neighbours=0)
+    rec = m.edit("who is the chief executive of the company", "jane roe")
+    prompt = m.encoder.plain("Numbers one two three four five six seven. Who is the chief executive of the company")
+    assert prompt.tail is not None
+    seen = []
+    real_decide = m.decide
+    m.decide = lambda features, tails=None: seen.append(tails) or real_decide(features, tails)
+    out = m.generate([prompt, "numbers one two three"], SamplingParams(max_new_tokens=2))
+    (rows, tail_features), = seen
+    assert rows == [0] and tail_features.shape == (1, m.width)
+    assert out[0].decision.best_edit_id == rec.id and out[1].decision.route is None

@@ -62,6 +62,18 @@ def test_five_invented_facts_are_learned_and_nothing_else_moves(real):
                 assert begins_with(out.text, target), (q, out.text)
             chat = m.generate([m.encoder.chat([{"role": "user", "content": prompt}])], GREEDY)[0]
             assert begins_with(chat.text, target), ("chat", prompt, chat.text)
+        # a question after some context is routed on its last sentence too (config tail_routing)
+        asked = [f"I am writing a report for school. Please help me. {prompt}" for prompt, _, _ in FACTS]
+        with_tail = m.generate(asked, GREEDY)
+        m.config.tail_routing = False
+        try:
+            without = m.generate(asked, GREEDY)
+        finally:
+            m.config.tail_routing = True
+        for out, plain, (_, target, _), rid in zip(with_tail, without, FACTS, ids):
+            assert out.decision.best_edit_id == rid and out.decision.route is not None, out.decision
+            assert begins_with(out.text, target), out.text
+            assert out.decision.best_overlap > plain.decision.best_overlap  # the context diluted the whole prompt's mask
         after = m.generate(UNRELATED, GREEDY)
         assert [s.text for s in after] == before
         assert all(s.decision.route is None for s in after)
