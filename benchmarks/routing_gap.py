@@ -51,6 +51,8 @@ def dense(masks: np.ndarray, width: int) -> np.ndarray:
 
 def dense_masks(memoir, texts: list, chat: bool = False, columns: bool = False) -> np.ndarray:
     """Routing masks of the texts (columns: the masks of the columns an edit on them would train)."""
+    if not texts:  # a data set without paraphrases (the hallucination set)
+        return np.zeros((0, memoir.width), dtype=np.float32)
     enc = memoir.encoder
     encoded = [enc.chat([{"role": "user", "content": t}]) if chat else enc.plain(t) for t in texts]
     if columns:
