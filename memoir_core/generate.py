@@ -118,7 +118,8 @@ class Decoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         cache = DynamicCache(config=self.model.config)
-        routing = Routing(decide=self.decide, span=span, active=active, centre=self.centre, tail=tail)
+        routing = Routing(decide=self.decide, span=span, active=active, centre=self.centre,
+                          tail=tail if any(s.tail is not None for s in sequences) else None)
         with self.layer.use(routing):
             out = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
