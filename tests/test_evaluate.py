@@ -1,12 +1,13 @@
 """The sequential evaluation protocol on a tiny model: metrics exist, are in range, and move."""
 
+import itertools
 import json
 
 import pytest
 
 from memoir_core.datasets import Case, load_cases
 from memoir_core.errors import InvalidRequestError
-from memoir_core.evaluate import _greedy, run_stream, teacher_forced, token_accuracy
+from memoir_core.evaluate import _greedy, make_probe, run_stream, score, spread, teacher_forced, token_accuracy
 from memoir_core.generate import SamplingParams
 
 from .conftest import make_memoir
@@ -74,6 +75,34 @@ def test_greedy_decodes_each_prompt_past_its_own_target_only():
     assert len(seqs[0].out_ids) <= 1
     with pytest.raises(ValueError, match="2 sampling params for 1 prompts"):
         m.generate(["one"], [SamplingParams(), SamplingParams()])
+
+
+def test_spread_keeps_the_first_and_newest_edits_and_every_index_once():
+    assert spread(5, None) == [0, 1, 2, 3, 4] and spread(3, 10) == [0, 1, 2]
+    picked = spread(2000, 500)
+    assert len(picked) == 500 == len(set(picked)) and picked[0] == 0 and picked[-1] == 1999
+    gaps = {b - a for a, b in itertools.pairwise(picked)}
+    assert gaps <= {4, 5}  # evenly spaced: no stretch of the stream is skipped
+    with pytest.raises(ValueError):
+        spread(10, 1)
+
+
+def test_a_sampled_checkpoint_scores_exactly_the_sampled_cases():
+    m = make_memoir("llama", max_steps=60, stop_loss=0.05)
+    ids = [m.edit(c.prompt, c.target, subject=c.subject).id for c in CASES]
+    sampled = score(m, make_probe(m, CASES), edit_ids=ids, sample=2)  # cases 0 and 2
+    direct = score(m, make_probe(m, [CASES[0], CASES[2]]), edit_ids=[ids[0], ids[2]])
+    assert sampled["scored_cases"] == 2 and direct["scored_cases"] == 2
+    for key in ("reliability", "generalization", "locality", "target_perplexity", "routing_accuracy",
+                "false_activation_rate"):
+        assert sampled[key] == pytest.approx(direct[key], abs=1e-6), key
+    full = score(m, make_probe(m, CASES), edit_ids=ids)
+    assert full["scored_cases"] == 3
+    result = run_stream(make_memoir("llama", max_steps=60, stop_loss=0.05), CASES, checkpoints=3,
+                        checkpoint_sample=2)
+    assert [c["scored_cases"] for c in result.checkpoints] == [1, 2, 3]  # the final point scores every edit
+    with pytest.raises(InvalidRequestError, match="checkpoint_sample"):
+        run_stream(make_memoir("llama"), CASES, checkpoint_sample=1)
 
 
 def test_a_stream_with_a_case_over_the_limits_stops_before_any_edit():
