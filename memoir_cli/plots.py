@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+
+def _number(y) -> bool:
+    return y is not None and not math.isnan(y)
+
 
 def plot_curve(checkpoints: list[dict], path: str, title: str = "") -> None:
     import matplotlib
@@ -17,11 +23,14 @@ def plot_curve(checkpoints: list[dict], path: str, title: str = "") -> None:
         if any(y is not None for y in ys):
             ax.plot(xs, ys, style, label=key, markersize=4)
     ppl = [c.get("target_perplexity") for c in checkpoints]
-    if any(y is not None and y == y for y in ppl):  # the hallucination set's measure: its own scale
+    median = [c.get("target_perplexity_median") for c in checkpoints]
+    if any(_number(y) for y in ppl):  # the hallucination set's measure: its own scale
         right = ax.twinx()
-        right.plot(xs, ppl, "x:", color="tab:gray", label="target perplexity (right)", markersize=5)
+        right.plot(xs, ppl, "x:", color="tab:gray", label="target perplexity, mean (right)", markersize=5)
+        if any(_number(y) for y in median):
+            right.plot(xs, median, "+:", color="black", label="target perplexity, median (right)", markersize=6)
         right.set_ylabel("target perplexity")
-        top = max(y for y in ppl if y is not None and y == y)
+        top = max(y for y in ppl + median if _number(y))
         if top > 20:  # a few failed edits' targets dominate the mean: a log axis keeps the rest legible
             right.set_yscale("log")
         right.set_ylim(1.0, max(1.5, top * 1.1))

@@ -40,6 +40,7 @@ def test_run_stream_reports_the_protocol_metrics():
         assert key in metrics, key
         assert metrics[key] == metrics[key]  # not NaN
     assert metrics["reliability"] >= 0.9  # every edit reached its loss target on its own prompt
+    assert 1.0 <= metrics["target_perplexity_median"] <= metrics["target_perplexity"] * 3
     assert 0.0 <= metrics["locality"] <= 1.0 and metrics["edits"] == 3
     assert [c["edits"] for c in result.checkpoints] == [2, 3]
     assert len(result.edits) == 3 and all(e["steps"] >= 0 for e in result.edits)
@@ -133,7 +134,8 @@ def test_plot_curve_writes_a_png_with_and_without_perplexity(tmp_path):
               "target_perplexity": 1.07},
              {"edits": 20, "reliability": 0.98, "generalization": float("nan"), "locality": 0.99,
               "target_perplexity": 1.12}]
-    outlier = [*curve, {"edits": 30, "reliability": 0.9, "locality": 0.9, "target_perplexity": 3300.0}]  # log axis
+    outlier = [*curve, {"edits": 30, "reliability": 0.9, "locality": 0.9, "target_perplexity": 3300.0,
+                        "target_perplexity_median": 1.2}]  # log axis; a median on some points only
     for name, points in (("ppl.png", curve), ("plain.png", [{k: v for k, v in p.items() if k != "target_perplexity"}
                                                             for p in curve]), ("log.png", outlier)):
         plot_curve(points, str(tmp_path / name), title="t")
