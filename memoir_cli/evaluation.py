@@ -94,7 +94,8 @@ def run_eval(args) -> int:
         point = curve[-1]
         bar.write(f"{point['edits']} edits: " + " ".join(
             f"{k}={point[k]:.3f}" for k in ("reliability", "generalization", "locality", "target_perplexity",
-                                            "false_activation_rate") if k in point and point[k] == point[k]))
+                                            "false_activation_rate") if k in point and point[k] == point[k])
+                  + f" unlearnt={point.get('unlearnt', 0)}")
         if args.out:
             Path(args.out).write_text(json.dumps({**report_of({}, curve), "partial": True}, indent=2))
 
@@ -115,7 +116,7 @@ def run_eval(args) -> int:
             "chat_reliability", "chat_generalization", "routing_accuracy", "routing_accuracy_subject",
             "routing_accuracy_unique", "false_activation_rate", "edit_seconds_median",
             "edit_seconds_p90", "steps_median")
-    print(" ".join(f"{k}={m[k]:.3f}" for k in keys if k in m))
+    print(" ".join(f"{k}={m[k]:.3f}" for k in keys if k in m) + f" unlearnt={m['unlearnt']}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     if args.plot:

@@ -94,6 +94,14 @@ class MemoirConfig:
     # edits' memory outputs, summed over them, joins its loss (0: off). ZsRE, 400 edits
     # (rel / gen): off 0.888 / 0.765, 1e-5 0.982 / 0.857, 3e-5 0.991 / 0.886.
     protect: float = 3e-5
+    # an edit the guard holds back: once it has trained guard_yield_after steps and still sits
+    # above the settle loss (settle_ratio * stop_loss), the guard's weight on it is multiplied by
+    # guard_yield at every further step (0: never yields). The penalty sums over every stored
+    # edit, so past about 1,000 CounterFact edits it outweighs a new edit's own loss and 11-43%
+    # of new edits end unlearnt; a weaker guard for every edit overwrites the stored ones
+    # (benchmarks/README.md §5).
+    guard_yield_after: int = 0
+    guard_yield: float = 0.8
 
     # co-training with neighbours: edits whose mask overlaps the new one's by at least this
     # much (None: tau) are kept intact and made robust to being routed to each other
@@ -124,6 +132,9 @@ class MemoirConfig:
             raise ValueError(f"k {k} is outside 1..{width}")
         if self.pool not in ("mean", "norm"):
             raise ValueError(f"pool {self.pool!r} is not 'mean' or 'norm'")
+        if self.guard_yield_after < 0 or not 0 < self.guard_yield <= 1:
+            raise ValueError(f"guard_yield_after must be 0 or more and guard_yield in (0, 1], got "
+                             f"{self.guard_yield_after} and {self.guard_yield}")
         return dataclasses.replace(self, layer=layer, k=k)
 
     def tau_at(self, n_edits: int) -> float:

@@ -29,6 +29,7 @@ class TrainOutcome:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     converged: bool = False
+    guard_scale: float = 1.0  # the guard's weight at the last step, as a share of config.protect
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Trainer:
         losses: list[float] = []
         best = (float("inf"), cols.detach().clone())
         steps, converged_at = 0, None
+        guard_scale = 1.0
         while True:
             hidden = self._hidden(prepared, (base_out_f + acts_k @ cols.T).to(base_out.dtype))
             all_logits = (self.head(hidden) if head is None else F.linear(hidden, *head)).float()
@@ -155,8 +157,11 @@ class Trainer:
                 drift = F.kl_div(after_logits.log_softmax(-1), after, log_target=True, reduction="batchmean")
                 loss = loss + cfg.continuation_weight * drift
             if guard is not None:
+                if cfg.guard_yield_after and steps >= cfg.guard_yield_after \
+                        and value > cfg.settle_ratio * cfg.stop_loss:
+                    guard_scale *= cfg.guard_yield
                 change = cols - start
-                loss = loss + cfg.protect * ((change @ guard) * change).sum()
+                loss = loss + guard_scale * cfg.protect * ((change @ guard) * change).sum()
             losses.append(value)
             if value <= cfg.stop_loss and converged_at is None:
                 converged_at = steps
@@ -189,7 +194,7 @@ class Trainer:
         loss_value, trained = best
         # Time spent at yields (the caller's work) is counted too: it is wall time per edit.
         return TrainOutcome(trained, steps, loss_value, losses, time.perf_counter() - prepared.started,
-                            loss_value <= cfg.stop_loss or self._settled(steps, loss_value))
+                            loss_value <= cfg.stop_loss or self._settled(steps, loss_value), guard_scale)
 
     def _settled(self, steps: int, loss: float) -> bool:
         """Close enough after settle_steps (a ratio, so a negative stop_loss still never stops)."""

@@ -247,6 +247,13 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, gree
     ids, stats, curve = [], [], []
     successor: dict[str, str] = {}  # superseded edit -> the edit that replaced it
 
+    settle = memoir.config.settle_ratio * memoir.config.stop_loss
+
+    def unlearnt(stats: list[dict]) -> int:
+        # edits so far whose training ended above the loss that would have let it stop: past
+        # about 1,000 CounterFact edits the key guard leaves a growing share of them
+        return sum(s["loss"] > settle for s in stats)
+
     def live(eid: str) -> str:
         while eid in successor:
             eid = successor[eid]
@@ -264,10 +271,11 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, gree
         if i + 1 in marks and i + 1 < len(cases):
             point = score(memoir, probe, upto=i + 1, greedy=greedy_checkpoints, edit_ids=[live(e) for e in ids],
                           sample=checkpoint_sample)
-            curve.append({"edits": i + 1, **point})
+            curve.append({"edits": i + 1, **point, "unlearnt": unlearnt(stats)})
             if on_checkpoint:
                 on_checkpoint(curve)
     final = score(memoir, probe, greedy=True, edit_ids=[live(e) for e in ids])
+    final["unlearnt"] = unlearnt(stats)
     curve.append({"edits": len(cases), **final})
     secs = sorted(s["seconds"] for s in stats)
     final.update({

@@ -104,3 +104,29 @@ def test_serving(tmp_path):
 def test_edit_steps(tmp_path):
     data = run("edit_steps", tmp_path, "--model", "tiny", "--edits", "1", "--data", str(ZSRE))
     assert data["rows"][0]["part"].startswith("preparation") and len(data["edits"]) == 1
+
+
+def test_compare_runs_pairs_only_checkpoints_scored_on_the_same_cases(tmp_path, capsys):
+    def report(name, points):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"checkpoints": [
+            {"edits": n, "scored_cases": cases, "reliability": rel, "generalization": 0.5, "locality": 0.9, **extra}
+            for n, cases, rel, extra in points]}))
+        return str(path)
+
+    a = report("a", [(100, 100, 0.99, {}), (200, 150, 0.98, {}), (300, 300, 0.97, {})])
+    b = report("b", [(100, 100, 0.95, {"unlearnt": 0}), (200, 150, 0.96, {"unlearnt": 3}),
+                     (300, 150, 0.94, {"unlearnt": 7})])  # 300: b is a sample, a the final point
+    compare = script("compare_runs")
+    png = tmp_path / "c.png"
+    assert compare.main([f"default={a}", f"yield={b}", "--plot", str(png)]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0] == ("| edits | default rel | default gen | default loc | yield rel | yield gen | yield loc "
+                       "| yield unlearnt |")
+    assert rows[2:] == ["| 100 | 0.990 | 0.500 | 0.900 | 0.950 | 0.500 | 0.900 | 0 |",
+                        "| 200 | 0.980 | 0.500 | 0.900 | 0.960 | 0.500 | 0.900 | 3 |"]
+    assert png.stat().st_size > 10_000
+    with pytest.raises(SystemExit):
+        compare.main([a, a])  # one label twice
+    c = report("c", [(150, 150, 0.9, {})])
+    assert compare.main([a, c]) == 1  # nothing shared

@@ -44,6 +44,11 @@ def test_run_stream_reports_the_protocol_metrics():
     assert 0.0 <= metrics["locality"] <= 1.0 and metrics["edits"] == 3
     assert [c["edits"] for c in result.checkpoints] == [2, 3]
     assert len(result.edits) == 3 and all(e["steps"] >= 0 for e in result.edits)
+    # edits that ended above the settle loss (5 x stop_loss), counted over the edits so far
+    assert metrics["unlearnt"] == sum(e["loss"] > 0.25 for e in result.edits)
+    assert result.checkpoints[0]["unlearnt"] == sum(e["loss"] > 0.25 for e in result.edits[:2])
+    cut_short = run_stream(make_memoir("llama", max_steps=1), CASES[:2], checkpoints=1)
+    assert cut_short.metrics["unlearnt"] == 2  # one step learns neither
 
 
 def test_batched_scoring_matches_one_prompt_at_a_time():

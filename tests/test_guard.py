@@ -106,3 +106,30 @@ def test_a_guarded_edit_moves_an_earlier_edit_about_the_same_subject_less(real):
     shared = len(set(first.idx.tolist()) & set(free.record.idx.tolist()))
     assert shared > 0.3 * first.idx.numel()
     assert _disturbance(guarded.record, first) < 0.5 * _disturbance(free.record, first)
+
+
+def test_a_guard_that_yields_lets_an_edit_it_blocks_land_and_leaves_the_others_alone():
+    """A guard far too heavy for one stored edit blocks the next edit: with guard_yield_after it
+    gives way step by step to that edit only, from the step named on."""
+    from .conftest import CORPUS, make_memoir
+
+    def second(**config):
+        m = make_memoir("llama", protect=10.0, stop_loss=0.1, max_steps=40, **config)
+        m.edit(CORPUS[0], "alpha beta")
+        return _train(m, CORPUS[3], "gamma delta").outcome
+
+    blocked = second()
+    yielding = second(guard_yield_after=3, guard_yield=0.3)
+    assert not blocked.converged and blocked.loss > 2.0 and blocked.guard_scale == 1.0
+    assert yielding.converged and yielding.loss <= 0.5
+    assert yielding.guard_scale <= 0.3 ** 2  # it yielded only after the third step, then each step
+    first = make_memoir("llama", protect=10.0, guard_yield_after=3, guard_yield=0.3)
+    assert _train(first, CORPUS[1], "epsilon").outcome.guard_scale == 1.0  # nothing stored, no guard
+
+
+def test_a_guard_yield_outside_its_range_is_refused():
+    from memoir_core.config import MemoirConfig
+
+    for bad in ({"guard_yield": 0.0}, {"guard_yield": 1.5}, {"guard_yield_after": -1}):
+        with pytest.raises(ValueError, match="guard_yield"):
+            MemoirConfig(**bad).resolved(4, 64)
