@@ -20,7 +20,7 @@ def plot_curve(checkpoints: list[dict], path: str, title: str = "") -> None:
     for key, style in (("reliability", "o-"), ("generalization", "s-"), ("locality", "^-"),
                        ("greedy_reliability", "d--"), ("greedy_generalization", "v--")):
         ys = [c.get(key) for c in checkpoints]
-        if any(y is not None for y in ys):
+        if any(_number(y) for y in ys):  # the hallucination set has no paraphrases: no gen line
             ax.plot(xs, ys, style, label=key, markersize=4)
     ppl = [c.get("target_perplexity") for c in checkpoints]
     median = [c.get("target_perplexity_median") for c in checkpoints]
@@ -39,7 +39,8 @@ def plot_curve(checkpoints: list[dict], path: str, title: str = "") -> None:
     ax.set_ylabel("score")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    # with perplexity the right axis's lines run through the lower left
+    ax.legend(loc="center left" if any(_number(y) for y in ppl) else "lower left")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
