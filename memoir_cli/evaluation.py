@@ -95,7 +95,7 @@ def run_eval(args) -> int:
         bar.write(f"{point['edits']} edits: " + " ".join(
             f"{k}={point[k]:.3f}" for k in ("reliability", "generalization", "locality", "target_perplexity",
                                             "false_activation_rate") if k in point and point[k] == point[k])
-                  + f" unlearnt={point.get('unlearnt', 0)}")
+                  + f" unlearnt={point['unlearnt']}")
         if args.out:
             Path(args.out).write_text(json.dumps({**report_of({}, curve), "partial": True}, indent=2))
 
