@@ -46,6 +46,11 @@ class MemoirConfig:
     # 0.638, neighbour prompts on 0.395 -> 0.400. ZsRE's questions are one sentence each
     # (benchmarks/README.md §5)
     tail_routing: bool = True
+    # an edit routes only for prompts that name its subject (given, or inferred from its prompt;
+    # subjects.py), at a mask overlap of at least subject_tau; edits stored without one, or with
+    # this off, route on masks alone (docs/routing.md)
+    subject_routing: bool = True
+    subject_tau: float = 0.3
     tau_growth: float = 0.025
     tau_ref_size: int = 1000
     seed: int = 0  # permutation and prefix sampling

@@ -119,7 +119,8 @@ class Decoder:
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         cache = DynamicCache(config=self.model.config)
         routing = Routing(decide=self.decide, span=span, active=active, centre=self.centre,
-                          tail=tail if any(s.tail is not None for s in sequences) else None)
+                          tail=tail if any(s.tail is not None for s in sequences) else None,
+                          texts=[self.encoder.span_text(s.prompt_ids, s.span) for s in sequences])
         with self.layer.use(routing):
             out = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1

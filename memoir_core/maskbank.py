@@ -203,6 +203,14 @@ class MaskBank:
             _overlap_counts(self._bits[:n], pack(np.asarray(indices), self.width)[0], out)
         return out
 
+    def overlap_of(self, edit_id: str, indices) -> float:
+        """The best overlap of one query mask with this edit's masks, in [0, 1] (0: not stored)."""
+        slots = self._find(edit_id)
+        if not slots:
+            return 0.0
+        shared = self._bits[slots] & pack(np.asarray(indices), self.width)[0]
+        return float(np.bitwise_count(shared).sum(axis=1).max()) / self.k
+
     def best(self, queries, rank: int = 1) -> list[Match]:
         """Best stored mask for each query mask [B, k], with the overlap of the rank-th best
         (rank 1: the best itself) as its runner_up."""

@@ -34,6 +34,7 @@ from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
 from .residual import ResidualWeights, quantise
 from .routing import Routing
+from .subjects import SubjectIndex, infer_subject
 from .tophash import TopHash, random_permutation
 
 
@@ -89,6 +90,7 @@ class Memoir(Routing):
         self.trainer = Trainer(self.train_model, train_blocks, arch.get_path(self.train_model, down_path),
                                self.config.layer, self.config)
         self._routes: dict[str, Route] = {}
+        self._subjects: SubjectIndex | None = None
         self.guard = KeyGuard(width, self.config.k, enabled=self.config.protect > 0)
         self.basis: Basis | None = None  # while it is being made, routing features are plain means
         self.basis = basis or self._make_basis(list(background) if background is not None else background_texts())
@@ -142,6 +144,25 @@ class Memoir(Routing):
             raise InvalidRequestError(f"target_new is {n} tokens; the limit is {self.config.max_target_tokens}")
         return prompt, target
 
+    def subject_of(self, prompt: str, subject: str | None) -> tuple[str | None, str | None]:
+        """The subject an edit routes on, and where it came from ("given", "inferred"; None:
+        masks alone route the edit: subject routing is off, or the prompt names nothing)."""
+        subject = subject.strip() if isinstance(subject, str) and subject.strip() else None
+        if subject is not None:
+            return subject, "given" if self.config.subject_routing else None
+        if not self.config.subject_routing:
+            return None, None
+        inferred = infer_subject(prompt)
+        return (inferred, "inferred") if inferred else (None, None)
+
+    @property
+    def subjects(self) -> SubjectIndex:
+        """The live edits' subjects, filed for routing (rebuilt when the registry was replaced)."""
+        index = self._subjects
+        if index is None or index.source is not self.edits or index.size != len(self.edits):
+            index = self._subjects = SubjectIndex.of(self.edits)
+        return index
+
     def existing(self, edit_id: str, prompt: str, target: str) -> EditRecord | None:
         """The stored edit for an idempotent retry; a reused id with other content is a conflict."""
         rec = self.edits.get(edit_id)
@@ -160,6 +181,7 @@ class Memoir(Routing):
         for p in rephrases:
             self.validate(p, target)
         edit_id = edit_id or uuid.uuid4().hex[:16]
+        subject, subject_source = self.subject_of(prompt, subject)
         n_prefixes = len(self.basis.prefixes)
         if self.config.prefix_rows is not None:
             n_prefixes = min(n_prefixes, self.config.prefix_rows)
@@ -211,7 +233,7 @@ class Memoir(Routing):
             other_id, other_overlap = self._best_other(route, superseded)
         record = EditRecord(
             id=edit_id, prompt=prompt, target_new=target, rephrase_prompts=list(rephrases), subject=subject,
-            metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
+            subject_source=subject_source, metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
             best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)],
             route=route.tolist() if weighted else None,
@@ -326,6 +348,9 @@ class Memoir(Routing):
         if rec.keys:
             self.keybank.add(rec.id, np.asarray(rec.keys))
         self.edits[rec.id] = rec
+        index = self._subjects
+        if index is not None and index.source is self.edits and index.size == len(self.edits) - 1:
+            index.add(rec)  # kept in step; otherwise rebuilt when next asked for
         self.guard.add(rec)
         self._routes.clear()
 
@@ -358,6 +383,10 @@ class Memoir(Routing):
             self.guard.add(rec)
 
     def _unapply(self, rec: EditRecord) -> None:
+        """Undo apply() for a record already taken out of self.edits."""
+        index = self._subjects
+        if index is not None and index.source is self.edits and index.size == len(self.edits) + 1:
+            index.remove(rec)
         self.guard.remove(rec)
         self.weights.subtract(rec.idx.to(self.device), rec.delta)
         self.bank.remove(rec.id)

@@ -43,8 +43,9 @@ class Decision:
     version: int
 
 
-# decide(features [B, D], tails): tails, where some rows hold several sentences, is (rows, their
-# last sentence's features [n, D]): a second way in for those rows
+# decide(features [B, D], tails, texts): tails, where some rows hold several sentences, is (rows,
+# their last sentence's features [n, D]): a second way in for those rows; texts, each row's span as
+# text, for subject routing
 Decide = Callable[..., list[Decision]]
 
 
@@ -59,6 +60,7 @@ class Routing:
     active: torch.Tensor | None = None
     centre: torch.Tensor | None = None  # [D]: norm-weighted features (tophash.span_mean); None: plain mean
     tail: torch.Tensor | None = None  # [B, T] bool, prefill only: the span's last sentence, where it has several
+    texts: list[str] | None = None  # prefill only: each row's span as text (subject routing)
     decisions: list[Decision] = field(default_factory=list)
     _groups: list[tuple] | None = None
 
@@ -77,11 +79,11 @@ class Routing:
         if rows:
             index = torch.tensor(rows, device=acts.device)
             tails = span_mean(acts.index_select(0, index), self.tail[rows], self.centre)
-            self.decisions = self.decide(features, (rows, tails))
+            self.decisions = self.decide(features, (rows, tails), texts=self.texts)
         else:
-            self.decisions = self.decide(features)
+            self.decisions = self.decide(features, texts=self.texts)
         active = self.active
-        self.decide = self.span = self.active = self.tail = None
+        self.decide = self.span = self.active = self.tail = self.texts = None
         self._groups = None
         return active
 

@@ -99,5 +99,9 @@ class PromptEncoder:
                     tail = last_sentence(content, offsets, span, start)
         return Encoded(ids, span, tail)
 
+    def span_text(self, ids: list[int], span: tuple[int, int]) -> str:
+        """The text of a prompt's routed span (the user's last message in a chat)."""
+        return self.decode(ids[span[0] : span[1]])
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

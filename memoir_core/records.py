@@ -16,6 +16,9 @@ class EditRecord:
     target_new: str
     rephrase_prompts: list[str] = field(default_factory=list)
     subject: str | None = None
+    # "given" or "inferred" (subjects.infer_subject): the edit switches the memory on only for
+    # prompts that name its subject. None: stored before subject routing, masks alone route it.
+    subject_source: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     author: str | None = None
     created_at: float = 0.0

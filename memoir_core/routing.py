@@ -68,34 +68,74 @@ class Routing:
         return match.edit_id is not None and match.overlap >= tau and \
             match.overlap - match.runner_up >= self.config.min_gap
 
-    def decide(self, features: torch.Tensor, tails: tuple[list[int], torch.Tensor] | None = None) -> list[Decision]:
-        """Routing of a batch from its prompt features: the best stored mask, on if its overlap
+    def decide(self, features: torch.Tensor, tails: tuple[list[int], torch.Tensor] | None = None,
+               texts: list[str] | None = None) -> list[Decision]:
+        """Routing of a batch from its prompt features (and, for subject routing, the text of
+        each prompt's span).
+
+        An edit that knows its subject (subjects.py) is reached only by a prompt that names it,
+        at a mask overlap of at least subject_tau; among the edits a prompt names, the best
+        overlap wins. Other edits route on masks alone: the best stored mask, on if its overlap
         reaches tau and beats the gap_rank-th best by min_gap. `tails` (rows, features of their
         last sentence) are a second way in: a question after some context ("A Marañón Week is
         held since 1990. Howard Glacier is in") is routed on the question when that matches
         better (config tail_routing)."""
         tau = self.tau
-        matches = self.best(self.tophash.masks(features).numpy())
+        masks = self.tophash.masks(features).numpy()
+        matches = self.best(masks)
+        tail_rows, tail_masks = [], None
         if tails is not None and self.config.tail_routing:
-            rows, tail_features = tails
-            for row, match in zip(rows, self.best(self.tophash.masks(tail_features).numpy())):
+            tail_rows, tail_features = tails
+            tail_masks = self.tophash.masks(tail_features).numpy()
+            for row, match in zip(tail_rows, self.best(tail_masks)):
                 full = matches[row]
                 if self.switches_on(match, tau) and (not self.switches_on(full, tau) or match.overlap > full.overlap):
                     matches[row] = match
+        named = self._named(texts, masks, dict(zip(tail_rows, tail_masks if tail_masks is not None else [])))
         decisions = []
-        for match in matches:
+        for row, match in enumerate(matches):
             route = None
-            if self.switches_on(match, tau):
+            if named[row] is not None:
+                match = named[row]
+                if match.overlap >= self.config.subject_tau:
+                    route = self._route(match.edit_id)
+            elif self.switches_on(match, tau) and match.edit_id not in self.subjects:
                 route = self._route(match.edit_id)
             decisions.append(Decision(route, match.edit_id, match.overlap, self.version))
         return decisions
+
+    def _named(self, texts: list[str] | None, masks, tail_masks: dict) -> list[Match | None]:
+        """Per row, the best-overlapping edit among those whose subject the row's text names
+        (its overlap: the better of the whole span's and its last sentence's); None where the
+        text names no stored subject."""
+        if texts is None or not len(self.subjects):
+            return [None] * len(masks)
+        out = []
+        for row, text in enumerate(texts):
+            ids = self.subjects.named_in(text)
+            if not ids:
+                out.append(None)
+                continue
+            queries = [masks[row]] + ([tail_masks[row]] if row in tail_masks else [])
+            scored = [(max(self.overlap_with(e, q) for q in queries), e) for e in sorted(ids)]
+            overlap, edit_id = max(scored)
+            out.append(Match(edit_id, overlap))
+        return out
+
+    def overlap_with(self, edit_id: str, mask) -> float:
+        """A mask's score against one stored edit: its own mask's overlap, or a routing key's
+        less key_margin, whichever is higher."""
+        own = self.bank.overlap_of(edit_id, mask)
+        if edit_id in self.keybank:
+            own = max(own, self.keybank.overlap_of(edit_id, mask) - self.config.key_margin)
+        return own
 
     @property
     def tau(self) -> float:
         """The routing threshold at the current bank size."""
         return self.config.tau_at(len(self.edits))
 
-    def _decide_off(self, features: torch.Tensor, tails=None) -> list[Decision]:
+    def _decide_off(self, features: torch.Tensor, tails=None, texts=None) -> list[Decision]:
         return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
 
     def _route(self, edit_id: str) -> Route:

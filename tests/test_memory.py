@@ -92,7 +92,7 @@ def _recompute_greedy(m, seq):
     routing = Routing.fixed([seq.decision])
     out = []
     for _ in range(len(seq.out_ids)):
-        with m.layer.use(Routing(decide=lambda f: [seq.decision], span=torch.ones(1, len(ids), dtype=torch.bool),
+        with m.layer.use(Routing(decide=lambda f, **_: [seq.decision], span=torch.ones(1, len(ids), dtype=torch.bool),
                                  active=torch.ones(1, len(ids), dtype=torch.bool))), torch.inference_mode():
             logits = m.model(input_ids=torch.tensor([ids])).logits
         tok = int(logits[0, -1].argmax())

@@ -1,0 +1,192 @@
+"""Subjects: what an edit is about, and whether a prompt names it.
+
+An edit that knows its subject ("Zorblax Industries") switches the memory on only for prompts
+that name that subject, word for word up to case, accents, a possessive, a plural ending or a
+typo or two in a long word. Mask overlap alone cannot tell "the CEO of Zorblax Industries" from
+"the CEO of Zorblax Motors": both prompts have the same shape, and the shape dominates the
+mask. The words can.
+
+`infer_subject` guesses the subject of a prompt that came without one: the longest run of
+name-like words (capitalised, with digits, or mixed case), joined across "of", "de", "van"...
+between two names, less a question word or article at the start of a sentence. On the public
+sets it finds the given subject exactly for 93% of ZsRE and CounterFact prompts and a part of it
+for most of the rest (docs/routing.md).
+
+`SubjectIndex` finds, for a prompt, every stored edit whose subject it names, without looking
+at every edit: each subject is filed under its longest word, and under that word's one-letter
+deletions, so a typo in it still finds the edit; the whole subject is then checked.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_WORD = re.compile(r"\w+", re.U)
+_RAW_WORD = re.compile(r"\w[\w'’.\-&]*", re.U)
+
+# Words that never start a subject at the start of a sentence (questions, articles, pronouns).
+_FUNCTION_WORDS = frozenset("""
+a an the who what when where which why how whom whose is are was were be been do does did can could would
+should will shall may might must has have had of in on at by for from to with about into as and or but if
+than then that this these those it its there here name tell give list i you he she we they my your his her
+our their me him us them please q question answer nq yes no
+""".split())
+# Lower-case words that join two names into one ("Bank of America", "Ludwig van Beethoven").
+_CONNECTORS = frozenset("of the de la le du des von van der den da di del y and & upon".split())
+_ARTICLES = frozenset(("the", "a", "an"))
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of a text: accents, punctuation and possessive endings dropped."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = re.sub(r"['’]s\b|['’]", " ", text)
+    return _WORD.findall(text)
+
+
+def _stem(word: str) -> str:
+    if len(word) > 4 and word.endswith("es"):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s"):
+        return word[:-1]
+    return word
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    """One substitution, insertion, deletion or swap of neighbours apart (or equal)."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    i = next((i for i, (x, y) in enumerate(zip(short, long_)) if x != y), len(short))
+    return short[i:] == long_[i + 1 :]
+
+
+def same_word(a: str, b: str) -> bool:
+    """Equal up to a plural ending; or, for words of 6+ letters, up to one typo."""
+    if a == b or _stem(a) == _stem(b):
+        return True
+    return min(len(a), len(b)) >= 6 and _within_one_edit(a, b)
+
+
+def subject_words(subject: str) -> list[str]:
+    found = words(subject)
+    if len(found) > 1 and found[0] in _ARTICLES:
+        found = found[1:]  # "The Beatles" is named by "Beatles" too
+    return found
+
+
+def names(subject_words_: list[str], text_words: list[str]) -> bool:
+    """Whether the text's words hold the subject's words, in order and side by side."""
+    n = len(subject_words_)
+    if not n or n > len(text_words):
+        return False
+    return any(all(same_word(s, t) for s, t in zip(subject_words_, text_words[i : i + n]))
+               for i in range(len(text_words) - n + 1))
+
+
+def _keys(word: str) -> set[str]:
+    """Index keys of a word: its stem, and its one-letter deletions where typos count (6+ letters)."""
+    stem = _stem(word)
+    keys = {word, stem}
+    if len(word) >= 6:
+        keys.update(word[:i] + word[i + 1 :] for i in range(len(word)))
+    return keys
+
+
+class SubjectIndex:
+    """Stored edits' subjects, filed for lookup by the words of a prompt."""
+
+    def __init__(self, source: object = None):
+        self.source = source  # the registry it was built from (Memoir checks it is still the live one)
+        self.size = 0  # edits seen, with or without a subject
+        self._words: dict[str, list[str]] = {}  # edit id -> its subject's words
+        self._table: dict[str, set[str]] = {}  # key -> edit ids
+
+    @classmethod
+    def of(cls, records: dict) -> "SubjectIndex":
+        index = cls(records)
+        for rec in records.values():
+            index.add(rec)
+        return index
+
+    def add(self, rec) -> None:
+        self.size += 1
+        found = subject_words(rec.subject) if routes_on_subject(rec) else []
+        if not found:
+            return
+        self._words[rec.id] = found
+        for key in _keys(max(found, key=len)):
+            self._table.setdefault(key, set()).add(rec.id)
+
+    def remove(self, rec) -> None:
+        self.size -= 1
+        found = self._words.pop(rec.id, None)
+        if found is None:
+            return
+        for key in _keys(max(found, key=len)):
+            ids = self._table.get(key)
+            if ids is not None:
+                ids.discard(rec.id)
+                if not ids:
+                    del self._table[key]
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+    def __contains__(self, edit_id: str) -> bool:
+        return edit_id in self._words
+
+    def named_in(self, text: str) -> set[str]:
+        """Ids of the edits whose subject the text names."""
+        if not self._words:
+            return set()
+        text_words = words(text)
+        candidates: set[str] = set()
+        for word in set(text_words):
+            for key in _keys(word):
+                candidates |= self._table.get(key, set())
+        return {e for e in candidates if names(self._words[e], text_words)}
+
+
+def routes_on_subject(rec) -> bool:
+    """Edits stored before subject routing (subject_source None) keep routing on masks alone."""
+    return bool(rec.subject) and rec.subject_source is not None
+
+
+def _name_like(word: str) -> bool:
+    return word[:1].isupper() or word[:1].isdigit() or any(c.isupper() for c in word[1:])
+
+
+def infer_subject(prompt: str) -> str | None:
+    """The prompt's likeliest subject (None: no name-like words)."""
+    tokens = [(m.group(0), m.start(), m.end()) for m in _RAW_WORD.finditer(prompt)]
+    runs: list[list[int]] = []
+    current: list[int] = []
+    for i, (word, start, _) in enumerate(tokens):
+        lower = word.lower().rstrip(".")
+        sentence_start = i == 0 or prompt[:start].rstrip()[-1:] in ".?!:"
+        common = sentence_start and lower in _FUNCTION_WORDS
+        joins = (current and lower in _CONNECTORS and i + 1 < len(tokens) and _name_like(tokens[i + 1][0])
+                 and not tokens[current[-1]][0].isupper())  # "CEO of Acme": an acronym is no name's start
+        if _name_like(word) and not common:
+            current.append(i)
+        elif joins:
+            current.append(i)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    runs = [r for r in runs if tokens[r[-1]][0].lower() not in _CONNECTORS]
+    if not runs:
+        return None
+    best = max(runs, key=lambda r: (tokens[r[-1]][2] - tokens[r[0]][1], r[0]))
+    subject = prompt[tokens[best[0]][1] : tokens[best[-1]][2]]
+    return re.sub(r"(['’]s|['’])$", "", subject).rstrip(".-") or None
