@@ -21,8 +21,6 @@ def add_parsers(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
     from memoir_core.calibrate import calibrate
     from memoir_core.datasets import load_cases
     from memoir_core.memoir import background_texts

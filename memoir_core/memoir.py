@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import arch
-from .basis import Basis  # noqa: F401  (re-exported: Basis used to live here)
+from .basis import Basis
 from .config import MemoirConfig
 from .contexts import ContextCache
 from .editor import Trainer, TrainOutcome
