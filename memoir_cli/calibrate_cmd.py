@@ -36,9 +36,8 @@ def run(args) -> int:
     unrelated_texts = [c.loc_prompt for c in cases if c.loc_prompt] + background_texts()
     unrelated = memoir.masks([enc.plain(t) for t in unrelated_texts]).numpy()
     cal = calibrate(prompts, paraphrases, unrelated, memoir.width, memoir.config.k, far=args.far)
-    result = {"tau": cal.tau, "tau_growth": cal.tau_growth, "tau_ref_size": cal.ref_size,
-              "calibration": {**cal.to_dict(), "data": args.data, "model": args.model or "default",
-                              "layer": memoir.config.layer, "k": memoir.config.k}}
+    result = {**cal.fields(), "calibration": {**cal.to_dict(), "data": args.data, "model": args.model or "default",
+                                           "layer": memoir.config.layer, "k": memoir.config.k}}
     Path(args.out).write_text(json.dumps(result, indent=2))
     for p in cal.points:
         print(f"bank {p['size']:>6}: tau {p['tau']:.3f}  paraphrases routed {p['recall']:.3f}  "

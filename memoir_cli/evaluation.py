@@ -35,15 +35,16 @@ def add_model_args(p) -> None:
     p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--config", default=None, help="JSON file of MemoirConfig fields")
+    p.add_argument("--config", default=None, help="JSON file of MemoirConfig fields (what `memoir calibrate` writes)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one config field")
 
 
 def build_config(args):
-    from memoir_core.config import MemoirConfig
+    """The --config file's fields and --set's over them, through memoir_core.config's one check."""
+    from memoir_core.config import MemoirConfig, checked, read_file
 
-    data = json.loads(Path(args.config).read_text()) if args.config else {}
-    return MemoirConfig.from_dict({**data, **parse_sets(args.set)})
+    data = read_file(args.config) if args.config else {}
+    return MemoirConfig.from_dict({**data, **checked(parse_sets(args.set), "--set")})
 
 
 def parse_sets(items: list[str]) -> dict:

@@ -9,16 +9,12 @@ form a + b * sqrt(2 ln N) fitted to the measured points.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import MemoirConfig, growth_term
 from .maskbank import MaskBank
-
-
-def growth_term(n: int) -> float:
-    return math.sqrt(2.0 * math.log(max(n, 2)))
 
 
 @dataclass
@@ -30,13 +26,14 @@ class Calibration:
     points: list[dict] = field(default_factory=list)  # measured: size, tau, recall, false_activation
     paraphrase_overlap: dict[str, float] = field(default_factory=dict)
 
-    def tau_at(self, n: int) -> float:
-        return self.tau + self.tau_growth * max(0.0, growth_term(n) - growth_term(self.ref_size))
+    def fields(self) -> dict:
+        """The MemoirConfig fields this calibration sets."""
+        return {"tau": self.tau, "tau_growth": self.tau_growth, "tau_ref_size": self.ref_size}
 
     def to_dict(self) -> dict:
-        return {"tau": self.tau, "tau_growth": self.tau_growth, "tau_ref_size": self.ref_size, "far": self.far,
-                "points": self.points, "paraphrase_overlap": self.paraphrase_overlap,
-                "extrapolated": {str(n): round(self.tau_at(n), 4) for n in (10**3, 10**4, 10**5, 10**6)}}
+        config = MemoirConfig(**self.fields())
+        return {**self.fields(), "far": self.far, "points": self.points, "paraphrase_overlap": self.paraphrase_overlap,
+                "extrapolated": {str(n): round(config.tau_at(n), 4) for n in (10**3, 10**4, 10**5, 10**6)}}
 
 
 def _best_overlaps(bank_masks: np.ndarray, queries: np.ndarray, width: int, k: int) -> np.ndarray:
