@@ -13,8 +13,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", required=True, help="edit file with paraphrases and unrelated prompts, "
                    "e.g. ../shared/data/zsre/zsre_train_1k.json")
     p.add_argument("--limit", type=int, default=1000)
-    p.add_argument("--far", type=float, default=0.005, help="target share of unrelated prompts that switch the memory on")
-    p.add_argument("--out", default="calibration.json", help="config JSON with tau, tau_growth, tau_ref_size and the stats")
+    p.add_argument("--far", type=float, default=0.005,
+                   help="target share of unrelated prompts that switch the memory on")
+    p.add_argument("--out", default="calibration.json", help="config JSON with tau, tau_growth, tau_ref_size and "
+                   "the stats: `memoir serve --config` takes it as it is")
     p.add_argument("--plot", default=None, help="PNG of the two overlap distributions and tau")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -59,7 +61,7 @@ def _plot(prompts, paraphrases, unrelated, memoir, cal, path) -> None:
     from memoir_core.calibrate import _best_overlaps
 
     k = memoir.config.k
-    own = [len(np.intersect1d(p, q)) / k for p, q in zip(prompts, paraphrases)]
+    own = [len(np.intersect1d(p, q)) / k for p, q in zip(prompts, paraphrases, strict=True)]
     best = _best_overlaps(prompts, unrelated, memoir.width, k)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     bins = np.linspace(0.2, 1.0, 81)

@@ -17,7 +17,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--extend", default=None, help="a second file whose records continue the stream")
     p.add_argument("--extend-limit", type=int, default=None)
-    p.add_argument("--checkpoints", type=int, default=10, help="score the edits so far this many times along the stream")
+    p.add_argument("--checkpoints", type=int, default=10,
+                   help="score the edits so far this many times along the stream")
     p.add_argument("--checkpoint-sample", type=int, default=None, metavar="N",
                    help="score N edits spread over the stream so far at each checkpoint instead of all of them "
                         "(the final point scores all); makes --checkpoints 20 affordable on a long stream")

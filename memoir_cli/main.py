@@ -9,7 +9,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="memoir", description="an LLM inference server that takes knowledge edits live")
+    parser = argparse.ArgumentParser(prog="memoir",
+                                     description="an LLM inference server that takes knowledge edits live")
     sub = parser.add_subparsers(dest="command", required=True)
     from . import calibrate_cmd, client_cmd, evaluation, model_cmd, serve, state_cmd
 

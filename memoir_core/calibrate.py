@@ -44,11 +44,11 @@ def _best_overlaps(bank_masks: np.ndarray, queries: np.ndarray, width: int, k: i
 
 
 def calibrate(prompt_masks: np.ndarray, paraphrase_masks: np.ndarray, unrelated_masks: np.ndarray, width: int,
-              k: int, far: float = 0.005, sizes: tuple[int, ...] = (50, 100, 200, 500, 1000, 2000), margin: float = 0.01,
-              seed: int = 0) -> Calibration:
+              k: int, far: float = 0.005, sizes: tuple[int, ...] = (50, 100, 200, 500, 1000, 2000),
+              margin: float = 0.01, seed: int = 0) -> Calibration:
     """prompt_masks[i] and paraphrase_masks[i] belong to one edit; unrelated masks match none."""
     rng = np.random.default_rng(seed)
-    own = np.array([len(np.intersect1d(p, q)) / k for p, q in zip(prompt_masks, paraphrase_masks)])
+    own = np.array([len(np.intersect1d(p, q)) / k for p, q in zip(prompt_masks, paraphrase_masks, strict=True)])
     points = []
     for n in sorted({s for s in sizes if s <= len(prompt_masks)} | {len(prompt_masks)}):
         chosen = rng.choice(len(prompt_masks), size=n, replace=False)

@@ -69,7 +69,7 @@ class MemoirConfig:
     max_prompt_tokens: int = 256
     max_target_tokens: int = 48
 
-    def resolved(self, num_layers: int, width: int) -> "MemoirConfig":
+    def resolved(self, num_layers: int, width: int) -> MemoirConfig:
         """A copy with layer and k filled in from the model's shape."""
         layer = self.layer if self.layer is not None else default_layer(num_layers)
         k = self.k if self.k is not None else default_k(width)
@@ -92,7 +92,7 @@ class MemoirConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MemoirConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MemoirConfig:
         """Tolerant, for stored manifests: fields a memory was written with that no longer exist
         (n_background) are dropped. What an operator writes goes through checked() instead."""
         names = field_names()
@@ -100,7 +100,7 @@ class MemoirConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "MemoirConfig":
+    def from_file(cls, path: str | Path) -> MemoirConfig:
         return cls.from_dict(read_file(path))
 
 
