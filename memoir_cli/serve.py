@@ -78,6 +78,7 @@ def settings_from(args) -> Any:
 def run_serve(args) -> int:
     from pydantic import ValidationError
 
+    from app.main import create_app
     from app.server import serve
     from app.settings import PREFIX, warn_unknown_variables
 
@@ -97,4 +98,4 @@ def run_serve(args) -> int:
         return 2
     # An app object (not an import string) runs in this process: one worker, which is what a
     # single model owner needs.
-    return serve(settings)
+    return serve(settings, create_app)
