@@ -64,8 +64,9 @@ def build_memoir(args):
     from memoir_core import models
     from memoir_core.memoir import Memoir
 
+    config = build_config(args)  # a bad file fails before the slow load
     model, tokenizer = models.load(args.model, device=args.device, dtype=args.dtype)
-    return Memoir(model, tokenizer, build_config(args))
+    return Memoir(model, tokenizer, config)
 
 
 def run_eval(args) -> int:

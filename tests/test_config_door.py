@@ -100,6 +100,11 @@ def test_bad_settings_print_one_line_and_exit_2(tmp_path):
     r = cli("serve", "--config", str(tmp_path / "c.json"))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "protcet (did you mean protect?)" in r.stderr
+    (tmp_path / "edits.json").write_text('[{"src": "who runs acme", "alt": "bob"}]')
+    r = cli("eval", "--data", str(tmp_path / "edits.json"), "--config", str(tmp_path / "c.json"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"memoir eval: error: config file {tmp_path / 'c.json'}: unknown config fields: protcet (did you mean "
+        "protect?); the fields are MemoirConfig's (memoir_core/config.py, docs/tuning.md)"], r.stderr
     r = cli("model", "info", "--model", str(tmp_path / "no-such-model"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"memoir model info: cannot load {tmp_path / 'no-such-model'}: no such folder"]
