@@ -1,4 +1,4 @@
-"""Server settings: every option is also an environment variable with the MEMOIR_ prefix."""
+"""Server settings: every option is an environment variable with the MEMOIR_ prefix and a `memoir serve` flag."""
 
 from __future__ import annotations
 
