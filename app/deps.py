@@ -37,9 +37,6 @@ def sampling(settings: Settings, max_new_tokens: int, temperature: float, top_p:
     return params
 
 
-MIN_VERSION_HEADER = "X-Memoir-Min-Version"
-
-
 async def reach(runtime: Runtime, version: int | None) -> None:
     """Read-your-writes: wait (MEMOIR_MIN_VERSION_WAIT seconds at most) until this replica's
     memory is at `version` or newer. 409 if no such version exists, 503 if it exists in the

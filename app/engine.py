@@ -48,7 +48,7 @@ class Engine:
         self.memoir = memoir
         self.settings = settings
         limits.apply(memoir, settings)
-        self.writer = Writer(memoir, store, settings.max_edit_seconds, settings.max_blast_radius,
+        self.writer = Writer(memoir, store, settings.max_blast_radius,
                              settings.preview_max_new_tokens, settings.edit_slice_ms / 1000)
         self.decoder = memoir.decoder(settings.max_batch)
         self.context = getattr(memoir.model.config, "max_position_embeddings", None)

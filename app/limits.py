@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from memoir_core.config import MemoirConfig
 from memoir_core.memoir import Memoir
 
 from .settings import Settings
@@ -28,8 +29,15 @@ EDIT_LIMITS = {
 
 
 def apply(memoir: Memoir, settings: Settings) -> None:
-    for setting, field in EDIT_LIMITS.items():
-        value = getattr(settings, setting, None)
-        if value is not None and getattr(memoir.config, field) != value:
-            log.info("edit limit %s = %s (the memory's config says %s)", field, value, getattr(memoir.config, field))
-            setattr(memoir.config, field, value)
+    """Once, when the engine is built on a new memory (after its config was stored)."""
+    limits = over(memoir.config, settings)
+    for field, value in limits.items():
+        log.info("edit limit %s = %s (the memory's config says %s)", field, value, getattr(memoir.config, field))
+    if limits:
+        memoir.bound(**limits)
+
+
+def over(config: MemoirConfig, settings: Settings) -> dict[str, float | int]:
+    """The config fields the settings change."""
+    values = {field: getattr(settings, setting, None) for setting, field in EDIT_LIMITS.items()}
+    return {f: v for f, v in values.items() if v is not None and getattr(config, f) != v}

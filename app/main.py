@@ -7,6 +7,7 @@ and its memory live in this process, and one thread owns them).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -21,7 +22,7 @@ from .middleware import BodyLimit
 from .import_jobs import Imports
 from .routes import edits, generate, health, imports, openai, replicas
 from .runtime import Builder, Runtime, exit_process
-from .settings import Settings
+from .settings import Settings, warn_unknown_variables
 from .stores import open_store
 from .telemetry import Telemetry
 
@@ -66,4 +67,5 @@ def app_factory() -> FastAPI:
     state error exits the process."""
     settings = Settings()
     logs.configure(settings.log_format, settings.log_level)
+    warn_unknown_variables(os.environ)
     return create_app(settings, on_fatal=exit_process)

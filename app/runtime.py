@@ -4,7 +4,6 @@ the engine — in a background thread, so /health answers at once and /ready say
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -15,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from memoir_core import models
-from memoir_core.config import MemoirConfig
+from memoir_core.config import MemoirConfig, checked
 from memoir_core.errors import DurabilityError, StateCorruptError, StateError, StateMismatchError
 from memoir_core.memoir import Memoir
 from memoir_core.state import Loaded, Manifest, MemoryStore, check_manifest, restore, stored_meaning
@@ -43,11 +42,7 @@ def default_builder(settings: Settings) -> Builder:
 
 
 def config_from(values: dict) -> MemoirConfig:
-    known = {f.name for f in dataclasses.fields(MemoirConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"MEMOIR_CONFIG has unknown fields: {', '.join(unknown)}")
-    return MemoirConfig.from_dict(values)
+    return MemoirConfig.from_dict(checked(values, "MEMOIR_CONFIG"))
 
 
 # Config fields that fix the layout of a stored memory: MEMOIR_CONFIG may not contradict them.

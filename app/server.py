@@ -34,10 +34,10 @@ def time_left(settings: Settings) -> float:
     return max(1.0, settings.shutdown_timeout - spent)
 
 
-def serve(settings: Settings, make_app: Callable[[Settings], Any] | None = None) -> int:
-    """Serve make_app(settings) (default: create_app) until SIGTERM, then end the process with
-    status 0 (3 when the memory's state stopped the start); returns 2 (without serving) when the
-    keys or the address cannot be used."""
+def serve(settings: Settings, make_app: Callable[[Settings], Any]) -> int:
+    """Serve make_app(settings) until SIGTERM, then end the process with status 0 (3 when the
+    memory's state stopped the start); returns 2 (without serving) when the keys or the address
+    cannot be used. make_app is app.main.create_app, passed in: main imports this module."""
     import uvicorn
 
     from . import logs
@@ -47,8 +47,6 @@ def serve(settings: Settings, make_app: Callable[[Settings], Any] | None = None)
     try:
         keys = Keys.from_settings(settings)
         check_exposure(settings.host, keys, settings.allow_insecure)
-        if make_app is None:
-            from .main import create_app as make_app
         app = make_app(settings)
     except (ConfigError, ValueError) as error:
         print(f"memoir serve: error: {error}", file=sys.stderr)

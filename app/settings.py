@@ -1,32 +1,49 @@
-"""Server settings: every option is also an environment variable with the MEMOIR_ prefix."""
+"""Server settings: every option is an environment variable with the MEMOIR_ prefix and a `memoir serve` flag."""
 
 from __future__ import annotations
 
+import difflib
+import json
+import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from memoir_core.config import checked, read_file
+
+log = logging.getLogger(__name__)
+PREFIX = "MEMOIR_"
+# MEMOIR_* variables that are not settings: the client's server URL, the model cache, the
+# PostgreSQL password of deploy/, and the tiny test server's hooks (tests/tiny_server.py)
+OTHER_VARIABLES = ("MEMOIR_URL", "MEMOIR_CACHE_DIR", "MEMOIR_PG_PASSWORD")
+OTHER_PREFIXES = ("MEMOIR_TINY_",)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MEMOIR_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
     # what to serve
     model: str | None = Field(None, description="Hugging Face id or folder; empty: the embedded SmolLM2-135M-Instruct")
     served_model_name: str | None = Field(None, description="name in /v1/models; default: the model's name")
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    dtype: str = Field("auto", description="auto, float32, bfloat16, float16")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's (one per core). "
                                 "On a CPU shared with other work, fewer threads than cores is often much faster")
-    # MemoirConfig fields for a fresh memory (a stored memory keeps the config it was made with),
-    # e.g. MEMOIR_CONFIG='{"tau": 0.45}'
-    config: dict[str, Any] = Field(default_factory=dict)
+    # MemoirConfig fields for a fresh memory (a stored memory keeps its layout, app/runtime.py):
+    # MEMOIR_CONFIG='{"tau": 0.45}', or the path of a JSON file (what `memoir calibrate` writes)
+    config: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict, description="a JSON file of "
+                                                        "MemoirConfig fields for a new memory, e.g. calibrate's")
 
     # where the memory lives (app/stores.py): a state directory, MEMOIR_STATE_DIR or by default
     # ~/.local/share/memoir/state/<model>; MEMOIR_STORE=memory keeps it in RAM only (lost on exit)
-    state_dir: Path | None = None
-    store: Literal["auto", "memory", "dir", "postgres"] = "auto"
+    state_dir: Path | None = Field(None, description="where the memory is kept across restarts; default: "
+                                   "~/.local/share/memoir/state/<model>")
+    store: Literal["auto", "memory", "dir", "postgres"] = Field("auto", description="memory: edits in RAM only, "
+                                                                "lost at exit; auto: the state directory, or "
+                                                                "PostgreSQL when a state URL is given")
     # a background snapshot compacts the journal once it holds max(min_bytes, ratio x the last snapshot)
     snapshot_min_bytes: int = Field(64 << 20, ge=0)
     snapshot_ratio: float = Field(1.0, ge=0)
@@ -44,9 +61,9 @@ class Settings(BaseSettings):
                                       "PostgreSQL large objects rather than bytea values")
 
     # network
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535)
-    log_level: str = "info"
+    log_level: str = Field("info", description="debug, info, warning, error")
 
     # scheduling
     max_batch: int = Field(16, ge=1, description="sequences decoded together")
@@ -84,7 +101,39 @@ class Settings(BaseSettings):
     max_import_rows: int = Field(10_000, ge=1, description="rows in one POST /edits:import")
     preview_max_new_tokens: int = Field(16, ge=1, le=256, description="tokens of each answer in a dry run")
 
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config(cls, value: Any) -> dict[str, Any]:
+        if isinstance(value, str):  # one door for files and MEMOIR_CONFIG: memoir_core.config
+            if not value.lstrip().startswith("{"):
+                return read_file(value)
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"MEMOIR_CONFIG is neither a JSON object nor a file name: {error}") from None
+        return checked(value, "MEMOIR_CONFIG")
+
     @property
     def new_tokens_default(self) -> int:
         """max_new_tokens when a request names none: the default, within the limit."""
         return min(self.default_max_new_tokens, self.max_new_tokens)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per MEMOIR_* variable that no setting reads: a misspelt one would otherwise do
+    nothing, silently. Each names the closest setting's variable."""
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    warnings = []
+    for name in sorted(environ):
+        if (not name.upper().startswith(PREFIX) or name.upper() in known or name in OTHER_VARIABLES
+                or name.startswith(OTHER_PREFIXES)):
+            continue
+        close = difflib.get_close_matches(name[len(PREFIX):].lower(), list(Settings.model_fields), n=1, cutoff=0.6)
+        hint = f"; did you mean {PREFIX}{close[0].upper()}?" if close else ""
+        warnings.append(f"{name} is not a memoir setting and is ignored{hint}")
+    return warnings
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    for warning in unknown_variables(environ):
+        log.warning("%s", warning)

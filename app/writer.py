@@ -79,12 +79,11 @@ class RemoveJob:
 
 
 class Writer:
-    def __init__(self, memoir: Memoir, store: MemoryStore, max_edit_seconds: float | None = None,
+    def __init__(self, memoir: Memoir, store: MemoryStore,
                  max_blast_radius: int | None = None, preview_tokens: int = 16, slice_seconds: float = 0.0):
         self.memoir = memoir
         self.slice_seconds = slice_seconds  # > 0: train in time slices (timeslice.Sliced)
         self.store = store
-        self.max_edit_seconds = max_edit_seconds
         self.max_blast_radius = max_blast_radius  # None: no limit
         self.preview_tokens = preview_tokens
         self.probes = Probes()  # background texts for the blast radius
@@ -201,10 +200,9 @@ class Writer:
             if it.id is not None and not job.dry_run:
                 found = self.memoir.existing(it.id, it.prompt, it.target_new)
             if found is None:
-                deadline = time.perf_counter() + self.max_edit_seconds if self.max_edit_seconds else None
                 training = self.memoir.propose(
                     it.prompt, it.target_new, edit_id=None if job.dry_run else it.id, rephrases=it.rephrase_prompts,
-                    subject=it.subject, metadata=it.metadata, author=it.author, deadline=deadline)
+                    subject=it.subject, metadata=it.metadata, author=it.author)
                 points = self.memoir.pause_points() if self.slice_seconds else []
                 job.training = Sliced(training, points, self.slice_seconds) if points else training
                 return True

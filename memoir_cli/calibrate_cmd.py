@@ -13,16 +13,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", required=True, help="edit file with paraphrases and unrelated prompts, "
                    "e.g. ../shared/data/zsre/zsre_train_1k.json")
     p.add_argument("--limit", type=int, default=1000)
-    p.add_argument("--far", type=float, default=0.005, help="target share of unrelated prompts that switch the memory on")
-    p.add_argument("--out", default="calibration.json", help="config JSON with tau, tau_growth, tau_ref_size and the stats")
+    p.add_argument("--far", type=float, default=0.005,
+                   help="target share of unrelated prompts that switch the memory on")
+    p.add_argument("--out", default="calibration.json", help="config JSON with tau, tau_growth, tau_ref_size and "
+                   "the stats: `memoir serve --config` takes it as it is")
     p.add_argument("--plot", default=None, help="PNG of the two overlap distributions and tau")
     add_model_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import numpy as np
-
     from memoir_core.calibrate import calibrate
     from memoir_core.datasets import load_cases
     from memoir_core.memoir import background_texts
@@ -38,9 +38,8 @@ def run(args) -> int:
     unrelated_texts = [c.loc_prompt for c in cases if c.loc_prompt] + background_texts()
     unrelated = memoir.masks([enc.plain(t) for t in unrelated_texts]).numpy()
     cal = calibrate(prompts, paraphrases, unrelated, memoir.width, memoir.config.k, far=args.far)
-    result = {"tau": cal.tau, "tau_growth": cal.tau_growth, "tau_ref_size": cal.ref_size,
-              "calibration": {**cal.to_dict(), "data": args.data, "model": args.model or "default",
-                              "layer": memoir.config.layer, "k": memoir.config.k}}
+    result = {**cal.fields(), "calibration": {**cal.to_dict(), "data": args.data, "model": args.model or "default",
+                                           "layer": memoir.config.layer, "k": memoir.config.k}}
     Path(args.out).write_text(json.dumps(result, indent=2))
     for p in cal.points:
         print(f"bank {p['size']:>6}: tau {p['tau']:.3f}  paraphrases routed {p['recall']:.3f}  "
@@ -62,7 +61,7 @@ def _plot(prompts, paraphrases, unrelated, memoir, cal, path) -> None:
     from memoir_core.calibrate import _best_overlaps
 
     k = memoir.config.k
-    own = [len(np.intersect1d(p, q)) / k for p, q in zip(prompts, paraphrases)]
+    own = [len(np.intersect1d(p, q)) / k for p, q in zip(prompts, paraphrases, strict=True)]
     best = _best_overlaps(prompts, unrelated, memoir.width, k)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     bins = np.linspace(0.2, 1.0, 81)

@@ -1,11 +1,13 @@
 """`memoir client add|preview|list|show|delete|import|export`: the edits of a running server.
 
 Reads MEMOIR_URL and MEMOIR_ADMIN_KEY from the environment (or --url / --key). Exit status: 0
-on success, 1 when the server refused (the message is printed) or an import refused rows.
+on success, 1 when the server refused (the message is printed) or an import refused rows, 2
+when a local file cannot be read or written.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -19,12 +21,14 @@ from .import_chunks import split
 def add_parsers(sub) -> None:
     p = sub.add_parser("client", aliases=["edits"], help="manage the edits of a running server (MEMOIR_URL, "
                        "MEMOIR_ADMIN_KEY)")
-    p.add_argument("--url", help="server URL (default: $MEMOIR_URL or http://127.0.0.1:8000)")
-    p.add_argument("--key", help="admin key (default: $MEMOIR_ADMIN_KEY)")
-    p.add_argument("--json", action="store_true", help="print the server's JSON answers")
+    _common(p, default=True)
+    # the same options after the subcommand too (`memoir client list --json`); SUPPRESS keeps a
+    # subcommand's parser from resetting what was given before it
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, default=False)
     cs = p.add_subparsers(dest="client_command", required=True)
     for name, helptext in (("add", "apply one edit"), ("preview", "dry run: answers before/after, blast radius")):
-        q = cs.add_parser(name, help=helptext)
+        q = cs.add_parser(name, help=helptext, parents=[common])
         q.add_argument("prompt")
         q.add_argument("target_new")
         q.add_argument("-p", "--paraphrase", action="append", default=[], help="another wording (repeatable)")
@@ -32,27 +36,34 @@ def add_parsers(sub) -> None:
         q.add_argument("--id", help="your id for the edit (idempotent retries)")
         q.add_argument("-m", "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)")
         q.set_defaults(func=run_edit, dry_run=name == "preview")
-    q = cs.add_parser("list", help="the registry, one edit a line")
+    q = cs.add_parser("list", help="the registry, one edit a line", parents=[common])
     q.add_argument("-s", "--search", help="only edits whose prompt, target, subject or id contain this")
     q.add_argument("--author")
     q.set_defaults(func=run_list)
-    q = cs.add_parser("show", help="one edit, with the edits sharing its columns")
+    q = cs.add_parser("show", help="one edit, with the edits sharing its columns", parents=[common])
     q.add_argument("id")
     q.set_defaults(func=run_show)
-    q = cs.add_parser("delete", help="roll one edit back")
+    q = cs.add_parser("delete", help="roll one edit back", parents=[common])
     q.add_argument("id")
     q.set_defaults(func=run_delete)
-    q = cs.add_parser("import", help="import a JSON Lines or CSV file, with a progress bar")
+    q = cs.add_parser("import", help="import a JSON Lines or CSV file, with a progress bar", parents=[common])
     q.add_argument("file", help="a .jsonl or .csv file, or - for stdin")
     q.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file name, else jsonl")
     q.add_argument("--no-wait", action="store_true", help="print the job id and return")
     q.add_argument("--chunk-bytes", type=int, default=900_000, help="send a bigger file in pieces of at most this "
                    "many bytes, one job after the other (the server's MEMOIR_MAX_BODY_BYTES is 1 MiB by default)")
     q.set_defaults(func=run_import)
-    q = cs.add_parser("export", help="the registry as JSON Lines (importable again)")
+    q = cs.add_parser("export", help="the registry as JSON Lines (importable again)", parents=[common])
     q.add_argument("-o", "--output", help="file to write (default: stdout)")
     q.add_argument("--full", action="store_true", help="every field of the registry, not only the importable ones")
     q.set_defaults(func=run_export)
+
+
+def _common(p, default: bool) -> None:
+    keep = {} if default else {"default": argparse.SUPPRESS}
+    p.add_argument("--url", help="server URL (default: $MEMOIR_URL or http://127.0.0.1:8000)", **keep)
+    p.add_argument("--key", help="admin key (default: $MEMOIR_ADMIN_KEY)", **keep)
+    p.add_argument("--json", action="store_true", help="print the server's JSON answers", **keep)
 
 
 def _client(args) -> Client:
@@ -99,6 +110,7 @@ def run_edit(args) -> int:
         for e in result["edits"]:
             print(f"{e['id']}  version {e['version']}  {e['steps']} steps  loss {e['final_loss']}  "
                   f"best overlap {e['best_overlap']:.3f} ({e['best_overlap_id'] or '-'})"
+                  + (f"  supersedes {e['supersedes']}" if e.get("supersedes") else "")
                   + ("  (replayed)" if e["replayed"] else ""))
     return 0
 
@@ -132,7 +144,8 @@ def run_list(args) -> int:
         return 0
     for e in entries:
         print(f"{e['id']:<20} v{e['version']:<5} {_when(e['created_at'])}  {e.get('author') or '-':<10} "
-              f"{e['prompt'][:50]!r} -> {e['target_new'][:30]!r}")
+              f"{e['prompt'][:50]!r} -> {e['target_new'][:30]!r}"
+              + (f"  (supersedes {e['supersedes']})" if e.get("supersedes") else ""))
     print(f"{len(entries)} edits", file=sys.stderr)
     return 0
 
@@ -158,7 +171,11 @@ def run_delete(args) -> int:
 
 @_guard
 def run_import(args) -> int:
-    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as error:
+        print(f"memoir client import: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
+        return 2
     fmt = args.format or ("csv" if args.file.lower().endswith(".csv") else "jsonl")
     chunks = split(data, fmt, args.chunk_bytes)
     if args.no_wait and len(chunks) > 1:
@@ -213,7 +230,11 @@ def _import_all(c: Client, chunks: list, fmt: str) -> dict:
 
 @_guard
 def run_export(args) -> int:
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    except OSError as error:
+        print(f"memoir client export: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 2
     n = 0
     try:
         with _client(args) as c:

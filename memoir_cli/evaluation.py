@@ -17,7 +17,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--extend", default=None, help="a second file whose records continue the stream")
     p.add_argument("--extend-limit", type=int, default=None)
-    p.add_argument("--checkpoints", type=int, default=10, help="score the edits so far this many times along the stream")
+    p.add_argument("--checkpoints", type=int, default=10,
+                   help="score the edits so far this many times along the stream")
     p.add_argument("--checkpoint-sample", type=int, default=None, metavar="N",
                    help="score N edits spread over the stream so far at each checkpoint instead of all of them "
                         "(the final point scores all); makes --checkpoints 20 affordable on a long stream")
@@ -35,15 +36,16 @@ def add_model_args(p) -> None:
     p.add_argument("--model", default=None, help="Hugging Face id or folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--config", default=None, help="JSON file of MemoirConfig fields")
+    p.add_argument("--config", default=None, help="JSON file of MemoirConfig fields (what `memoir calibrate` writes)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one config field")
 
 
 def build_config(args):
-    from memoir_core.config import MemoirConfig
+    """The --config file's fields and --set's over them, through memoir_core.config's one check."""
+    from memoir_core.config import MemoirConfig, checked, read_file
 
-    data = json.loads(Path(args.config).read_text()) if args.config else {}
-    return MemoirConfig.from_dict({**data, **parse_sets(args.set)})
+    data = read_file(args.config) if args.config else {}
+    return MemoirConfig.from_dict({**data, **checked(parse_sets(args.set), "--set")})
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -62,8 +64,9 @@ def build_memoir(args):
     from memoir_core import models
     from memoir_core.memoir import Memoir
 
+    config = build_config(args)  # a bad file fails before the slow load
     model, tokenizer = models.load(args.model, device=args.device, dtype=args.dtype)
-    return Memoir(model, tokenizer, build_config(args))
+    return Memoir(model, tokenizer, config)
 
 
 def run_eval(args) -> int:

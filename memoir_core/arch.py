@@ -28,7 +28,7 @@ REGISTRY: dict[str, ArchSpec] = {
     **{
         name: _LLAMA_LIKE
         for name in (
-            "llama", "mistral", "mixtral_dense", "qwen2", "qwen3", "gemma", "gemma2",
+            "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
             "gemma3_text", "phi3", "olmo", "olmo2", "granite", "smollm3", "cohere",
         )
     },
@@ -59,10 +59,6 @@ def get_path(root: nn.Module, dotted: str) -> nn.Module:
 def set_path(root: nn.Module, dotted: str, value: nn.Module) -> None:
     parent, _, leaf = dotted.rpartition(".")
     setattr(get_path(root, parent) if parent else root, leaf, value)
-
-
-def blocks_of(model: nn.Module) -> nn.ModuleList:
-    return get_path(model, spec_for(model).blocks)
 
 
 def projection_shape(layer: nn.Module, conv1d: bool) -> tuple[int, int]:

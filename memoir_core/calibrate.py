@@ -9,16 +9,12 @@ form a + b * sqrt(2 ln N) fitted to the measured points.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import MemoirConfig, growth_term
 from .maskbank import MaskBank
-
-
-def growth_term(n: int) -> float:
-    return math.sqrt(2.0 * math.log(max(n, 2)))
 
 
 @dataclass
@@ -30,13 +26,14 @@ class Calibration:
     points: list[dict] = field(default_factory=list)  # measured: size, tau, recall, false_activation
     paraphrase_overlap: dict[str, float] = field(default_factory=dict)
 
-    def tau_at(self, n: int) -> float:
-        return self.tau + self.tau_growth * max(0.0, growth_term(n) - growth_term(self.ref_size))
+    def fields(self) -> dict:
+        """The MemoirConfig fields this calibration sets."""
+        return {"tau": self.tau, "tau_growth": self.tau_growth, "tau_ref_size": self.ref_size}
 
     def to_dict(self) -> dict:
-        return {"tau": self.tau, "tau_growth": self.tau_growth, "tau_ref_size": self.ref_size, "far": self.far,
-                "points": self.points, "paraphrase_overlap": self.paraphrase_overlap,
-                "extrapolated": {str(n): round(self.tau_at(n), 4) for n in (10**3, 10**4, 10**5, 10**6)}}
+        config = MemoirConfig(**self.fields())
+        return {**self.fields(), "far": self.far, "points": self.points, "paraphrase_overlap": self.paraphrase_overlap,
+                "extrapolated": {str(n): round(config.tau_at(n), 4) for n in (10**3, 10**4, 10**5, 10**6)}}
 
 
 def _best_overlaps(bank_masks: np.ndarray, queries: np.ndarray, width: int, k: int) -> np.ndarray:
@@ -47,11 +44,11 @@ def _best_overlaps(bank_masks: np.ndarray, queries: np.ndarray, width: int, k: i
 
 
 def calibrate(prompt_masks: np.ndarray, paraphrase_masks: np.ndarray, unrelated_masks: np.ndarray, width: int,
-              k: int, far: float = 0.005, sizes: tuple[int, ...] = (50, 100, 200, 500, 1000, 2000), margin: float = 0.01,
-              seed: int = 0) -> Calibration:
+              k: int, far: float = 0.005, sizes: tuple[int, ...] = (50, 100, 200, 500, 1000, 2000),
+              margin: float = 0.01, seed: int = 0) -> Calibration:
     """prompt_masks[i] and paraphrase_masks[i] belong to one edit; unrelated masks match none."""
     rng = np.random.default_rng(seed)
-    own = np.array([len(np.intersect1d(p, q)) / k for p, q in zip(prompt_masks, paraphrase_masks)])
+    own = np.array([len(np.intersect1d(p, q)) / k for p, q in zip(prompt_masks, paraphrase_masks, strict=True)])
     points = []
     for n in sorted({s for s in sizes if s <= len(prompt_masks)} | {len(prompt_masks)}):
         chosen = rng.choice(len(prompt_masks), size=n, replace=False)

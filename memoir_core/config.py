@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from .errors import ConfigError
 
 # Seeds of the short prefixes the base model writes once; the prefixed training rows make an
 # edit hold when the question comes after some other text.
@@ -15,43 +20,20 @@ PREFIX_LENGTHS = (10,)  # the paper's (5, 10) doubles the rows for +0.01 reliabi
 
 @dataclass
 class MemoirConfig:
+    """Each field's measurements, and how its default was chosen: docs/tuning.md."""
+
     layer: int | None = None  # edited block; None: about 0.85 of the depth
     k: int | None = None  # active columns per mask; None: about 2/7 of D (paper: 4096 of 14336)
-    # Routing threshold on the mask overlap. The defaults are `memoir calibrate --far 0.001` on
-    # the default model with zsre_train_1k (disjoint from the dev edits): 0.1% of unrelated
-    # prompts on at 1,000 edits, 95% of paraphrases routed. Calibrate again for another model.
-    tau: float = 0.49
-    # Unrelated prompts' best overlap grows with the bank (the max of N draws): above
-    # tau_ref_size edits, tau rises by tau_growth * (sqrt(2 ln N) - sqrt(2 ln tau_ref_size)).
-    # An extra routing key (an edit's chat form, a given paraphrase) counts this much less than
-    # an edit's own mask. Chat-form keys sit close to many plain prompts: at 1,000 ZsRE edits
-    # they let 1.8% of the unrelated prompts through at tau; 0.03 less lets 0.1% through, while
-    # paraphrases routed to an edit about their subject go from 0.959 to 0.955 (chat: 0.951 to
-    # 0.943). Measured from masks alone, so it holds whatever the edits learned.
-    key_margin: float = 0.03
-    # The best match must also beat the gap_rank-th best stored mask by min_gap (0: off). A
-    # prompt in a template that many stored edits share ("Who is the CEO of Globex?" beside
-    # edits about other companies' CEOs; CounterFact's neighbour prompts) overlaps them all
-    # about alike; a question about an edited subject stands out. Masks alone, tau as at the
-    # bank's size (benchmarks/README.md §5): CounterFact, 2,000 edits, neighbour prompts on
-    # 57.8% -> 39.8%, paraphrases to their own edit 0.564 -> 0.555; ZsRE, 1,000 edits,
-    # paraphrases to their own edit 0.827 either way, to their subject 0.970 -> 0.967 (0.992
-    # -> 0.966 for subjects with 3 or more edits), unrelated prompts on 0.7% either way. The
-    # rank leaves room for the several edits one subject may have: their masks sit near the top.
-    min_gap: float = 0.06
+    tau: float = 0.49  # routing threshold on the mask overlap, at tau_ref_size edits (`memoir calibrate`)
+    key_margin: float = 0.03  # an extra routing key (chat form, paraphrase) needs this much more overlap
+    min_gap: float = 0.06  # the best match must beat the gap_rank-th best stored mask by this (0: off)
     gap_rank: int = 8
-    # A prompt of several sentences is also routed on its last one, and the better match wins:
-    # context before a question dilutes its mask. Masks alone, CounterFact 600 edits (69 of the
-    # 600 paraphrases put an unrelated sentence first): paraphrases to their own edit 0.585 ->
-    # 0.638, neighbour prompts on 0.395 -> 0.400. ZsRE's questions are one sentence each
-    # (benchmarks/README.md §5)
-    tail_routing: bool = True
-    # an edit routes only for prompts that name its subject (given, or inferred from its prompt;
-    # subjects.py), at a mask overlap of at least subject_tau; edits stored without one, or with
-    # this off, route on masks alone (docs/routing.md)
+    tail_routing: bool = True  # a prompt of several sentences is also routed on its last one
+    # an edit routes only for prompts that name its subject (given or inferred), at a mask
+    # overlap of at least subject_tau; edits stored without one route on masks alone
     subject_routing: bool = True
     subject_tau: float = 0.3
-    tau_growth: float = 0.025
+    tau_growth: float = 0.025  # tau rises by this * (sqrt(2 ln N) - sqrt(2 ln tau_ref_size)) past that size
     tau_ref_size: int = 1000
     seed: int = 0  # permutation and prefix sampling
 
@@ -60,63 +42,30 @@ class MemoirConfig:
     lr: float = 0.06
     max_steps: int = 40
     stop_loss: float = 0.02
-    # after settle_steps, a loss at or under settle_ratio * stop_loss ends the edit too: with
-    # the key guard on, 14% of ZsRE edits hover at 0.02-0.06 (p(target) >= 0.94) to max_steps
-    settle_steps: int = 10
+    settle_steps: int = 10  # after this many steps, a loss under settle_ratio * stop_loss ends the edit too
     settle_ratio: float = 5.0
     grad_clip: float = 1.0
     weight_decay: float = 0.0  # the authors' 1e-5 slowly erases old edits
     max_edit_seconds: float = 60.0
     vocab_candidates: int = 256  # after step 1, softmax over the tokens in any position's top-N (0: all)
-    # dtype of the model copy edits train on (precision.py); "auto": bf16 for an fp32 model on a
-    # CPU with native bf16, else the model's own. W_m and the trained columns stay fp32.
-    train_dtype: str = "auto"
+    train_dtype: str = "auto"  # dtype edits train on (precision.py); auto: bf16 on a CPU with native bf16
 
     # training rows
     prefix_seeds: tuple[str, ...] = PREFIX_SEEDS
     prefix_lengths: tuple[int, ...] = PREFIX_LENGTHS
-    # prefixed rows per edit: the first n of the basis's prefixes (None: all five). ZsRE dev
-    # T=100 (bf16 training): 2 rows give rel/gen .990/.910, greedy .95/.77, as 5 rows did
-    # (.983/.912, .94/.76) at 0.75x the cost; 1 row loses generalization (.887).
-    prefix_rows: int | None = 2
+    prefix_rows: int | None = 2  # prefixed rows per edit: the first n of the basis's prefixes (None: all)
     chat_rows: bool = True  # also train the chat-templated question, so /v1/chat answers change
-    # weight of KL(base || edited) at the token after the target: after the new answer the
-    # model goes on as the base model would (0: off, and one forward per edit saved)
-    continuation_weight: float = 1.0
-    # the memory reads a - mu (mu: the background mean): the shared part of all activations
-    # then drives no update, so edits disturb each other less
-    centre: bool = True
-    # routing features: "mean" of the prompt's activations, or "norm": each token weighed by its
-    # distance from the background mean, so names outweigh the question's template words. Only
-    # the routing mask changes; an edit still trains the columns the plain mean picks (they hold
-    # more of the last prompt token's energy, 0.55 vs 0.46, where the answer is read). Masks
-    # alone over 1,000 ZsRE prompts, the unrelated rate held at 0.5%: paraphrases reaching their
-    # subject 0.961 -> 0.970, their own edit where the subject is unique 0.953 -> 0.966;
-    # CounterFact neighbour prompts (the same template, another subject) that reach an edit
-    # 0.67 -> 0.44.
-    pool: str = "norm"
-    # weight of the key guard (guard.py): the squared change a new edit makes to the stored
-    # edits' memory outputs, summed over them, joins its loss (0: off). ZsRE, 400 edits
-    # (rel / gen): off 0.888 / 0.765, 1e-5 0.982 / 0.857, 3e-5 0.991 / 0.886.
-    protect: float = 3e-5
-    # an edit the guard holds back: once it has trained guard_yield_after steps and still sits
-    # above the settle loss (settle_ratio * stop_loss), the guard's weight on it is multiplied by
-    # guard_yield at every further step (0: never yields). The penalty sums over every stored
-    # edit, so past about 1,000 CounterFact edits it outweighs a new edit's own loss and 11-43%
-    # of new edits end unlearnt; a weaker guard for every edit overwrites the stored ones
-    # (benchmarks/README.md §5).
-    guard_yield_after: int = 0
+    continuation_weight: float = 1.0  # KL(base || edited) after the target: the model goes on as before (0: off)
+    centre: bool = True  # the memory reads a - mu (mu: the background mean), so edits disturb each other less
+    pool: str = "norm"  # routing features: "mean" of the activations, or "norm": tokens weighed by distinctness
+    protect: float = 3e-5  # weight of the key guard (guard.py) on the stored edits' outputs (0: off)
+    guard_yield_after: int = 0  # the guard weakens by guard_yield a step on an edit stuck after this many (0: never)
     guard_yield: float = 0.8
 
-    # co-training with neighbours: edits whose mask overlaps the new one's by at least this
-    # much (None: tau) are kept intact and made robust to being routed to each other
-    neighbour_overlap: float | None = None
+    # co-training with neighbours
+    neighbour_overlap: float | None = None  # edits overlapping a new one this much (None: tau) are kept intact
     max_neighbours: int = 2
-    # also look for neighbours among the edits sharing the most columns with the new one (only
-    # where routing masks are not the columns: pool="norm"). Off: on ZsRE it lowered
-    # generalization at T = 200 to 0.861 from 0.885 without it (same settings and machine;
-    # benchmarks/README.md §5)
-    neighbour_columns: bool = False
+    neighbour_columns: bool = False  # also look among the edits sharing the most columns (pool="norm"); off
     neighbour_stop_loss: float = 0.1
     neighbour_extra_steps: int = 4
 
@@ -124,10 +73,7 @@ class MemoirConfig:
     max_prompt_tokens: int = 256
     max_target_tokens: int = 48
 
-    # background features
-    n_background: int = 100
-
-    def resolved(self, num_layers: int, width: int) -> "MemoirConfig":
+    def resolved(self, num_layers: int, width: int) -> MemoirConfig:
         """A copy with layer and k filled in from the model's shape."""
         layer = self.layer if self.layer is not None else default_layer(num_layers)
         k = self.k if self.k is not None else default_k(width)
@@ -143,8 +89,6 @@ class MemoirConfig:
         return dataclasses.replace(self, layer=layer, k=k)
 
     def tau_at(self, n_edits: int) -> float:
-        from .calibrate import growth_term
-
         extra = growth_term(n_edits) - growth_term(self.tau_ref_size)
         return self.tau + self.tau_growth * max(0.0, extra)
 
@@ -152,13 +96,58 @@ class MemoirConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MemoirConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, data: dict[str, Any]) -> MemoirConfig:
+        """Tolerant, for stored manifests: fields a memory was written with that no longer exist
+        (n_background) are dropped. What an operator writes goes through checked() instead."""
+        names = field_names()
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
         return cls(**kwargs)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    @classmethod
+    def from_file(cls, path: str | Path) -> MemoirConfig:
+        return cls.from_dict(read_file(path))
+
+
+# Keys a config file may carry that describe it rather than set a field: `memoir calibrate`
+# writes its measurements beside tau, so the file it writes loads as is.
+NOTES = ("calibration",)
+
+
+def field_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(MemoirConfig)}
+
+
+def checked(values: Any, source: str) -> dict[str, Any]:
+    """The config fields of a JSON object an operator wrote (a file, MEMOIR_CONFIG, --set): an
+    unknown key is refused, naming the closest field, since a misspelt one would silently do nothing."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: a config is a JSON object of MemoirConfig fields, not {type(values).__name__}")
+    names = field_names()
+    unknown = sorted(set(values) - names - set(NOTES))
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, names, n=1)
+            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        raise ConfigError(f"{source}: unknown config fields: {', '.join(hints)}; the fields are MemoirConfig's "
+                         "(memoir_core/config.py, docs/tuning.md)")
+    return {k: v for k, v in values.items() if k not in NOTES}
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """A JSON config file's fields, checked."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"config file {path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path}: not JSON: {error}") from None
+    return checked(values, f"config file {path}")
+
+
+def growth_term(n: int) -> float:
+    """The expected maximum of n draws grows like sqrt(2 ln n): unrelated prompts' best overlap."""
+    return math.sqrt(2.0 * math.log(max(n, 2)))
 
 
 def default_layer(num_layers: int) -> int:
@@ -167,16 +156,4 @@ def default_layer(num_layers: int) -> int:
 
 def default_k(width: int) -> int:
     return max(8, int(round(width * 2 / 7 / 8)) * 8)
-
-
-# Per-family presets: settings measured to work, applied before the shape-derived defaults.
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-}
-
-
-def preset(name: str = "default", **overrides: Any) -> MemoirConfig:
-    values = dict(PRESETS.get(name, {}))
-    values.update(overrides)
-    return MemoirConfig(**values)
 

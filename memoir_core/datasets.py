@@ -69,14 +69,3 @@ def load_cases(path: str | Path, limit: int | None = None, offset: int = 0) -> l
         except ValueError as exc:
             log.warning("skipping %s: %s", Path(path).name, exc)
     return cases
-
-
-def loc_strings(path: str | Path, limit: int = 100) -> list[str]:
-    """Unrelated texts (`loc + ' ' + loc_ans`) for background features or false-activation checks."""
-    out = []
-    for c in load_cases(path):
-        if c.loc_prompt:
-            out.append(f"{c.loc_prompt} {c.loc_answer or ''}".strip())
-        if len(out) >= limit:
-            break
-    return out

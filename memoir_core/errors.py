@@ -17,6 +17,12 @@ class UnsupportedArchitectureError(MemoirError):
     code = "unsupported_architecture"
 
 
+class ConfigError(MemoirError, ValueError):
+    """A config file, MEMOIR_CONFIG or --set an operator wrote cannot be used (unknown field, not JSON)."""
+
+    code = "config_error"
+
+
 class EditNotFoundError(MemoirError, KeyError):
     code = "edit_not_found"
 

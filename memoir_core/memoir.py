@@ -8,6 +8,7 @@ edit / remove / route / generate. It is not thread-safe: one thread owns it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Generator, Iterable
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from . import arch
-from .basis import Basis  # noqa: F401  (re-exported: Basis used to live here)
+from .basis import Basis
 from .config import MemoirConfig
 from .contexts import ContextCache
 from .editor import Trainer, TrainOutcome
@@ -130,6 +131,11 @@ class Memoir(Routing):
         return [" ".join(f"{start} {seq.text}".split()) for start, seq in zip(starts, seqs)]
 
     # -- edits ------------------------------------------------------------------------------
+    def bound(self, **limits) -> None:
+        """Operator limits over this process's config (max_steps, max_edit_seconds, token limits):
+        a new config, which the trainer shares; the stored memory keeps the config it was made with."""
+        self.config = self.trainer.config = dataclasses.replace(self.config, **limits)
+
     def validate(self, prompt: str, target: str) -> tuple[str, str]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidRequestError("prompt must be a non-empty string")

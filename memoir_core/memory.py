@@ -115,10 +115,33 @@ class Routing:
 
 
 class ResidualMemory(nn.Module):
+    """The wrapper has an inverse, as PEFT's do: disable() leaves the base layer's output alone
+    until enable(), and detach() puts the base layer back in the model."""
+
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.routing: Routing | None = None
+        self.enabled = True
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def disable(self) -> None:
+        """Nothing is added while disabled; routing still decides at prefill, so a batch decodes as
+        usual and its decisions say where the memory would have acted."""
+        self.enabled = False
+
+    def detach(self, root: nn.Module) -> nn.Module:
+        """Put the wrapped layer back where this wrapper sits in `root`; returns it. The model is
+        then the one the wrapper was given (a Memoir on it must not be used any more)."""
+        for name, module in root.named_modules():
+            if module is self and name:
+                parent, _, leaf = name.rpartition(".")
+                setattr(root.get_submodule(parent) if parent else root, leaf, self.base_layer)
+                self.routing = None
+                return self.base_layer
+        raise ValueError("this memory layer is not in the given model")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -126,6 +149,8 @@ class ResidualMemory(nn.Module):
         if routing is None:
             return out
         active = routing.resolve(x) if routing.pending else None
+        if not self.enabled:
+            return out
         for rows, idx, cols, offset in routing.groups(x.device):
             xs = x if rows is None else x.index_select(0, rows)
             picked = xs.index_select(-1, idx).float()

@@ -45,6 +45,10 @@ def test_client_commands(console_server, tmp_path):
     assert r.returncode == 1  # a row was refused
     assert "line 3:" in r.stderr and "2 applied, 1 rows refused" in r.stdout
     assert "import" in r.stderr and "row" in r.stderr  # the progress bar
+    assert "HTTP Request" not in r.stderr  # httpx's line per request would drown it
+    r = memoir(s, "import", str(tmp_path / "missing.csv"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"memoir client import: cannot read {tmp_path / 'missing.csv'}: No such file or directory"]
 
     out = tmp_path / "export.jsonl"
     r = memoir(s, "export", "-o", str(out))
@@ -63,3 +67,23 @@ def test_client_commands(console_server, tmp_path):
     assert r.returncode == 1 and "404" in r.stderr
     r = memoir(s, "list", key=None)
     assert r.returncode == 1 and "401" in r.stderr
+
+    # the same options after the subcommand; an edit of the same prompt says what it replaced
+    r = memoir(s, "add", "who keeps the cli ledger", "gina", "--id", "cli-ledger-1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["edits"][0]["supersedes"] is None, r.stderr
+    r = memoir(s, "add", "Who keeps the CLI ledger", "hank", "--id", "cli-ledger-2")
+    assert r.returncode == 0 and "supersedes cli-ledger-1" in r.stdout, r.stderr
+    r = memoir(s, "list", "--search", "cli ledger", "--json", "--url", s.url)
+    assert [e["supersedes"] for e in json.loads(r.stdout)] == ["cli-ledger-1"]
+    r = memoir(s, "list", "--search", "cli ledger")
+    assert "(supersedes cli-ledger-1)" in r.stdout
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(console_server):
+    assert memoir(console_server, "add", "who tends the cli pipe", "ivan", "--id", "cli-pipe").returncode == 0
+    env = {**os.environ, "MEMOIR_URL": console_server.url, "PYTHONPATH": str(REPO), "MEMOIR_ADMIN_KEY": ADMIN}
+    p = subprocess.Popen([sys.executable, "-m", "memoir_cli.main", "client", "export"], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # as `| head` does once it has its lines: every write now fails with EPIPE
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 141 and b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
