@@ -62,6 +62,9 @@ class EditIn(Strict):
     id: EditId | None = None
     metadata: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], MetaValue],
                         Field(max_length=32)] = Field(default_factory=dict, description="ticket, reason, ...")
+    probe_prompts: Annotated[list[EditText], Field(max_length=16)] = Field(
+        default_factory=list, description="prompts the edit must not change: the dry run shows their answers before "
+        "and after, and MEMOIR_MAX_BLAST_RADIUS counts those it would switch the memory on for")
     dry_run: bool = Field(False, description="preview only: train on a scratch copy and answer with the answers "
                           "before and after and the blast radius; nothing is applied (one edit per request)")
 
@@ -85,6 +88,10 @@ class EditOut(BaseModel):
     best_overlap: float = Field(description="largest mask overlap with an edit already stored")
     best_overlap_id: str | None
     supersedes: str | None = Field(description="the earlier edit of the same fact that this one replaced")
+    subject: str | None = Field(None, description="what the edit is about: the memory switches on only for "
+                                "prompts that name it")
+    subject_source: str | None = Field(None, description='"given", "inferred" from the prompt (send `subject` to '
+                                       "correct it), or null: the edit routes on masks alone")
     replayed: bool = Field(description="true for an idempotent retry: the stored edit, nothing trained")
     created_at: float
 
@@ -93,6 +100,7 @@ class EditOut(BaseModel):
         return cls(id=record.id, version=record.version, steps=record.steps, final_loss=finite(record.final_loss),
                    seconds=round(record.seconds, 4), best_overlap=round(record.best_overlap, 6),
                    best_overlap_id=record.best_overlap_id, supersedes=record.supersedes, replayed=replayed,
+                   subject=record.subject, subject_source=record.subject_source,
                    created_at=record.created_at)
 
 
@@ -107,6 +115,7 @@ class EditInfo(BaseModel):
     target_new: str
     rephrase_prompts: list[str]
     subject: str | None
+    subject_source: str | None = None
     metadata: dict[str, Any]
     author: str | None
     created_at: float

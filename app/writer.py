@@ -38,6 +38,7 @@ class EditSpec:
     id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     author: str | None = None
+    probe_prompts: list[str] = field(default_factory=list)  # must not change: the dry run and blast radius try them
 
 
 @dataclass
@@ -157,9 +158,10 @@ class Writer:
             except StopIteration as stop:
                 job.training = None
                 if job.dry_run:
-                    job.post(preview(self.memoir, stop.value, self.probes, max_new_tokens=self.preview_tokens))
+                    job.post(preview(self.memoir, stop.value, self.probes, max_new_tokens=self.preview_tokens,
+                                     given=job.items[job.index].probe_prompts))
                     return True
-                job.applied.append(Applied(self._commit(stop.value), False))
+                job.applied.append(Applied(self._commit(stop.value, job.items[job.index].probe_prompts), False))
                 job.index += 1
                 return False
         except EditBatchError as error:
@@ -179,6 +181,7 @@ class Writer:
         for i, it in enumerate(items):
             try:
                 prompt, target = self.memoir.validate(it.prompt, it.target_new)
+                self.memoir.subject_of(prompt, it.subject)
                 for j, p in enumerate(it.rephrase_prompts):
                     try:
                         self.memoir.validate(p, target)
@@ -210,10 +213,11 @@ class Writer:
             job.index += 1
         return False
 
-    def _commit(self, proposal) -> EditRecord:
+    def _commit(self, proposal, probe_prompts=()) -> EditRecord:
         record = proposal.record
         if self.max_blast_radius is not None:
-            check_blast_radius(self.memoir, record, self.probes, self.max_blast_radius, "MEMOIR_MAX_BLAST_RADIUS")
+            check_blast_radius(self.memoir, proposal, self.probes, self.max_blast_radius, "MEMOIR_MAX_BLAST_RADIUS",
+                               given=probe_prompts)
         record.version = self.memoir.version + 1  # what commit() will give it; the log needs it first
         self._durable(self.store.log_edit, record)
         if self.shared:

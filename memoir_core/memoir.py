@@ -35,7 +35,8 @@ from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
 from .residual import ResidualWeights, quantise
 from .routing import Routing
-from .subjects import SubjectIndex, infer_subject
+from .forms import statement_form
+from .subjects import SubjectIndex, infer_subject, names, subject_words, words
 from .tophash import TopHash, random_permutation
 
 
@@ -155,6 +156,9 @@ class Memoir(Routing):
         masks alone route the edit: subject routing is off, or the prompt names nothing)."""
         subject = subject.strip() if isinstance(subject, str) and subject.strip() else None
         if subject is not None:
+            if not names(subject_words(subject), words(prompt)):
+                raise InvalidRequestError(f"the subject {subject!r} is not named in the prompt: an edit routes only "
+                                          "for prompts that name its subject")
             return subject, "given" if self.config.subject_routing else None
         if not self.config.subject_routing:
             return None, None
@@ -191,8 +195,10 @@ class Memoir(Routing):
         n_prefixes = len(self.basis.prefixes)
         if self.config.prefix_rows is not None:
             n_prefixes = min(n_prefixes, self.config.prefix_rows)
-        rows = edit_rows(self.encoder, self.contexts, prompt, target, n_prefixes,
-                         chat=self.config.chat_rows, rephrases=rephrases, after=self.config.continuation_weight > 0)
+        statement = statement_form(prompt, subject) if self.config.statement_rows else None
+        statements = (statement,) if statement is not None and statement not in rephrases else ()
+        rows = edit_rows(self.encoder, self.contexts, prompt, target, n_prefixes, chat=self.config.chat_rows,
+                         rephrases=rephrases, statements=statements, after=self.config.continuation_weight > 0)
         prepared = self.trainer.prepare(collate(rows, self.contexts, self.encoder.pad_id, self.device))
         # Row 0 is the plain prompt followed by the target: its prompt positions give the mask;
         # the chat row and given paraphrases give extra routing keys.

@@ -25,6 +25,7 @@ from .errors import EditRejectedError, InvalidRequestError
 from .generate import SamplingParams
 from .maskbank import MaskBank
 from .memoir import EditProposal, Memoir, background_texts
+from .neighbours import COUNTED, Neighbour, neighbour_prompts
 
 
 @dataclass
@@ -52,10 +53,32 @@ class Probe:
 
 
 @dataclass
+class NeighbourProbe:
+    """A prompt near the edit (neighbours.py) and what the edit would do to it."""
+
+    kind: str  # "other subject", "same subject" or "given"
+    text: str
+    fired: bool  # after the edit, the memory is on with this edit
+    edit_id: str | None  # the edit the memory would be on with after the edit (None: off)
+    overlap: float
+    before: str = ""
+    after: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+    @property
+    def counted(self) -> bool:
+        return self.fired and self.kind in COUNTED
+
+
+@dataclass
 class BlastRadius:
-    count: int  # background texts the edit would switch on
+    count: int  # background texts, and counted neighbours (neighbours.COUNTED), the edit would switch on
     total: int  # background texts probed
     probes: list[Probe] = field(default_factory=list)
+    neighbours: list[NeighbourProbe] = field(default_factory=list)
 
 
 @dataclass
@@ -129,23 +152,40 @@ def _stands_out(memoir: Memoir, mask: np.ndarray, overlap: float, route: float) 
     return overlap - ranked[cfg.gap_rank - 1] >= cfg.min_gap
 
 
-def blast_radius(memoir: Memoir, record, probes: Probes) -> BlastRadius:
+def neighbour_probes(memoir: Memoir, proposal: EditProposal, given=()) -> list[NeighbourProbe]:
+    """Route the edit's neighbours (neighbours.py) as they would be once it is committed."""
+    rec = proposal.record
+    found = neighbour_prompts(memoir, rec, given)
+    if not found:
+        return []
+    with trial(memoir, proposal):
+        decisions = memoir.route_prompts([n.text for n in found])
+    return [NeighbourProbe(n.kind, n.text, d.route is not None and d.route.edit_id == rec.id,
+                           d.route.edit_id if d.route is not None else None, round(d.best_overlap, 6))
+            for n, d in zip(found, decisions)]
+
+
+def blast_radius(memoir: Memoir, record, probes: Probes, neighbours: Seq[NeighbourProbe] = ()) -> BlastRadius:
     texts = probes.texts
     hits = reach(memoir, record, probes.masks(memoir))
-    return BlastRadius(len(hits), len(texts), [Probe(texts[i], round(ov, 6)) for i, ov in hits])
+    return BlastRadius(len(hits) + sum(n.counted for n in neighbours), len(texts),
+                       [Probe(texts[i], round(ov, 6)) for i, ov in hits], list(neighbours))
 
 
-def check_blast_radius(memoir: Memoir, record, probes: Probes, limit: int | None,
-                       limit_name: str = "max_blast_radius") -> BlastRadius:
+def check_blast_radius(memoir: Memoir, proposal: EditProposal, probes: Probes, limit: int | None,
+                       limit_name: str = "max_blast_radius", given=()) -> BlastRadius:
     """Raises EditRejectedError when the edit would switch the memory on for more than `limit`
-    background texts (None: no limit)."""
-    blast = blast_radius(memoir, record, probes)
+    background texts and neighbours (None: no limit)."""
+    rec = proposal.record
+    blast = blast_radius(memoir, rec, probes, neighbour_probes(memoir, proposal, given) if limit is not None else ())
     if limit is not None and blast.count > limit:
-        shown = "; ".join(repr(p.text[:60]) for p in blast.probes[:3])
+        shown = "; ".join([repr(p.text[:60]) for p in blast.probes[:3]] +
+                          [f"{n.text[:60]!r} ({n.kind})" for n in blast.neighbours if n.counted][:3])
         raise EditRejectedError(
-            f"the edit would switch the memory on for {blast.count} of {blast.total} unrelated background texts "
-            f"(e.g. {shown}); the limit is {limit_name}={limit}. Make the prompt more specific, or preview it "
-            "with dry_run to see which texts it catches")
+            f"the edit would switch the memory on for {blast.count} prompts it should leave alone: unrelated "
+            f"background texts (of {blast.total}) and neighbours (e.g. {shown}); the limit is {limit_name}={limit}. "
+            "Make the prompt more specific or give its subject, or preview it with dry_run to see which prompts "
+            "it catches")
     return blast
 
 
@@ -184,14 +224,15 @@ def _greedy(memoir: Memoir, prompts: list[str], max_new_tokens: int) -> list[str
 
 
 def preview(memoir: Memoir, proposal: EditProposal, probes: Probes, *, max_new_tokens: int = 16,
-            max_probes: int = 20) -> Preview:
+            max_probes: int = 20, given: Seq[str] = ()) -> Preview:
     """Answers before and after the edit (prompt and paraphrases), and its blast radius with the
-    answers of up to `max_probes` of the background texts it catches; the memory is left as it was."""
+    answers of up to `max_probes` of the background texts it catches and of its neighbours
+    (neighbours.py, `given` among them); the memory is left as it was."""
     rec = proposal.record
     prompts = [rec.prompt, *rec.rephrase_prompts]
-    blast = blast_radius(memoir, rec, probes)
+    blast = blast_radius(memoir, rec, probes, neighbour_probes(memoir, proposal, given))
     shown = blast.probes[:max_probes]
-    texts = prompts + [p.text for p in shown]
+    texts = prompts + [p.text for p in shown] + [n.text for n in blast.neighbours]
     before = _greedy(memoir, texts, max_new_tokens)
     with trial(memoir, proposal):
         after_seqs = memoir.generate(texts, SamplingParams(max_new_tokens=max_new_tokens))
@@ -201,7 +242,7 @@ def preview(memoir: Memoir, proposal: EditProposal, probes: Probes, *, max_new_t
                       bool(after_seqs[i].decision and after_seqs[i].decision.route
                            and after_seqs[i].decision.route.edit_id == rec.id), round(float(own[i]), 6))
                for i, p in enumerate(prompts)]
-    for j, probe in enumerate(shown):
+    for j, probe in enumerate([*shown, *blast.neighbours]):
         probe.before, probe.after = before[len(prompts) + j], after[len(prompts) + j]
     return Preview(proposal, answers, blast, memoir.version)
 

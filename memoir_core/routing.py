@@ -48,6 +48,18 @@ class Routing:
             out.append(span_mean(acts, span, centre).cpu())
         return torch.cat(out)
 
+    def route_prompts(self, prompts: list[str | Encoded], batch_size: int = 16) -> list[Decision]:
+        """The routing decision of each prompt, as generation would make it (no tokens generated)."""
+        encoded = [p if isinstance(p, Encoded) else self.encoder.plain(p) for p in prompts]
+        decisions: list[Decision] = []
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            rows = [i for i, e in enumerate(chunk) if e.tail is not None]
+            tails = (rows, self.features([Encoded(chunk[i].ids, chunk[i].tail) for i in rows])) if rows else None
+            texts = [self.encoder.span_text(e.ids, e.span) for e in chunk]
+            decisions += self.decide(self.features(chunk), tails, texts=texts)
+        return decisions
+
     def masks(self, encoded: list[Encoded]) -> torch.Tensor:
         return self.tophash.masks(self.features(encoded))
 

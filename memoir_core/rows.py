@@ -40,11 +40,13 @@ def training_contexts(encoder: PromptEncoder, prefixes: list[str], chat: bool) -
 
 
 def edit_rows(encoder: PromptEncoder, contexts: ContextCache, prompt: str, target: str, n_prefixes: int, *,
-              chat: bool, rephrases: tuple[str, ...] = (), after: bool = True) -> list[Row]:
-    """The plain row, one row per prefix, one per given paraphrase, and the chat-templated row.
+              chat: bool, rephrases: tuple[str, ...] = (), statements: tuple[str, ...] = (),
+              after: bool = True) -> list[Row]:
+    """The plain row, one row per prefix, one per given paraphrase and per statement form
+    (forms.py), and the chat-templated row.
 
-    The token after the target is trained on the plain and chat rows only: those are the
-    shapes a served request has, and one forward fewer per edit stays cheap."""
+    The token after the target is trained on the plain, statement and chat rows only: those are
+    the shapes a served request has, and one forward fewer per edit stays cheap."""
     target_ids = encoder.target(target)
     plain = encoder.plain(prompt).ids
     rows = [Row(0, plain, target_ids, after=after, key=len(plain))]
@@ -53,6 +55,9 @@ def edit_rows(encoder: PromptEncoder, contexts: ContextCache, prompt: str, targe
     for p in rephrases:
         ids = encoder.plain(p).ids
         rows.append(Row(0, ids, target_ids, key=len(ids)))
+    for p in statements:
+        ids = encoder.plain(p).ids
+        rows.append(Row(0, ids, target_ids, after=after, key=len(ids)))
     if chat and encoder.has_chat:
         enc = encoder.chat([{"role": "user", "content": prompt}])
         preamble = contexts.index(enc.ids[: enc.span[0]])

@@ -64,9 +64,9 @@ def test_dry_run_changes_nothing(memoir):
 def test_blast_radius_limit(memoir):
     proposal = drain(memoir.propose(PROMPT, "jane roe"))
     probes = Probes(CORPUS[:6])
-    assert check_blast_radius(memoir, proposal.record, probes, None).count >= 1
+    assert check_blast_radius(memoir, proposal, probes, None).count >= 1
     with pytest.raises(EditRejectedError, match="MEMOIR_MAX_BLAST_RADIUS=0"):
-        check_blast_radius(memoir, proposal.record, probes, 0, "MEMOIR_MAX_BLAST_RADIUS")
+        check_blast_radius(memoir, proposal, probes, 0, "MEMOIR_MAX_BLAST_RADIUS")
 
 
 def test_try_prompt(memoir):

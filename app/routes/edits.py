@@ -32,7 +32,8 @@ async def post_edit(body: EditBody, engine: Engine = Depends(deps.engine),
     if len(items) > settings.max_edits_per_request:
         raise InvalidRequestError(f"{len(items)} edits in one request; the limit is {settings.max_edits_per_request}")
     specs = [EditSpec(prompt=e.prompt, target_new=e.target_new, rephrase_prompts=list(e.rephrase_prompts),
-                      subject=e.subject, id=e.id, metadata=dict(e.metadata), author=author) for e in items]
+                      subject=e.subject, id=e.id, metadata=dict(e.metadata), author=author,
+                      probe_prompts=list(e.probe_prompts)) for e in items]
     if not isinstance(body, list) and body.dry_run:
         return PreviewOut.of(await engine.preview(specs[0]), settings.max_blast_radius)
     applied, version = await engine.edit(specs)

@@ -1,0 +1,36 @@
+"""Other surface forms of an edit's prompt, trained with it so that every form answers.
+
+A question edit ("Who is the CEO of Acme?") learns to answer the question; asked as a
+statement to complete ("The CEO of Acme is", the completions API's form) the memory switches on
+but the model goes on in its own words. `statement_form` turns the common question shapes into
+the statement they ask to complete, by rule (no model call, so an edit costs one row more, not a
+generation): "Who/What/Which is X?" -> "X is"; "When/Where was <subject> Y?" -> "<subject> was
+Y in". Other shapes get no statement row.
+"""
+
+from __future__ import annotations
+
+import re
+
+_COPULA = r"(is|was|are|were)"
+_WHO_IS = re.compile(rf"^(?:who|what|which)\s+{_COPULA}\s+(.+)$", re.IGNORECASE)
+_WHEN_WHERE = re.compile(rf"^(?:when|where|in what year|in which year)\s+{_COPULA}\s+(.+)$", re.IGNORECASE)
+
+
+def statement_form(prompt: str, subject: str | None) -> str | None:
+    """The statement a question asks to complete, or None (not a question of a known shape)."""
+    text = prompt.strip()
+    if not text.endswith("?"):
+        return None
+    text = text[:-1].strip()
+    if (m := _WHEN_WHERE.match(text)) and subject:
+        verb, rest = m.group(1).lower(), m.group(2)
+        if rest.lower().startswith(subject.lower()) and rest[len(subject):].strip():
+            return f"{rest[: len(subject)]} {verb} {rest[len(subject):].strip()} in"
+        return None
+    if m := _WHO_IS.match(text):
+        verb, rest = m.group(1).lower(), m.group(2)
+        if len(rest.split()) < 2:
+            return None  # "Who is Marta?": the statement "Marta is" asks for anything
+        return f"{rest[0].upper()}{rest[1:]} {verb}"
+    return None
