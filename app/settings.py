@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # a background snapshot compacts the journal once it holds max(min_bytes, ratio x the last snapshot)
     snapshot_min_bytes: int = Field(64 << 20, ge=0)
     snapshot_ratio: float = Field(1.0, ge=0)
+    accept_state_loss: bool = Field(False, description="start even though the state directory shows acknowledged "
+                                    "edits lost (a damaged last record, a journal cut short): they are dropped, "
+                                    "said at CRITICAL, and the damaged bytes kept aside. Otherwise such a start "
+                                    "is refused (exit 3)")
     # many replicas on one memory (docs/replicas.md): the edit log in PostgreSQL instead of a directory
     state_url: SecretStr | None = Field(None, description="postgresql://... : keep the memory in PostgreSQL, "
                                         "shared by every replica that names the same database")

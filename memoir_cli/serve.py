@@ -20,6 +20,9 @@ def add_parsers(sub) -> None:
                    "or PostgreSQL when a state URL is given]")
     p.add_argument("--state-url", help="postgresql://... : the memory in PostgreSQL, shared by every replica on it "
                    "[MEMOIR_STATE_URL; docs/replicas.md]")
+    p.add_argument("--accept-state-loss", action="store_true", default=None,
+                   help="start even though the state directory shows acknowledged edits lost (refused otherwise) "
+                   "[MEMOIR_ACCEPT_STATE_LOSS]")
     p.add_argument("--replica-name", help="this replica's name in the database [MEMOIR_REPLICA_NAME, host-pid]")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... [MEMOIR_DEVICE]")
     p.add_argument("--dtype", help="auto, float32, bfloat16, float16 [MEMOIR_DTYPE]")
@@ -41,7 +44,7 @@ def run_serve(args) -> int:
 
     names = ("model", "served_model_name", "host", "port", "state_dir", "store", "device", "dtype", "threads",
              "max_batch", "edit_queue_size", "log_level", "log_format", "allow_insecure", "shutdown_timeout",
-             "state_url", "replica_name")
+             "state_url", "replica_name", "accept_state_loss")
     settings = Settings(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
     # An app object (not an import string) runs in this process: one worker, which is what a
     # single model owner needs.

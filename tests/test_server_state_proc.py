@@ -136,3 +136,31 @@ def test_a_full_disk_stops_edits_not_generation_and_loses_nothing(tmp_path):
         assert sorted(view.registry.live) == sorted(acked + ["late"])
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_a_flipped_bit_in_the_last_record_stops_the_start_unless_the_loss_is_accepted(tmp_path):
+    server = durable(tmp_path).start(180)
+    try:
+        for i, p in enumerate(PROMPTS[:2]):
+            r = httpx.post(server.url + "/edit", json={"prompt": p, "target_new": "jane roe", "id": f"e{i}"},
+                           timeout=60)
+            assert r.status_code == 200, r.text
+    finally:
+        server.stop()
+    seg = sorted((tmp_path / "journal").glob("*.wal"))[-1]
+    data = bytearray(seg.read_bytes())
+    data[-64] ^= 0x10  # in the last record's payload: whole, full length, one bit wrong
+    seg.write_bytes(bytes(data))
+
+    code, out = run_to_exit(durable(tmp_path))
+    assert code == 3, out
+    assert "not a torn write" in out and seg.name in out and "edit or rollback 'e1'" in out, out
+    assert seg.read_bytes() == bytes(data)  # nothing cut
+
+    server = durable(tmp_path, MEMOIR_ACCEPT_STATE_LOSS="1").start(180)
+    try:
+        assert [e["id"] for e in httpx.get(server.url + "/edits").json()["edits"]] == ["e0"]
+        assert "ACKNOWLEDGED EDITS LOST" in server.output()
+    finally:
+        server.stop()
+    assert len(list((tmp_path / "journal").glob("*.damaged-*"))) == 1
