@@ -23,6 +23,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from memoir_core.throttle import Throttle
+
 
 @dataclass
 class RequestInfo:
@@ -99,6 +101,30 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class Flood(logging.Filter):
+    """asyncio logs "socket.accept() out of system resource" (EMFILE) on every retry of the accept
+    loop, tens of thousands of lines a minute: pass one per interval, with the count left out."""
+
+    PREFIXES = ("socket.accept() out of system resource",)
+
+    def __init__(self, interval: float = 10.0):
+        super().__init__()
+        self.throttle = Throttle(interval)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        prefix = next((p for p in self.PREFIXES if msg.startswith(p)), None)
+        if prefix is None:
+            return True
+        skipped = self.throttle.due(prefix)
+        if skipped is None:
+            return False
+        record.exc_info, record.exc_text = None, None  # the traceback is the same every time
+        if skipped:
+            record.msg, record.args = f"{msg} ({skipped} more since the last report)", record.args
+        return True
+
+
 class _Handler(logging.StreamHandler):
     """Ours: configure() recognises it and does not add a second one."""
 
@@ -126,5 +152,8 @@ def configure(fmt: str = "json", level: str | int = "info", replace: bool = Fals
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    aio = logging.getLogger("asyncio")
+    if not any(isinstance(f, Flood) for f in aio.filters):
+        aio.addFilter(Flood())
     # one access line per request is ours (event=request); uvicorn's would repeat it
     logging.getLogger("uvicorn.access").disabled = True

@@ -185,7 +185,10 @@ class GenerateOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or failed (503): only a restart brings edits back")
+    writer: str | None = Field(None, description="paused (a passing fault; edits resume by themselves) or failed")
+    restart_helps: bool | None = Field(None, description="whether restarting the process would help")
+    error: str | None = None
 
 
 class Ready(BaseModel):

@@ -66,3 +66,11 @@ class DurabilityError(MemoirError):
     """A write or fsync failed: the edit was not acknowledged and the writer stops."""
 
     code = "durability_error"
+
+
+class TransientDurabilityError(DurabilityError):
+    """A write failed for a reason that passes (EMFILE, ENFILE, ENOSPC, EAGAIN): the edit was not
+    acknowledged; the store pauses writes and resumes by itself once it checks sound again."""
+
+    code = "durability_transient"
+    retry_after = 2

@@ -17,10 +17,10 @@ import threading
 import time
 
 from ..basis import Basis
-from ..errors import DurabilityError, StateError
+from ..errors import DurabilityError, StateError, TransientDurabilityError
 from ..records import EditRecord
 from ..state import Loaded, Manifest, check_manifest
-from . import commit, fsio, journal, reader, snapshot, tensorfile
+from . import commit, fsio, healing, journal, reader, snapshot, tensorfile
 from .layout import (BASIS, JOURNAL, LOCK, MANIFEST, SEGMENT_SUFFIX, SNAPSHOTS, TMP_MARK, checked_json, corrupt,
                      parse_version, sha256)
 from .lock import DirLock
@@ -54,6 +54,7 @@ class DirectoryStore:
         self._manifest: Manifest | None = None
         self._journal: journal.JournalWriter | None = None
         self._failure: str | None = None
+        self._healer: healing.Healer | None = None  # set while a transient fault pauses writes
         self._closed = False
         self.snapshot_version = 0
         self.snapshot_error: str | None = None
@@ -71,6 +72,11 @@ class DirectoryStore:
     @property
     def failure(self) -> str | None:
         return self._failure
+
+    @property
+    def transient(self) -> bool:
+        """The failure is a fault that passes: writes resume by themselves, no restart needed."""
+        return self._failure is not None and self._healer is not None
 
     @property
     def version(self) -> int:
@@ -217,8 +223,28 @@ class DirectoryStore:
         try:
             self._journal.append(version, data, lambda: self._marker.write(version))
         except OSError as e:
+            if e.errno in healing.TRANSIENT:
+                raise self._pause(f"writing the {what}", e, len(data)) from e
             raise self._fail(f"writing the {what}", e) from e
         self._journal_bytes += len(data)
+
+    def _pause(self, doing: str, error: OSError, need: int) -> TransientDurabilityError:
+        self._failure = f"{doing} failed: {error}"
+        if self._healer is None:
+            self._healer = healing.Healer(self, need)
+            self._healer.start()
+        self._healer.report(self._failure)
+        return TransientDurabilityError(
+            f"state directory {self.root}: {self._failure}. It was not acknowledged; every edit acknowledged "
+            "before is safe. A passing fault: edits resume by themselves once the store checks sound again "
+            "(no restart needed); retry shortly.")
+
+    def _resume(self) -> None:  # under _mu, by the healer once the store checks sound
+        self._failure, self._healer = None, None
+
+    def _stop_healing(self, why: str) -> None:  # under _mu: the check found damage; a restart must look
+        self._failure, self._healer = f"{self._failure}; then {why}", None
+        log.error("%s: %s; the store takes no more writes", self.root, self._failure)
 
     def _fail(self, doing: str, error: OSError) -> DurabilityError:
         self._failure = f"{doing} failed: {error}"
@@ -230,6 +256,9 @@ class DirectoryStore:
 
     def _writable(self) -> None:
         self._open_check()
+        if self._failure is not None and self._healer is not None:
+            raise TransientDurabilityError(f"state directory {self.root}: edits are paused since {self._failure}; "
+                                           "they resume by themselves once the store checks sound again")
         if self._failure is not None:
             raise DurabilityError(f"state directory {self.root} takes no writes since {self._failure}; restart")
         if self._registry is None:

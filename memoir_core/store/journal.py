@@ -204,6 +204,7 @@ class JournalWriter:
         self.directory = directory
         self._fd = fsio.open_append(segment) if segment else None
         self.segment = segment
+        self._dir_synced = True  # False while a new segment's directory entry may not be durable
 
     def append(self, version: int, data: bytes, then=None) -> None:
         """Write and fsync one record (and the directory, for a new segment), then call `then`
@@ -212,16 +213,17 @@ class JournalWriter:
         On an error the file is cut back to where the record began, if that still works, and
         the error propagates.
         """
-        created = self._fd is None
-        if created:
+        if self._fd is None:
             self.segment = os.path.join(self.directory, segment_name(version))
             self._fd = fsio.create(self.segment)
+            self._dir_synced = False  # until it is, also after a failed append (a later one retries)
         start = os.fstat(self._fd).st_size
         try:
             fsio.write_all(self._fd, data)
             fsio.fsync(self._fd)
-            if created:
+            if not self._dir_synced:
                 fsio.fsync_dir(self.directory)
+                self._dir_synced = True
             if then is not None:
                 then()
         except OSError:
