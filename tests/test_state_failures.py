@@ -95,7 +95,7 @@ def test_a_passing_fault_pauses_writes_and_heals_without_a_restart(tmp_path, mon
     exp = build(tmp_path, 4)
     store = DirectoryStore(tmp_path)
     store.load()
-    real_write, real_create = fsio.write_all, fsio.create
+    real_write = fsio.write_all
 
     def full(fd, data):  # half the record reaches the file, then the disk is full
         real_write(fd, bytes(data)[: len(data) // 2])
