@@ -125,6 +125,13 @@ class Flood(logging.Filter):
         return True
 
 
+def quiet_floods() -> None:
+    """Install Flood on asyncio's logger (once), whoever configured the handlers."""
+    aio = logging.getLogger("asyncio")
+    if not any(isinstance(f, Flood) for f in aio.filters):
+        aio.addFilter(Flood())
+
+
 class _Handler(logging.StreamHandler):
     """Ours: configure() recognises it and does not add a second one."""
 
@@ -152,8 +159,6 @@ def configure(fmt: str = "json", level: str | int = "info", replace: bool = Fals
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
-    aio = logging.getLogger("asyncio")
-    if not any(isinstance(f, Flood) for f in aio.filters):
-        aio.addFilter(Flood())
+    quiet_floods()
     # one access line per request is ours (event=request); uvicorn's would repeat it
     logging.getLogger("uvicorn.access").disabled = True

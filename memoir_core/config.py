@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .calibrate import growth_term  # at import: a lazy import fails when no descriptor is free (EMFILE)
+
 # Seeds of the short prefixes the base model writes once; the prefixed training rows make an
 # edit hold when the question comes after some other text.
 PREFIX_SEEDS = ("I", "You", "Because", "Yes", "Q: ")
@@ -138,8 +140,6 @@ class MemoirConfig:
         return dataclasses.replace(self, layer=layer, k=k)
 
     def tau_at(self, n_edits: int) -> float:
-        from .calibrate import growth_term
-
         extra = growth_term(n_edits) - growth_term(self.tau_ref_size)
         return self.tau + self.tau_growth * max(0.0, extra)
 
