@@ -74,3 +74,9 @@ class TransientDurabilityError(DurabilityError):
 
     code = "durability_transient"
     retry_after = 2
+
+
+class ModelLoadError(MemoirError):
+    """The base model cannot be loaded: no such folder, not a causal LM, not in the local cache."""
+
+    code = "model_load_error"

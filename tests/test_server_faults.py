@@ -1,18 +1,22 @@
 """A server process that runs out of file descriptors (idle sockets under a low open-files
 limit) pauses edits with a 503 and takes them again once the sockets close, without a
-restart; asyncio's accept errors meanwhile are logged once per interval, not per event."""
+restart; asyncio's accept errors meanwhile are logged once per interval, not per event. A
+model that cannot load ends the process, non-zero, in seconds, saying why."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
-from .server_utils import tiny
+from .server_utils import REPO, free_port, tiny
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -64,3 +68,28 @@ def test_running_out_of_file_descriptors_heals_without_a_restart(tmp_path):
         for s in idle:
             s.close()
         server.stop()
+
+
+@pytest.mark.parametrize("model,words", [
+    ("/no/such/dir", "model '/no/such/dir': no such folder"),
+    ("NOT_AN_LM", "is not a causal LM (its architectures: BertForMaskedLM)"),
+    ("acme/no-such-model", "not in the local Hugging Face cache, and the hub is offline (HF_HUB_OFFLINE=1): "
+                           "prepare it on a machine with network: `huggingface-cli download acme/no-such-model`"),
+])
+def test_a_model_that_cannot_load_exits_non_zero_within_10_s_saying_why(tmp_path, model, words):
+    if model == "NOT_AN_LM":
+        model = str(tmp_path / "bert")
+        os.mkdir(model)
+        with open(os.path.join(model, "config.json"), "w") as f:
+            json.dump({"architectures": ["BertForMaskedLM"], "model_type": "bert"}, f)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "MEMOIR_THREADS": "1",
+           "MEMOIR_STORE": "auto"}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "memoir_cli.main", "serve", "--model", model, "--port",
+                           str(free_port()), "--state-dir", str(tmp_path / "state"), "--log-format", "text"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "memoir serve: cannot start: ModelLoadError: model " in proc.stderr, proc.stderr[-3000:]
+    assert words in proc.stderr and "CRITICAL" in proc.stderr, proc.stderr[-3000:]
+    assert seconds < 10, f"{seconds:.1f} s"
