@@ -82,8 +82,9 @@ def exit_process(message: str, code: int = 3) -> None:
 class Runtime:
     """`on_fatal(message)` is called (from the loading thread) when the start fails: the model
     cannot be loaded, or the memory's state stops it (the state directory is locked by another
-    server, corrupt, or made for another model or layout, or cannot be written). An operator must act, so a server process exits non-zero (see
-    exit_process); without on_fatal (in-process tests) /ready reports the error."""
+    server, corrupt, or made for another model or layout, or cannot be written). An operator must
+    act, so a server process exits non-zero (see exit_process); without on_fatal (in-process
+    tests) /ready reports the error."""
 
     def __init__(self, settings: Settings, builder: Builder | None = None,
                  store_factory: Callable[[Settings], MemoryStore] = open_store,
