@@ -64,6 +64,10 @@ class Settings(BaseSettings):
 
     # limits on input
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    # slow clients (app/slowclients.py, under `memoir serve`); 0 turns one off
+    header_timeout: float = Field(10.0, ge=0, description="seconds a request's headers may take to arrive")
+    body_timeout: float = Field(60.0, ge=0, description="seconds a request's body may take, after its headers")
+    max_connections_per_ip: int = Field(128, ge=0, description="open connections from one client address")
     max_prompt_tokens: int = Field(4096, ge=1, description="generation prompt, after the chat template")
     max_new_tokens: int = Field(2048, ge=1, description="upper bound a request may ask for")
     default_max_new_tokens: int = Field(256, ge=1, description="/generate and chat when the request names none")

@@ -33,6 +33,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--log-format", choices=("json", "text"), help="[MEMOIR_LOG_FORMAT, json]")
     p.add_argument("--allow-insecure", action="store_true", default=None,
                    help="listen beyond 127.0.0.1 without an admin key [MEMOIR_ALLOW_INSECURE]")
+    p.add_argument("--header-timeout", type=float,
+                   help="seconds a request's headers may take [MEMOIR_HEADER_TIMEOUT, 10; 0: no limit]")
+    p.add_argument("--body-timeout", type=float,
+                   help="seconds a request's body may take after its headers [MEMOIR_BODY_TIMEOUT, 60; 0: no limit]")
+    p.add_argument("--max-connections-per-ip", type=int,
+                   help="open connections from one client address [MEMOIR_MAX_CONNECTIONS_PER_IP, 128; 0: no cap]")
     p.add_argument("--shutdown-timeout", type=float,
                    help="seconds SIGTERM waits for requests in flight [MEMOIR_SHUTDOWN_TIMEOUT, 30]")
     p.set_defaults(func=run_serve)
@@ -44,7 +50,8 @@ def run_serve(args) -> int:
 
     names = ("model", "served_model_name", "host", "port", "state_dir", "store", "device", "dtype", "threads",
              "max_batch", "edit_queue_size", "log_level", "log_format", "allow_insecure", "shutdown_timeout",
-             "state_url", "replica_name", "accept_state_loss")
+             "state_url", "replica_name", "accept_state_loss", "header_timeout", "body_timeout",
+             "max_connections_per_ip")
     settings = Settings(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
     # An app object (not an import string) runs in this process: one worker, which is what a
     # single model owner needs.
