@@ -16,6 +16,7 @@ access-log line with annotate(), from any thread that holds the RequestInfo.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -125,11 +126,28 @@ class Flood(logging.Filter):
         return True
 
 
+class Cancelled(logging.Filter):
+    """uvicorn logs the CancelledError of every request it cancels when the shutdown timeout runs
+    out as "Exception in ASGI application" with a 60-line traceback at ERROR. It is the drain
+    working as configured, not a fault: one WARNING line says so instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError) and str(record.msg).startswith("Exception in ASGI application"):
+            record.msg, record.args = ("a request still running when the shutdown timeout ran out was cancelled "
+                                       "(its client got no complete answer)"), ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def quiet_floods() -> None:
-    """Install Flood on asyncio's logger (once), whoever configured the handlers."""
-    aio = logging.getLogger("asyncio")
-    if not any(isinstance(f, Flood) for f in aio.filters):
-        aio.addFilter(Flood())
+    """Install Flood on asyncio's logger and Cancelled on uvicorn's (once), whoever configured
+    the handlers."""
+    for name, cls in (("asyncio", Flood), ("uvicorn.error", Cancelled)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 class _Handler(logging.StreamHandler):
