@@ -48,6 +48,8 @@ def test_running_out_of_file_descriptors_heals_without_a_restart(tmp_path):
             assert r.json()["error"]["code"] == "durability_transient" and "Too many open files" in r.text
             health = c.get("/health").json()
             assert health["writer"] == "paused" and health["restart_helps"] is False, health
+            paused = [ln for ln in c.get("/metrics").text.splitlines() if ln.startswith("memoir:writer_paused ")]
+            assert paused and float(paused[0].split()[1]) == 1, paused
             g = c.post("/generate", json={"prompt": "who is the chief", "max_new_tokens": 4})
             assert g.status_code == 200
 
