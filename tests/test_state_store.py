@@ -117,14 +117,16 @@ def test_files_are_plain_safetensors(tmp_path):
         assert torch.equal(f.get_tensor("acc"), loaded.acc)
 
 
-@pytest.mark.parametrize("tear", ["one byte", "frame only", "half", "zeros"])
+@pytest.mark.parametrize("tear", ["one byte", "frame only", "half", "bad checksum", "zeros"])
 def test_torn_last_record_is_cut(tmp_path, tear):
     exp = build(tmp_path, 5)
     seg = segments(tmp_path)[-1]
     size = seg.stat().st_size
     data = journal.encode_edit(record(6))
+    # "bad checksum": whole, but past the commit marker, so never acknowledged (an acknowledged
+    # one is corruption: test_state_losses)
     tail = {"one byte": data[:1], "frame only": data[:journal.PREFIX], "half": data[: len(data) // 2],
-            "zeros": b"\0" * 4096}[tear]  # a whole record with a bad checksum is corruption: test_state_losses
+            "bad checksum": data[:-1] + bytes([data[-1] ^ 1]), "zeros": b"\0" * 4096}[tear]
     with open(seg, "ab") as f:
         f.write(tail)
     loaded, notes = reload(tmp_path)

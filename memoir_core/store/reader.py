@@ -188,6 +188,14 @@ def _todo() -> str:
     return f"{RECOVERY} {ACCEPT}"
 
 
+def _acknowledged(view: View, buf, scan: journal.Scan) -> bool:
+    """Whether a whole damaged last record may hold an acknowledged edit. COMMIT is written after
+    the record is fsynced, so a record whose version is past it never was: a write cut short by a
+    power loss that left its length but not all its bytes, cut like any torn write."""
+    named = journal.guess(buf, scan.valid_end)
+    return view.marker is None or named is None or named[0] <= view.marker
+
+
 def _whole_damage(view: View, rel: str, buf, scan: journal.Scan, accept_loss: bool) -> None:
     """A whole last record that fails its checksum: an acknowledged edit, damaged on disk."""
     named = journal.guess(buf, scan.valid_end)
@@ -213,9 +221,10 @@ def _replay(view: View, segments: list[tuple[int, str]], keep_recent: int, accep
                                     "not a torn write")
             if not last:
                 raise corrupt(root, f"{where}, and newer journal segments follow it")
-            if scan.whole:
+            whole = scan.whole and _acknowledged(view, buf, scan)
+            if whole:
                 _whole_damage(view, rel, buf, scan, accept_loss)
-            view.torn = Torn(path, scan.valid_end, len(buf) - scan.valid_end, scan.damage, scan.whole)
+            view.torn = Torn(path, scan.valid_end, len(buf) - scan.valid_end, scan.damage, whole)
         entries = scan.entries
         seg = Segment(path, first, len(buf), scan.valid_end, len(entries), entries[-1].version if entries else None)
         if entries and entries[0].version != first:
