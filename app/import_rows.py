@@ -78,6 +78,11 @@ def _check(line: int, obj: Any) -> Row:
         return Row(line, error=_describe(list(error.errors()))[0])
 
 
+def _too_deep(line: int) -> InvalidRequestError:
+    # The whole file is refused (400), as the same body is on every other route.
+    return InvalidRequestError(f"line {line}: the JSON is nested too deeply to read")
+
+
 def _jsonl(data: str) -> list[Row]:
     rows = []
     for n, text in enumerate(data.splitlines(), start=1):
@@ -88,6 +93,8 @@ def _jsonl(data: str) -> list[Row]:
         except json.JSONDecodeError as error:
             rows.append(Row(n, error=f"not valid JSON: {error.msg} (column {error.colno})"))
             continue
+        except RecursionError:
+            raise _too_deep(n) from None
         rows.append(_check(n, obj))
     return rows
 
@@ -139,6 +146,8 @@ def _csv_row(line: int, cells: dict[str, str]) -> Row:
             metadata = json.loads(cells["metadata"])
         except json.JSONDecodeError as error:
             return Row(line, error=f"metadata: not valid JSON: {error.msg}")
+        except RecursionError:
+            raise _too_deep(line) from None
         if not isinstance(metadata, dict):
             return Row(line, error="metadata: must be a JSON object")
     for name, value in cells.items():

@@ -16,12 +16,15 @@ access-log line with annotate(), from any thread that holds the RequestInfo.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+
+from memoir_core.throttle import Throttle
 
 
 @dataclass
@@ -99,6 +102,54 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class Flood(logging.Filter):
+    """asyncio logs "socket.accept() out of system resource" (EMFILE) on every retry of the accept
+    loop, tens of thousands of lines a minute: pass one per interval, with the count left out."""
+
+    PREFIXES = ("socket.accept() out of system resource",)
+
+    def __init__(self, interval: float = 10.0):
+        super().__init__()
+        self.throttle = Throttle(interval)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        prefix = next((p for p in self.PREFIXES if msg.startswith(p)), None)
+        if prefix is None:
+            return True
+        skipped = self.throttle.due(prefix)
+        if skipped is None:
+            return False
+        record.exc_info, record.exc_text = None, None  # the traceback is the same every time
+        if skipped:
+            record.msg, record.args = f"{msg} ({skipped} more since the last report)", record.args
+        return True
+
+
+class Cancelled(logging.Filter):
+    """uvicorn logs the CancelledError of every request it cancels when the shutdown timeout runs
+    out as "Exception in ASGI application" with a 60-line traceback at ERROR. It is the drain
+    working as configured, not a fault: one WARNING line says so instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError) and str(record.msg).startswith("Exception in ASGI application"):
+            record.msg, record.args = ("a request still running when the shutdown timeout ran out was cancelled "
+                                       "(its client got no complete answer)"), ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_floods() -> None:
+    """Install Flood on asyncio's logger and Cancelled on uvicorn's (once), whoever configured
+    the handlers."""
+    for name, cls in (("asyncio", Flood), ("uvicorn.error", Cancelled)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
+
+
 class _Handler(logging.StreamHandler):
     """Ours: configure() recognises it and does not add a second one."""
 
@@ -126,5 +177,6 @@ def configure(fmt: str = "json", level: str | int = "info", replace: bool = Fals
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    quiet_floods()
     # one access line per request is ours (event=request); uvicorn's would repeat it
     logging.getLogger("uvicorn.access").disabled = True

@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     """`builder` makes the Memoir (tests pass a tiny model); by default it loads settings.model.
     `on_fatal`: what a server process does when the memory's state stops the start (Runtime)."""
     settings = settings or Settings()
+    logs.quiet_floods()  # whoever configured the log handlers (uvicorn, an embedding app)
     keys = Keys.from_settings(settings)  # a malformed key stops the start here, with its reason
     check_exposure(settings.host, keys, settings.allow_insecure)
     runtime = Runtime(settings, builder, lambda s: metrics.instrument_store(store_factory(s)), on_fatal)

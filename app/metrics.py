@@ -190,6 +190,8 @@ class ServerCollector:
                          memoir.version)
             yield _gauge("memoir:writer_failed", "1 after a failed store write: edits are stopped until restart.",
                          bool(engine.writer.failed))
+            yield _gauge("memoir:writer_paused", "1 while a passing fault (EMFILE, ENOSPC...) pauses edits; they "
+                         "resume by themselves.", bool(getattr(runtime.store, "transient", False)))
         follower = getattr(runtime, "follower", None)
         if follower is not None and engine is not None:
             head = max(follower.head, engine.memoir.version)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .protocol import MAX_SEED, MAX_TEXT_CHARS, AnyText, MemoryOut, PromptText, Stops, Usage
 
@@ -22,13 +22,13 @@ class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, max_length=256)
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 1; 0 is greedy")
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int | None = Field(None, ge=1, le=16)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description="default 1; 0 is greedy")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    n: StrictInt | None = Field(None, ge=1, le=16)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: Stops = None
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     user: str | None = Field(None, max_length=256)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -42,10 +42,10 @@ class OpenAIRequest(BaseModel):
 
 class CompletionRequest(OpenAIRequest):
     prompt: PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=16)]
-    max_tokens: int | None = Field(16, ge=1, le=1_000_000)
+    max_tokens: StrictInt | None = Field(16, ge=1, le=1_000_000)
     echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=5)
-    best_of: int | None = Field(None, ge=1, le=16)
+    logprobs: StrictInt | None = Field(None, ge=0, le=5)
+    best_of: StrictInt | None = Field(None, ge=1, le=16)
     suffix: str | None = Field(None, max_length=MAX_TEXT_CHARS)
 
     def unsupported(self) -> list[tuple[str, bool]]:
@@ -75,10 +75,10 @@ class ResponseFormat(BaseModel):
 
 class ChatCompletionRequest(OpenAIRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)]
-    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
-    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=1_000_000)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=1_000_000)
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 
 MAX_TEXT_CHARS = 200_000  # a generation prompt; the token limit is checked by the engine
 MAX_EDIT_CHARS = 10_000  # edit fields; the token limits of the memory's config apply too
@@ -31,18 +31,26 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000; refused everywhere so both stores behave alike.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    return value
+
+
 def text(min_length: int = 0, max_length: int = MAX_TEXT_CHARS):
     """A string type with length limits that must be encodable (constraints before the check,
     so their messages read as about a string)."""
     return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(_utf8)]
 
 
-EditText = Annotated[text(1, MAX_EDIT_CHARS), AfterValidator(_not_blank)]
-PromptText = text(1)
+EditText = Annotated[text(1, MAX_EDIT_CHARS), AfterValidator(_not_blank), AfterValidator(_no_nul)]
+PromptText = Annotated[text(1), AfterValidator(_not_blank)]
 AnyText = text()
 Stop = text(1, 256)
 Stops = Stop | Annotated[list[Stop], Field(max_length=8)] | None
-MetaValue = text(0, 2000) | int | \
+MetaKey = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_nul)]
+MetaValue = Annotated[text(0, 2000), AfterValidator(_no_nul)] | int | \
     Annotated[float, Field(allow_inf_nan=False)] | bool | None
 EditId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
                               description="letters, digits and . _ : - (up to 128); your key for idempotent retries")]
@@ -60,7 +68,7 @@ class EditIn(Strict):
         default_factory=list, description="other wordings trained with the edit")
     subject: EditText | None = None
     id: EditId | None = None
-    metadata: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], MetaValue],
+    metadata: Annotated[dict[MetaKey, MetaValue],
                         Field(max_length=32)] = Field(default_factory=dict, description="ticket, reason, ...")
     probe_prompts: Annotated[list[EditText], Field(max_length=16)] = Field(
         default_factory=list, description="prompts the edit must not change: the dry run shows their answers before "
@@ -168,13 +176,13 @@ class Usage(BaseModel):
 
 class GenerateIn(Strict):
     prompt: PromptText
-    max_new_tokens: int | None = Field(None, ge=1, le=1_000_000, description="default: the server's")
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 is greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: StrictInt | None = Field(None, ge=1, le=1_000_000, description="default: the server's")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, allow_inf_nan=False, description="0 is greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     stop: Stops = None
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
-    min_version: int | None = Field(None, ge=0, description="answer from memory version >= this one "
+    min_version: StrictInt | None = Field(None, ge=0, description="answer from memory version >= this one "
                                     "(read-your-writes; also the X-Memoir-Min-Version header)")
 
 
@@ -186,7 +194,10 @@ class GenerateOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or failed (503): only a restart brings edits back")
+    writer: str | None = Field(None, description="paused (a passing fault; edits resume by themselves) or failed")
+    restart_helps: bool | None = Field(None, description="whether restarting the process would help")
+    error: str | None = None
 
 
 class Ready(BaseModel):

@@ -13,9 +13,15 @@ from collections.abc import Callable
 
 import torch
 
+<<<<<<< HEAD
 from memoir_core import models
 from memoir_core.config import MemoirConfig, checked
 from memoir_core.errors import DurabilityError, StateCorruptError, StateError, StateMismatchError
+=======
+from memoir_core import model_source, models
+from memoir_core.config import MemoirConfig
+from memoir_core.errors import DurabilityError, ModelLoadError, StateCorruptError, StateError, StateMismatchError
+>>>>>>> h1
 from memoir_core.memoir import Memoir
 from memoir_core.state import Loaded, Manifest, MemoryStore, check_manifest, restore, stored_meaning
 
@@ -33,6 +39,7 @@ Builder = Callable[[Loaded | None], Memoir]
 
 def default_builder(settings: Settings) -> Builder:
     def build(loaded: Loaded | None) -> Memoir:
+        model_source.check(models.resolve(settings.model))  # in a second, with a cause, not a traceback
         model, tokenizer = models.load(settings.model, settings.device, settings.dtype)
         if loaded is not None:
             return Memoir(model, tokenizer, stored_config(loaded.manifest, settings.config), basis=loaded.basis)
@@ -74,10 +81,11 @@ def exit_process(message: str, code: int = 3) -> None:
 
 
 class Runtime:
-    """`on_fatal(message)` is called (from the loading thread) when the memory's state stops the
-    start: the state directory is locked by another server, corrupt, or made for another model or
-    layout, or cannot be written. An operator must act, so a server process exits non-zero (see
-    exit_process); without on_fatal (in-process tests) /ready reports the error."""
+    """`on_fatal(message)` is called (from the loading thread) when the start fails: the model
+    cannot be loaded, or the memory's state stops it (the state directory is locked by another
+    server, corrupt, or made for another model or layout, or cannot be written). An operator must
+    act, so a server process exits non-zero (see exit_process); without on_fatal (in-process
+    tests) /ready reports the error."""
 
     def __init__(self, settings: Settings, builder: Builder | None = None,
                  store_factory: Callable[[Settings], MemoryStore] = open_store,
@@ -159,9 +167,19 @@ class Runtime:
             log.info("start-up abandoned: the server is stopping")
             return
         if not isinstance(error, (StateError, DurabilityError)):
-            log.exception("start-up failed", exc_info=error)
-            if getattr(self.store, "shared", False):  # let go of the database's locks: other
-                self._close_store()  # replicas may be waiting for this one to create the memory
+            if isinstance(error, ModelLoadError):
+                log.critical("the model cannot be loaded: %s", error)
+            else:
+                log.critical("start-up failed", exc_info=error)
+            if self.on_fatal is None:  # in process: /ready reports it
+                if getattr(self.store, "shared", False):  # let go of the database's locks: other
+                    self._close_store()  # replicas may be waiting for this one to create the memory
+                return
+            # A process that cannot serve exits, so Docker's restart policy and a Kubernetes
+            # liveness probe see a failing service, not one that answers /health forever.
+            self.fatal = self.error
+            self._close_store()
+            self.on_fatal(self.error)
             return
         self.fatal = self.error
         log.critical("the memory's state stops the start: %s", self.error)

@@ -66,7 +66,10 @@ def serve(settings: Settings, make_app: Callable[[Settings], Any]) -> int:
             super().handle_exit(sig, frame)
 
     # One worker: the model and its memory live in this process, and one thread owns them.
+    from .slowclients import guarded
+
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_config=None,
+                            http=guarded(settings),
                             access_log=False, log_level=settings.log_level.lower(), lifespan="on",
                             timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)))
     # uvicorn re-raises the signal it stopped on once it is done (so that the default action

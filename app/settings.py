@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # a background snapshot compacts the journal once it holds max(min_bytes, ratio x the last snapshot)
     snapshot_min_bytes: int = Field(64 << 20, ge=0)
     snapshot_ratio: float = Field(1.0, ge=0)
+    accept_state_loss: bool = Field(False, description="start even though the state directory shows acknowledged "
+                                    "edits lost (a damaged last record, a journal cut short): they are dropped, "
+                                    "said at CRITICAL, and the damaged bytes kept aside. Otherwise such a start "
+                                    "is refused (exit 3)")
     # many replicas on one memory (docs/replicas.md): the edit log in PostgreSQL instead of a directory
     state_url: SecretStr | None = Field(None, description="postgresql://... : keep the memory in PostgreSQL, "
                                         "shared by every replica that names the same database")
@@ -77,6 +81,10 @@ class Settings(BaseSettings):
 
     # limits on input
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    # slow clients (app/slowclients.py, under `memoir serve`); 0 turns one off
+    header_timeout: float = Field(10.0, ge=0, description="seconds a request's headers may take to arrive")
+    body_timeout: float = Field(60.0, ge=0, description="seconds a request's body may take, after its headers")
+    max_connections_per_ip: int = Field(128, ge=0, description="open connections from one client address")
     max_prompt_tokens: int = Field(4096, ge=1, description="generation prompt, after the chat template")
     max_new_tokens: int = Field(2048, ge=1, description="upper bound a request may ask for")
     default_max_new_tokens: int = Field(256, ge=1, description="/generate and chat when the request names none")

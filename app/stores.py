@@ -54,7 +54,7 @@ def directory_store(settings: Settings) -> MemoryStore:
     log.info("the memory is kept in %s (%s)", path.resolve(), how)
     # DirectoryStore creates the directory, then takes its lock (StateLockedError: in use)
     return DirectoryStore(str(path), snapshot_min_bytes=settings.snapshot_min_bytes,
-                          snapshot_ratio=settings.snapshot_ratio)
+                          snapshot_ratio=settings.snapshot_ratio, accept_loss=settings.accept_state_loss)
 
 
 def memory_store(settings: Settings) -> MemoryStore:

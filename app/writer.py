@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from memoir_core.errors import DurabilityError, EditConflictError, EditNotFoundError, MemoirError
+from memoir_core.errors import (DurabilityError, EditConflictError, EditNotFoundError, MemoirError,
+                                TransientDurabilityError)
 from memoir_core.memoir import Memoir
 from memoir_core.preview import Probes, check_blast_radius, preview
 from memoir_core.records import EditRecord
@@ -261,6 +262,8 @@ class Writer:
                     raise
                 raise DurabilityError(f"the edit could not be made durable ({error}); it was not applied") \
                     from error
+            if isinstance(error, TransientDurabilityError):  # the store pauses, checks and resumes itself
+                raise
             # The store may hold a partial write: stop writing rather than build on it.
             self.failed = f"{type(error).__name__}: {error}"
             log.error("the memory store failed; edits are stopped: %s", self.failed)

@@ -72,3 +72,17 @@ class DurabilityError(MemoirError):
     """A write or fsync failed: the edit was not acknowledged and the writer stops."""
 
     code = "durability_error"
+
+
+class TransientDurabilityError(DurabilityError):
+    """A write failed for a reason that passes (EMFILE, ENFILE, ENOSPC, EAGAIN): the edit was not
+    acknowledged; the store pauses writes and resumes by itself once it checks sound again."""
+
+    code = "durability_transient"
+    retry_after = 2
+
+
+class ModelLoadError(MemoirError):
+    """The base model cannot be loaded: no such folder, not a causal LM, not in the local cache."""
+
+    code = "model_load_error"

@@ -15,7 +15,7 @@ import shutil
 
 from memoir_core.store import fsio
 
-COUNTED = ("create", "write_all", "fsync", "fsync_dir", "truncate", "replace", "mkdir", "unlink", "rmtree")
+COUNTED = ("create", "write_all", "pwrite", "fsync", "fsync_dir", "truncate", "replace", "mkdir", "unlink", "rmtree")
 
 
 class Crash(BaseException):

@@ -137,7 +137,9 @@ def test_sigterm_finishes_the_stream_and_the_edit_then_exits_0(tmp_path):
         again.proc.send_signal(signal.SIGTERM)
         assert again.proc.wait(30) == 0, again.output()
         assert time.monotonic() - t0 < 15
-        assert "timeout graceful shutdown exceeded" in again.output(tail=200_000)
+        log = again.output(tail=200_000)
+        assert "timeout graceful shutdown exceeded" in log
+        assert "was cancelled" in log and "CancelledError" not in log and "Traceback" not in log, log[-4000:]
     finally:
         again.stop()
 

@@ -22,6 +22,12 @@ CASES = [
     ("POST", "/generate", {"prompt": "x", "stop": [""]}, 422, "stop"),
     ("POST", "/generate", {"prompt": "x", "seed": -1}, 422, "seed"),
     ("POST", "/generate", {"prompt": "x", "stream": "maybe"}, 422, "stream"),
+    ("POST", "/generate", {"prompt": "x", "max_new_tokens": "10"}, 422, "max_new_tokens: Input should be a valid int"),
+    ("POST", "/generate", {"prompt": "x", "max_new_tokens": True}, 422, "max_new_tokens: Input should be a valid int"),
+    ("POST", "/generate", {"prompt": " \n\t "}, 422, "prompt: must not be empty or only whitespace"),
+    ("POST", "/generate", b'{"prompt": "x", "temperature": NaN}', 422, "temperature: Input should be a finite number"),
+    ("POST", "/v1/completions", {"prompt": "x", "max_tokens": "10"}, 400, "max_tokens: Input should be a valid int"),
+    ("POST", "/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature: Input should be a finite"),
     ("POST", "/generate", {"prompt": "x", "tempreature": 0}, 422, "tempreature: Extra inputs are not permitted"),
     ("POST", "/generate", b'{"prompt": "\\ud800"}', 422, "prompt: "),  # a lone surrogate: raw, a client cannot encode it
     ("POST", "/generate", {"prompt": LONG}, 400, "tokens; the limit is 200"),
@@ -33,6 +39,8 @@ CASES = [
     ("POST", "/edit", {"prompt": LONG[:2000], "target_new": "jane"}, 400, "prompt is"),
     ("POST", "/edit", {"prompt": "x", "target_new": "y", "id": "bad id!"}, 422, "edit.id"),
     ("POST", "/edit", {"prompt": "x", "target_new": "y", "metadata": {"a": [1]}}, 422, "edit.metadata"),
+    ("POST", "/edit", {"prompt": "a\u0000b", "target_new": "x"}, 422, "edit.prompt: must not contain NUL"),
+    ("POST", "/edit", {"prompt": "x", "target_new": "y", "metadata": {"t": "\u0000"}}, 422, "must not contain NUL"),
     ("POST", "/edit", [], 400, "the list of edits is empty"),
     ("POST", "/edit", 5, 422, "edit"),
     ("POST", "/edit", [{"prompt": "x", "target_new": "y"}, {"prompt": "x"}], 422, "edits[1].target_new"),
@@ -103,3 +111,13 @@ def test_a_failed_edit_leaves_no_trace(client):
     after = client.get("/edits").json()
     assert after == before
     assert client.get("/ready").json()["version"] == before["version"]
+
+
+def test_a_deeply_nested_import_body_is_a_400(client):
+    deep = b"[" * 30_000 + b"]" * 30_000  # under the tiny server's 64 KiB body limit
+    for body in (deep, b'{"prompt": "a", "target_new": "b"}\n' + deep):
+        r = client.post("/edits:import", content=body, headers={"content-type": "application/x-ndjson"})
+        assert r.status_code == 400, r.text
+        assert "nested too deeply" in r.json()["error"]["message"]
+    r = client.post("/edit", content=deep, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500

@@ -1,4 +1,5 @@
-"""DirectoryStore when things go wrong around it: a second opener, misuse, failed writes, a full disk."""
+"""DirectoryStore when things go wrong around it: a second opener, misuse, failed writes, passing faults that
+heal, a full disk."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from memoir_core.errors import DurabilityError, StateError, StateLockedError
-from memoir_core.store import DirectoryStore, fsio
+from memoir_core.errors import DurabilityError, StateError, StateLockedError, TransientDurabilityError
+from memoir_core.store import DirectoryStore, fsio, journal
 
 from .state_support import LARGER, Expected, apply, assert_matches, basis, expected_at, manifest, record
-from .test_state_store import build, reload
+from .test_state_store import build, reload, segments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,10 +70,9 @@ def test_a_failed_write_fails_the_store_and_loses_nothing_acknowledged(tmp_path,
     real = getattr(fsio, failing)
 
     def broken(*args):
-        if failing == "write_all":  # half the record reaches the file, then the disk is full
+        if failing == "write_all":  # half the record reaches the file, then the disk fails
             real(args[0], bytes(args[1])[: len(args[1]) // 2])
-            raise OSError(errno.ENOSPC, "No space left on device")
-        raise OSError(errno.EIO, "Input/output error")
+        raise OSError(errno.EIO, "Input/output error")  # never retried: see test_a_passing_fault_heals
 
     monkeypatch.setattr(fsio, failing, broken)
     if failing == "create":
@@ -87,6 +88,64 @@ def test_a_failed_write_fails_the_store_and_loses_nothing_acknowledged(tmp_path,
     store.close()
     loaded, _ = reload(tmp_path)
     assert_matches(loaded, exp)
+
+
+@pytest.mark.parametrize("fault", [errno.ENOSPC, errno.EMFILE])
+def test_a_passing_fault_pauses_writes_and_heals_without_a_restart(tmp_path, monkeypatch, fault):
+    exp = build(tmp_path, 4)
+    store = DirectoryStore(tmp_path)
+    store.load()
+    real_write = fsio.write_all
+
+    def full(fd, data):  # half the record reaches the file, then the disk is full
+        real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def no_fds(path):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    # the fault also shows where the store checks for it before resuming: free space, a descriptor
+    if fault == errno.ENOSPC:
+        monkeypatch.setattr(fsio, "write_all", full)
+        monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096,) * 3 + (0,) * 7))
+    else:
+        monkeypatch.setattr(fsio, "create", no_fds)
+        monkeypatch.setattr(fsio, "fsync_dir", no_fds)
+        store._journal.rotate()  # the next record needs a new segment
+    kind, arg = exp.step()
+    for _ in range(2):  # the fault, then the pause
+        with pytest.raises(TransientDurabilityError, match="resume by themselves"):
+            apply(store, kind, arg, exp.version)
+        assert not store.ready and store.transient
+    time.sleep(1.5)
+    assert not store.ready  # the fault lasts: still paused
+    monkeypatch.undo()
+    deadline = time.monotonic() + 15
+    while not store.ready and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert store.ready and store.failure is None
+    apply(store, kind, arg, exp.version)  # the same edit, acknowledged now
+    store.close()
+    assert_matches(reload(tmp_path)[0], exp)
+
+
+def test_damage_found_before_resuming_stops_writes_for_good(tmp_path, monkeypatch):
+    build(tmp_path, 4)
+    store = DirectoryStore(tmp_path)
+    store.load()
+    monkeypatch.setattr(fsio, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+    with pytest.raises(TransientDurabilityError):
+        store.log_edit(record(5))
+    monkeypatch.undo()
+    with open(segments(tmp_path)[-1], "ab") as f:  # someone else wrote to the journal meanwhile
+        f.write(journal.encode_edit(record(5)))
+    deadline = time.monotonic() + 15
+    while store.transient and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not store.ready and not store.transient and "ends at version 5" in store.failure
+    with pytest.raises(DurabilityError, match="restart"):
+        store.log_edit(record(5))
+    store.close()
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:

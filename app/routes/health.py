@@ -12,8 +12,28 @@ from ..runtime import Runtime
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=Health, summary="liveness: the process answers")
-async def health() -> Health:
+_RESTART = ("failed: the process answers, but only a restart brings edits back (a write failed for a reason "
+            "that does not pass, or the engine stopped); restart_helps says so")
+
+
+@router.get("/health", response_model=Health, response_model_exclude_none=True,
+            responses={503: {"model": Health, "description": _RESTART}},
+            summary="liveness: the process answers, and whether a restart would help")
+async def health(runtime: Runtime = Depends(deps.runtime)):
+    """200 while the process is of use as it is, edits paused by a passing fault included (they
+    resume by themselves: `writer` "paused", `restart_helps` false); 503 when only a restart can
+    bring edits back, so a liveness probe restarts it. A start that fails exits the process."""
+    engine = runtime.engine
+    if engine is None or runtime._stopping:
+        return Health(status="ok")
+    failed = engine.writer.failed or getattr(runtime.store, "failure", None)
+    if not engine.alive:
+        failed = failed or runtime.error or "the engine thread stopped"
+    elif failed and getattr(runtime.store, "transient", False) and not engine.writer.failed:
+        return Health(status="ok", writer="paused", restart_helps=False, error=failed)
+    if failed:
+        body = Health(status="failed", writer="failed", restart_helps=True, error=failed)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
     return Health(status="ok")
 
 
@@ -40,7 +60,9 @@ async def ready(runtime: Runtime = Depends(deps.runtime)):
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     failed = engine.writer.failed or getattr(runtime.store, "failure", None)
     note = None
-    if failed:
+    if failed and getattr(runtime.store, "transient", False) and not engine.writer.failed:
+        note = f"a passing fault paused edits; they resume by themselves once the store checks sound again: {failed}"
+    elif failed:
         note = f"the memory store failed, edits are stopped until a restart: {failed}"
     elif follower is not None and follower.status == "cut_off":
         note = f"cut off from the edit log for {follower.cut_for():.0f} s ({follower.error}); serving version " \

@@ -17,10 +17,10 @@ import threading
 import time
 
 from ..basis import Basis
-from ..errors import DurabilityError, StateError
+from ..errors import DurabilityError, StateError, TransientDurabilityError
 from ..records import EditRecord
 from ..state import Loaded, Manifest, check_manifest
-from . import fsio, journal, reader, snapshot, tensorfile
+from . import commit, fsio, healing, journal, reader, snapshot, tensorfile
 from .layout import (BASIS, JOURNAL, LOCK, MANIFEST, SEGMENT_SUFFIX, SNAPSHOTS, TMP_MARK, checked_json, corrupt,
                      parse_version, sha256)
 from .lock import DirLock
@@ -38,12 +38,14 @@ class DirectoryStore:
     """
 
     def __init__(self, path: str, *, snapshot_min_bytes: int = 64 << 20, snapshot_ratio: float = 1.0,
-                 background: bool = True):
+                 background: bool = True, accept_loss: bool = False):
         self.root = os.path.abspath(path)
         os.makedirs(self.root, exist_ok=True)
         self._lock = DirLock(os.path.join(self.root, LOCK))
         self._lock.acquire()
         self.snapshot_min_bytes, self.snapshot_ratio, self.background = snapshot_min_bytes, snapshot_ratio, background
+        self.accept_loss = accept_loss  # start even where acknowledged edits are missing (said loudly)
+        self._marker: commit.Marker | None = None
         self._mu = threading.Lock()  # the log, the registry, the failure flag
         self._snap_mu = threading.Lock()  # one snapshot at a time
         self._cancel = threading.Event()
@@ -52,6 +54,7 @@ class DirectoryStore:
         self._manifest: Manifest | None = None
         self._journal: journal.JournalWriter | None = None
         self._failure: str | None = None
+        self._healer: healing.Healer | None = None  # set while a transient fault pauses writes
         self._closed = False
         self.snapshot_version = 0
         self.snapshot_error: str | None = None
@@ -69,6 +72,11 @@ class DirectoryStore:
     @property
     def failure(self) -> str | None:
         return self._failure
+
+    @property
+    def transient(self) -> bool:
+        """The failure is a fault that passes: writes resume by themselves, no restart needed."""
+        return self._failure is not None and self._healer is not None
 
     @property
     def version(self) -> int:
@@ -90,10 +98,14 @@ class DirectoryStore:
             self._open_check()
             if self._registry is not None:
                 raise StateError("load() or create() was already called on this store")
-            view = reader.read(self.root, expect)
+            view = reader.read(self.root, expect, accept_loss=self.accept_loss)
             if view is None:
                 return None
             self._repair(view)
+            try:
+                self._marker = commit.Marker(self.root, view.registry.version, reset=bool(view.lost))
+            except OSError as e:
+                raise DurabilityError(f"cannot open {self.root}/{commit.COMMIT}: {e}") from e
             loaded = view.loaded()
             view.registry.acc = None  # only start-up needs W_m; the engine keeps it from here
             self._registry, self._manifest = view.registry, view.manifest
@@ -104,10 +116,16 @@ class DirectoryStore:
             return loaded
 
     def _repair(self, view: reader.View) -> None:
+        for lost in view.lost:
+            msg = f"ACKNOWLEDGED EDITS LOST, accepted (--accept-state-loss): {lost}"
+            log.critical("%s: %s", self.root, msg)
+            self.notes.append(msg)
         if view.torn is not None:
             t = view.torn
             msg = (f"cut a torn last record from {os.path.relpath(t.path, self.root)}: {t.size} bytes at byte "
                    f"{t.offset} ({t.why}): a write that never completed, so never acknowledged")
+            if t.whole:
+                msg = self._keep_aside(t)
             log.warning("%s: %s", self.root, msg)
             self.notes.append(msg)
             try:
@@ -134,6 +152,22 @@ class DirectoryStore:
                     except OSError:
                         pass  # leftovers that come back are removed again
 
+    def _keep_aside(self, t: reader.Torn) -> str:
+        """Copy a damaged whole record next to its segment before it is cut: evidence is kept."""
+        aside = f"{t.path}.damaged-{t.offset}"
+        try:
+            with open(t.path, "rb") as f:
+                f.seek(t.offset)
+                data = f.read()
+            if os.path.exists(aside):
+                fsio.unlink(aside)
+            fsio.write_file(aside, data)
+            fsio.fsync_dir(os.path.dirname(t.path))
+        except OSError as e:
+            raise DurabilityError(f"cannot keep the damaged record of {t.path} aside in {aside}: {e}") from e
+        return (f"moved a damaged last record out of {os.path.relpath(t.path, self.root)}: {t.size} bytes at byte "
+                f"{t.offset} ({t.why}), kept in {os.path.relpath(aside, self.root)}")
+
     def create(self, manifest: Manifest, basis: Basis) -> None:
         with self._mu:
             self._open_check()
@@ -153,9 +187,11 @@ class DirectoryStore:
                 for d in (JOURNAL, SNAPSHOTS):
                     if not os.path.isdir(os.path.join(self.root, d)):
                         fsio.mkdir(os.path.join(self.root, d))
+                commit.create_file(self.root)
                 fsio.replace_file(os.path.join(self.root, BASIS), data)  # fsyncs the root: the dirs too
                 fsio.replace_file(os.path.join(self.root, MANIFEST), checked_json(body, "memoir-manifest"))
                 fsio.fsync_dir(os.path.dirname(self.root))
+                self._marker = commit.Marker(self.root, 0)
             except OSError as e:
                 raise self._fail("creating the state", e) from e
             self._manifest = Manifest.from_dict(body)
@@ -185,10 +221,30 @@ class DirectoryStore:
 
     def _append(self, version: int, data: bytes, what: str) -> None:
         try:
-            self._journal.append(version, data)
+            self._journal.append(version, data, lambda: self._marker.write(version))
         except OSError as e:
+            if e.errno in healing.TRANSIENT:
+                raise self._pause(f"writing the {what}", e, len(data)) from e
             raise self._fail(f"writing the {what}", e) from e
         self._journal_bytes += len(data)
+
+    def _pause(self, doing: str, error: OSError, need: int) -> TransientDurabilityError:
+        self._failure = f"{doing} failed: {error}"
+        if self._healer is None:
+            self._healer = healing.Healer(self, need)
+            self._healer.start()
+        self._healer.report(self._failure)
+        return TransientDurabilityError(
+            f"state directory {self.root}: {self._failure}. It was not acknowledged; every edit acknowledged "
+            "before is safe. A passing fault: edits resume by themselves once the store checks sound again "
+            "(no restart needed); retry shortly.")
+
+    def _resume(self) -> None:  # under _mu, by the healer once the store checks sound
+        self._failure, self._healer = None, None
+
+    def _stop_healing(self, why: str) -> None:  # under _mu: the check found damage; a restart must look
+        self._failure, self._healer = f"{self._failure}; then {why}", None
+        log.error("%s: %s; the store takes no more writes", self.root, self._failure)
 
     def _fail(self, doing: str, error: OSError) -> DurabilityError:
         self._failure = f"{doing} failed: {error}"
@@ -200,6 +256,9 @@ class DirectoryStore:
 
     def _writable(self) -> None:
         self._open_check()
+        if self._failure is not None and self._healer is not None:
+            raise TransientDurabilityError(f"state directory {self.root}: edits are paused since {self._failure}; "
+                                           "they resume by themselves once the store checks sound again")
         if self._failure is not None:
             raise DurabilityError(f"state directory {self.root} takes no writes since {self._failure}; restart")
         if self._registry is None:
@@ -291,6 +350,8 @@ class DirectoryStore:
         with self._mu:
             if self._journal is not None:
                 self._journal.close()
+            if self._marker is not None:
+                self._marker.close()
             self._closed = True
         self._lock.release()
 

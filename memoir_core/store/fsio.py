@@ -22,6 +22,17 @@ def open_append(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
 
 
+def open_rw(path: str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
+def pwrite(fd: int, data: bytes, offset: int) -> None:
+    """Overwrite bytes in place (the commit marker's slots)."""
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
 def write_all(fd: int, data) -> None:
     view = memoryview(data).cast("B")
     while view:

@@ -9,14 +9,17 @@ Record layout (every record starts and ends 8-aligned, so tensors read from it a
              (edits only; inputs: guard.py, absent in records written before it), zero padding
 
 The frame has its own crc so a damaged length is never mistaken for a record that runs past
-the end of the file. A record that cannot be read is a torn write only if it is in the last
-segment and no valid record follows it; anything else is corruption.
+the end of the file. A record that cannot be read is a torn write only if it is short (the
+file ends inside it), in the last segment, and no valid record follows it; anything else is
+corruption, a whole record with a bad checksum included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import struct
 import time
 import zlib
@@ -105,6 +108,33 @@ def parse_at(buf, pos: int) -> tuple[Entry | None, str]:
     return Entry(pos, end, header, (start + hlen, start + hlen + plen)), ""
 
 
+def is_whole(buf, pos: int) -> bool:
+    """Whether the damaged record at pos is whole, so damaged after it was written rather than
+    torn while it was: its frame reads and the file holds all of its bytes, or (a damaged frame)
+    the sha256 it carries matches everything after its prefix."""
+    frame = _frame_at(buf, pos)
+    if frame is not None:
+        hlen, plen = frame
+        return pos + PREFIX + hlen + plen + _pad(plen) <= len(buf)
+    if len(buf) - pos <= PREFIX:
+        return False
+    return bytes(buf[pos + _FRAME.size + 8 : pos + PREFIX]) == hashlib.sha256(memoryview(buf)[pos + PREFIX :]).digest()
+
+
+_GUESS = re.compile(rb'"version":(\d+),"id":"((?:[^"\\]|\\.){0,200})"')
+
+
+def guess(buf, pos: int) -> tuple[int, str] | None:
+    """(version, id) read from a damaged record's header, unchecked: only to name what is lost."""
+    m = _GUESS.search(bytes(buf[pos + PREFIX : pos + PREFIX + 4096]))
+    if m is None:
+        return None
+    try:
+        return int(m.group(1)), json.loads(b'"' + m.group(2) + b'"')
+    except ValueError:
+        return None
+
+
 def _valid_record_after(buf, pos: int) -> int | None:
     at = pos
     while True:
@@ -121,6 +151,7 @@ class Scan:
     valid_end: int = 0  # bytes of whole records
     damage: str | None = None  # why the bytes after valid_end are not a record
     followed: int | None = None  # offset of a valid record after the damage (corruption, not a tear)
+    whole: bool = False  # the damaged record is whole (corruption, not a tear)
 
 
 def scan(buf: bytearray) -> Scan:
@@ -131,6 +162,7 @@ def scan(buf: bytearray) -> Scan:
         if entry is None:
             out.damage = why
             out.followed = _valid_record_after(buf, pos)
+            out.whole = is_whole(buf, pos)
             break
         out.entries.append(entry)
         pos = entry.end
@@ -172,23 +204,28 @@ class JournalWriter:
         self.directory = directory
         self._fd = fsio.open_append(segment) if segment else None
         self.segment = segment
+        self._dir_synced = True  # False while a new segment's directory entry may not be durable
 
-    def append(self, version: int, data: bytes) -> None:
-        """Write and fsync one record (and the directory, for a new segment) before returning.
+    def append(self, version: int, data: bytes, then=None) -> None:
+        """Write and fsync one record (and the directory, for a new segment), then call `then`
+        (the commit marker), before returning.
 
         On an error the file is cut back to where the record began, if that still works, and
-        the error propagates: the caller stops taking writes.
+        the error propagates.
         """
-        created = self._fd is None
-        if created:
+        if self._fd is None:
             self.segment = os.path.join(self.directory, segment_name(version))
             self._fd = fsio.create(self.segment)
+            self._dir_synced = False  # until it is, also after a failed append (a later one retries)
         start = os.fstat(self._fd).st_size
         try:
             fsio.write_all(self._fd, data)
             fsio.fsync(self._fd)
-            if created:
+            if not self._dir_synced:
                 fsio.fsync_dir(self.directory)
+                self._dir_synced = True
+            if then is not None:
+                then()
         except OSError:
             try:
                 fsio.truncate(self._fd, start)

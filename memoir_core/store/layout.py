@@ -3,6 +3,7 @@
     DIR/LOCK                      flock'ed by the one process that owns the state
     DIR/manifest.json             what the state was made for (written once, last, by create)
     DIR/basis.safetensors         permutation and background mean (+ prefixes in its metadata)
+    DIR/COMMIT                    the last acknowledged version, in two checksummed slots (commit.py)
     DIR/CURRENT                   names the newest complete snapshot (replaced atomically)
     DIR/snapshots/<version>/      registry.json, edits.safetensors, memory.safetensors
     DIR/journal/<version>.wal     append-only records; the name is the version of the first one
@@ -20,6 +21,7 @@ from ..errors import StateCorruptError
 MANIFEST = "manifest.json"
 BASIS = "basis.safetensors"
 CURRENT = "CURRENT"
+COMMIT = "COMMIT"
 LOCK = "LOCK"
 SNAPSHOTS = "snapshots"
 JOURNAL = "journal"

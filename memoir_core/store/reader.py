@@ -2,7 +2,9 @@
 
 Pure: it changes nothing on disk. What start-up may repair (a torn last record to cut,
 leftovers of interrupted snapshots, segments a snapshot already covers) is returned as a
-plan; DirectoryStore carries it out, the read-only CLI only reports it.
+plan; DirectoryStore carries it out, the read-only CLI only reports it. A loss of acknowledged
+edits (a whole last record that fails its checksum, a journal that ends below the commit
+marker) is damage, unless the caller accepts the loss: then it is in the plan, with its cause.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import Any
 
 from ..basis import Basis
 from ..state import Loaded, Manifest, check_manifest
-from . import journal, snapshot, tensorfile
-from .layout import (BASIS, CURRENT, JOURNAL, LOCK, MANIFEST, SEGMENT_SUFFIX, SNAPSHOTS, TMP_MARK, corrupt,
-                     parse_checked, parse_version, read_bytes, sha256)
+from . import commit, journal, snapshot, tensorfile
+from .layout import (BASIS, COMMIT, CURRENT, JOURNAL, LOCK, MANIFEST, RECOVERY, SEGMENT_SUFFIX, SNAPSHOTS, TMP_MARK,
+                     corrupt, parse_checked, parse_version, read_bytes, sha256)
 from .registry import Accumulator, Registry, RegistryError
 
 
@@ -36,6 +38,7 @@ class Torn:
     offset: int  # where the damaged tail starts (the file is cut to this length)
     size: int  # bytes cut
     why: str
+    whole: bool = False  # a whole record that fails its checksum (an accepted loss): its bytes are kept aside
 
 
 @dataclass
@@ -52,6 +55,8 @@ class View:
     replayed: int = 0
     torn: Torn | None = None
     leftovers: list[str] = field(default_factory=list)  # safe to delete
+    lost: list[str] = field(default_factory=list)  # acknowledged edits missing, accepted by the caller
+    marker: int | None = None  # the commit marker's version (None: no marker)
     recent: list[dict[str, Any]] = field(default_factory=list)  # newest log entries (headers)
     manifest_body: dict[str, Any] = field(default_factory=dict)
     basis_raw: bytes = b""
@@ -131,8 +136,14 @@ def _segments(root: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def read(root: str, expect: Manifest | None = None, keep_recent: int = 0) -> View | None:
-    """The state in `root`, every checksum checked and the journal replayed; None if it holds none."""
+ACCEPT = ("To start anyway without what is lost, start the server with --accept-state-loss "
+          "(MEMOIR_ACCEPT_STATE_LOSS=1); the damaged bytes are kept beside the journal.")
+
+
+def read(root: str, expect: Manifest | None = None, keep_recent: int = 0, accept_loss: bool = False) -> View | None:
+    """The state in `root`, every checksum checked and the journal replayed; None if it holds none.
+
+    accept_loss: a loss of acknowledged edits is reported in View.lost instead of raised."""
     root = os.path.abspath(root)
     found = read_manifest(root)
     if found is None:
@@ -141,6 +152,7 @@ def read(root: str, expect: Manifest | None = None, keep_recent: int = 0) -> Vie
             raise corrupt(root, f"{MANIFEST} is missing, but {', '.join(stray)} exist")
         return None
     manifest, body = found
+    marker = commit.read(root)  # before the journal: a running server writes the journal first
     if expect is not None:
         check_manifest(manifest, expect, f"state directory {root}")
     basis, basis_raw = read_basis(root, body, manifest)
@@ -159,11 +171,43 @@ def read(root: str, expect: Manifest | None = None, keep_recent: int = 0) -> Vie
     else:
         view.registry.acc = Accumulator(manifest.d_out, manifest.width)
     view.leftovers = _leftovers(root, view.snapshot)
-    _replay(view, _segments(root), keep_recent)
+    view.marker = marker
+    _replay(view, _segments(root), keep_recent, accept_loss)
+    if marker is not None and marker > view.registry.version:
+        end = view.registry.version
+        gap = (f"{COMMIT} says version {marker} was acknowledged, but the snapshot and journal end at version "
+               f"{end}: {marker - end} acknowledged edit(s) or rollback(s) (versions {end + 1}..{marker}) are "
+               "missing (a journal cut at a record boundary or emptied, or a segment deleted)")
+        if not accept_loss:
+            raise corrupt(root, gap, _todo())
+        view.lost.append(gap)
     return view
 
 
-def _replay(view: View, segments: list[tuple[int, str]], keep_recent: int) -> None:
+def _todo() -> str:
+    return f"{RECOVERY} {ACCEPT}"
+
+
+def _acknowledged(view: View, buf, scan: journal.Scan) -> bool:
+    """Whether a whole damaged last record may hold an acknowledged edit. COMMIT is written after
+    the record is fsynced, so a record whose version is past it never was: a write cut short by a
+    power loss that left its length but not all its bytes, cut like any torn write."""
+    named = journal.guess(buf, scan.valid_end)
+    return view.marker is None or named is None or named[0] <= view.marker
+
+
+def _whole_damage(view: View, rel: str, buf, scan: journal.Scan, accept_loss: bool) -> None:
+    """A whole last record that fails its checksum: an acknowledged edit, damaged on disk."""
+    named = journal.guess(buf, scan.valid_end)
+    what = f"version {named[0]}, edit or rollback {named[1]!r}" if named else "an edit whose header is unreadable"
+    msg = (f"{rel}: the last record, at byte {scan.valid_end} ({len(buf) - scan.valid_end} bytes, all of it "
+           f"present), is damaged ({scan.damage}): this is corruption, not a torn write, and it would lose {what}")
+    if not accept_loss:
+        raise corrupt(view.root, msg, _todo())
+    view.lost.append(msg)
+
+
+def _replay(view: View, segments: list[tuple[int, str]], keep_recent: int, accept_loss: bool) -> None:
     root, reg = view.root, view.registry
     for i, (first, path) in enumerate(segments):
         rel = os.path.relpath(path, root)
@@ -177,7 +221,10 @@ def _replay(view: View, segments: list[tuple[int, str]], keep_recent: int) -> No
                                     "not a torn write")
             if not last:
                 raise corrupt(root, f"{where}, and newer journal segments follow it")
-            view.torn = Torn(path, scan.valid_end, len(buf) - scan.valid_end, scan.damage)
+            whole = scan.whole and _acknowledged(view, buf, scan)
+            if whole:
+                _whole_damage(view, rel, buf, scan, accept_loss)
+            view.torn = Torn(path, scan.valid_end, len(buf) - scan.valid_end, scan.damage, whole)
         entries = scan.entries
         seg = Segment(path, first, len(buf), scan.valid_end, len(entries), entries[-1].version if entries else None)
         if entries and entries[0].version != first:
