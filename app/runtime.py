@@ -13,15 +13,9 @@ from collections.abc import Callable
 
 import torch
 
-<<<<<<< HEAD
-from memoir_core import models
-from memoir_core.config import MemoirConfig, checked
-from memoir_core.errors import DurabilityError, StateCorruptError, StateError, StateMismatchError
-=======
 from memoir_core import model_source, models
-from memoir_core.config import MemoirConfig
+from memoir_core.config import MemoirConfig, checked
 from memoir_core.errors import DurabilityError, ModelLoadError, StateCorruptError, StateError, StateMismatchError
->>>>>>> h1
 from memoir_core.memoir import Memoir
 from memoir_core.state import Loaded, Manifest, MemoryStore, check_manifest, restore, stored_meaning
 
