@@ -25,7 +25,7 @@ from .errors import EditRejectedError, InvalidRequestError
 from .generate import SamplingParams
 from .maskbank import MaskBank
 from .memoir import EditProposal, Memoir, background_texts
-from .neighbours import COUNTED, Neighbour, neighbour_prompts
+from .neighbours import COUNTED, neighbour_prompts
 
 
 @dataclass
