@@ -98,9 +98,10 @@ class MemoirConfig:
     # above the settle loss (settle_ratio * stop_loss), the guard's weight on it is multiplied by
     # guard_yield at every further step (0: never yields). The penalty sums over every stored
     # edit, so past about 1,000 CounterFact edits it outweighs a new edit's own loss and 11-43%
-    # of new edits end unlearnt; a weaker guard for every edit overwrites the stored ones
-    # (benchmarks/README.md §5).
-    guard_yield_after: int = 0
+    # of new edits end unlearnt (off); a weaker guard for every edit overwrites the stored ones
+    # (benchmarks/README.md §5). On by default: an edit the guard would block is learnt, and
+    # every edit it does not block trains exactly as before.
+    guard_yield_after: int = 10
     guard_yield: float = 0.8
 
     # co-training with neighbours: edits whose mask overlaps the new one's by at least this

@@ -214,6 +214,7 @@ class Memoir(Routing):
             metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
             best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)],
+            learnt=bool(outcome.loss <= self.config.settle_ratio * self.config.stop_loss),
             route=route.tolist() if weighted else None,
             idx=idx.long().cpu(), delta=delta.cpu(), inputs=factor(own_keys),
         )

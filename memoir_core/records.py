@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+
+class Stored(Protocol):
+    """A tensor kept outside RAM (a state file, a database row): read on demand, never cached."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def read(self) -> torch.Tensor: ...
 
 
 @dataclass
@@ -37,6 +46,31 @@ class EditRecord:
     delta: torch.Tensor = field(default=None, repr=False)  # [d_out, k] int32
     # the edit's memory inputs as a factor F [r, k] fp16 (guard.py); None: stored before it
     inputs: torch.Tensor | None = field(default=None, repr=False)
+    # whether training reached the settle loss (config.settle_ratio x stop_loss); an edit the
+    # guard or its own difficulty held above it is stored, but never reported as learnt
+    learnt: bool = True
+
+    # delta and inputs are properties (below): a durable store swaps the tensors for Stored
+    # handles once they are on disk, so a stored edit holds only its routing data in RAM.
+    def stored(self, name: str) -> torch.Tensor | Stored | None:
+        """delta or inputs as held: the tensor, its Stored handle, or None (no read)."""
+        return self.__dict__.get("_" + name)
+
+    def spill(self, **handles: Stored) -> None:
+        """Replace tensors (delta=, inputs=) with handles to the same bytes elsewhere."""
+        for name, handle in handles.items():
+            if name not in ("delta", "inputs"):
+                raise ValueError(f"{name} is not a spillable tensor")
+            self.__dict__["_" + name] = handle
+
+    @property
+    def has_inputs(self) -> bool:
+        return self.stored("inputs") is not None
+
+    def held_bytes(self) -> int:
+        """Bytes of tensor data this record holds in RAM (handles count as nothing)."""
+        return sum(t.numel() * t.element_size() for t in (self.idx, self.stored("delta"), self.stored("inputs"))
+                   if isinstance(t, torch.Tensor))
 
     @property
     def route_mask(self) -> np.ndarray:
@@ -59,3 +93,21 @@ class EditRecord:
 
 
 TENSORS = ("idx", "delta", "inputs")
+
+
+def _lazy(name: str) -> property:
+    slot = "_" + name
+
+    def get(self):
+        held = self.__dict__.get(slot)
+        return held if held is None or isinstance(held, torch.Tensor) else held.read()
+
+    def put(self, value) -> None:
+        self.__dict__[slot] = value
+
+    return property(get, put, doc=f"the record's {name}, read from its store when it is not held")
+
+
+# after @dataclass, so its __init__ (which assigns them) goes through the properties
+EditRecord.delta = _lazy("delta")
+EditRecord.inputs = _lazy("inputs")

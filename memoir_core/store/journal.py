@@ -173,8 +173,9 @@ class JournalWriter:
         self._fd = fsio.open_append(segment) if segment else None
         self.segment = segment
 
-    def append(self, version: int, data: bytes) -> None:
-        """Write and fsync one record (and the directory, for a new segment) before returning.
+    def append(self, version: int, data: bytes) -> int:
+        """Write and fsync one record (and the directory, for a new segment) before returning
+        the byte offset it starts at in self.segment.
 
         On an error the file is cut back to where the record began, if that still works, and
         the error propagates: the caller stops taking writes.
@@ -196,6 +197,7 @@ class JournalWriter:
             except OSError:
                 pass  # a torn tail is cut at the next start-up
             raise
+        return start
 
     def rotate(self) -> None:
         if self._fd is not None:
