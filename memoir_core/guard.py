@@ -109,12 +109,13 @@ class KeyGuard:
             self._update(rec.idx, rec.inputs, +1)
             self.count += 1
 
-    def remove(self, rec) -> None:
+    def remove(self, rec, inputs: torch.Tensor | None = None) -> None:
+        """Its share out again; `inputs`: rec.inputs when the caller has read them already."""
+        if self.enabled and rec.has_inputs:
+            self._update(rec.idx, rec.inputs if inputs is None else inputs, -1)
+            self.count -= 1
         if rec.id in self.columns:
             self.columns.remove(rec.id)
-        if self.enabled and rec.has_inputs:
-            self._update(rec.idx, rec.inputs, -1)
-            self.count -= 1
 
     def _update(self, idx: torch.Tensor, inputs: torch.Tensor, sign: int) -> None:
         idx = idx.to(self.cov.device)

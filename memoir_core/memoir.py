@@ -314,7 +314,8 @@ class Memoir(Routing):
         if rec.id in self.edits:
             raise EditConflictError(f"edit id {rec.id!r} already exists")
         if rec.supersedes is not None and rec.supersedes in self.edits:
-            self._unapply(self.edits.pop(rec.supersedes))
+            self._unapply(self.edits[rec.supersedes])
+            del self.edits[rec.supersedes]
         self.version += 1
         rec.version = self.version
         self.apply(rec)
@@ -345,10 +346,11 @@ class Memoir(Routing):
 
     def remove(self, edit_id: str) -> EditRecord:
         """Roll one edit back: its delta leaves W_m exactly, its mask leaves the bank."""
-        rec = self.edits.pop(edit_id, None)
+        rec = self.edits.get(edit_id)
         if rec is None:
             raise EditNotFoundError(f"no edit with id {edit_id!r}")
         self._unapply(rec)
+        del self.edits[edit_id]
         self.version += 1
         return rec
 
@@ -359,8 +361,10 @@ class Memoir(Routing):
             self.guard.add(rec)
 
     def _unapply(self, rec: EditRecord) -> None:
-        self.guard.remove(rec)
-        self.weights.subtract(rec.idx.to(self.device), rec.delta)
+        # read from the store first: a damaged state file (StateCorruptError) changes nothing
+        delta, inputs = rec.delta, rec.inputs
+        self.guard.remove(rec, inputs)
+        self.weights.subtract(rec.idx.to(self.device), delta)
         self.bank.remove(rec.id)
         if rec.id in self.keybank:
             # Its keys leave without a swap-remove: the others keep their apply order, which then
