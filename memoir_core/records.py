@@ -72,6 +72,13 @@ class EditRecord:
         return sum(t.numel() * t.element_size() for t in (self.idx, self.stored("delta"), self.stored("inputs"))
                    if isinstance(t, torch.Tensor))
 
+    def __post_init__(self) -> None:
+        # Routing masks are k column indices each: as Python lists of ints they cost 36 bytes an
+        # index (16 KB a mask on the default model); as uint16/int32 arrays, 2-4. info() gives lists.
+        if self.route is not None:
+            self.route = _compact(self.route)
+        self.keys = tuple(_compact(key) for key in self.keys)
+
     @property
     def route_mask(self) -> np.ndarray:
         """The edit's mask in the routing bank."""
@@ -80,7 +87,7 @@ class EditRecord:
     def info(self) -> dict[str, Any]:
         """Every field but the tensors, JSON-ready."""
         return {
-            f.name: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+            f.name: (_plain(v) if isinstance(v, (list, tuple, np.ndarray)) else dict(v) if isinstance(v, dict) else v)
             for f in fields(self)
             if f.name not in TENSORS
             for v in (getattr(self, f.name),)
@@ -93,6 +100,20 @@ class EditRecord:
 
 
 TENSORS = ("idx", "delta", "inputs")
+
+
+def _compact(mask) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.dtype.kind not in "iu":  # left as given: Registry.check refuses it with a clear message
+        return mask
+    return arr.astype(np.uint16 if arr.size and 0 <= arr.min() and arr.max() < 2**16 else np.int64)
+
+
+def _plain(value):
+    """Lists (of lists) of Python ints and strings, as JSON wants them."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _lazy(name: str) -> property:

@@ -74,10 +74,10 @@ class Registry:
         for name, mask in (("idx", idx), ("route", rec.route)):
             if mask is None:
                 continue
-            if name == "route" and (not isinstance(mask, list) or len(mask) != self.k
-                                    or not all(isinstance(i, int) for i in mask)):
+            if name == "route" and (not isinstance(mask, np.ndarray) or mask.dtype.kind not in "iu"
+                                    or mask.shape != (self.k,)):
                 raise RegistryError(f"edit {rec.id!r}: route must be a list of {self.k} column indices")
-            m = torch.as_tensor(mask)
+            m = torch.as_tensor(mask.astype(np.int64) if isinstance(mask, np.ndarray) else mask)
             if self.k and (int(m.min()) < 0 or int(m.max()) >= self.width or not bool((m[1:] > m[:-1]).all())):
                 raise RegistryError(f"edit {rec.id!r}: {name} must be sorted, distinct and within 0..{self.width - 1}")
 
