@@ -69,8 +69,9 @@ class EditRecord:
 
     def held_bytes(self) -> int:
         """Bytes of tensor data this record holds in RAM (handles count as nothing)."""
-        return sum(t.numel() * t.element_size() for t in (self.idx, self.stored("delta"), self.stored("inputs"))
-                   if isinstance(t, torch.Tensor))
+        held = [self.__dict__.get("_idx"), self.stored("delta"), self.stored("inputs")]
+        return sum(t.nbytes if isinstance(t, np.ndarray) else t.numel() * t.element_size()
+                   for t in held if isinstance(t, (torch.Tensor, np.ndarray)))
 
     def __post_init__(self) -> None:
         # Routing masks are k column indices each: as Python lists of ints they cost 36 bytes an
@@ -82,7 +83,7 @@ class EditRecord:
     @property
     def route_mask(self) -> np.ndarray:
         """The edit's mask in the routing bank."""
-        return np.asarray(self.route, dtype=np.int64) if self.route is not None else self.idx.numpy()
+        return np.asarray(self.route if self.route is not None else self.__dict__["_idx"], dtype=np.int64)
 
     def info(self) -> dict[str, Any]:
         """Every field but the tensors, JSON-ready."""
@@ -129,6 +130,22 @@ def _lazy(name: str) -> property:
     return property(get, put, doc=f"the record's {name}, read from its store when it is not held")
 
 
+def _mask_property() -> property:
+    """idx as an int64 tensor for whoever reads it, held as 2 bytes an index where they fit."""
+    def get(self):
+        held = self.__dict__.get("_idx")
+        return torch.from_numpy(held.astype(np.int64)) if isinstance(held, np.ndarray) else held
+
+    def put(self, value) -> None:
+        if isinstance(value, torch.Tensor) and value.dtype == torch.int64 and value.dim() == 1 \
+                and (not value.numel() or 0 <= int(value.min()) and int(value.max()) < 2**16):
+            value = value.cpu().numpy().astype(np.uint16)
+        self.__dict__["_idx"] = value
+
+    return property(get, put, doc="the columns the edit trains, sorted, int64")
+
+
 # after @dataclass, so its __init__ (which assigns them) goes through the properties
 EditRecord.delta = _lazy("delta")
 EditRecord.inputs = _lazy("inputs")
+EditRecord.idx = _mask_property()

@@ -70,7 +70,7 @@ def test_a_stored_edit_holds_its_mask_only_and_reads_its_delta_from_the_state_fi
     root, m, store = stored
     assert store.snapshot_version > 0
     for rec in m.edits.values():
-        assert rec.held_bytes() == rec.idx.numel() * 8  # no delta, no inputs in RAM
+        assert rec.held_bytes() == rec.idx.numel() * 2  # the mask as uint16; no delta, no inputs in RAM
         assert not isinstance(rec.stored("delta"), torch.Tensor)
         assert os.path.exists(rec.stored("delta").file.path)  # moved off compacted journal segments
         assert torch.equal(rec.delta, synthetic(m, int(rec.id[1:])).delta)  # the bytes come back
@@ -92,7 +92,7 @@ def test_a_restart_reads_no_delta_and_restores_the_memory_and_guard_exactly(stor
     with DirectoryStore(root) as again:
         loaded = again.load()
         held = sum(rec.held_bytes() for rec in loaded.edits)
-        assert held == len(loaded.edits) * m.config.k * 8  # masks only: 200 deltas stay on disk
+        assert held == len(loaded.edits) * m.config.k * 2  # masks only: 200 deltas stay on disk
         assert all(not isinstance(rec.stored(t), torch.Tensor) for rec in loaded.edits for t in ("delta", "inputs"))
         restore(fresh, loaded)
         assert_same_memory(fresh, m)
