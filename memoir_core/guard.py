@@ -17,10 +17,10 @@ few hundred edits, so a penalty, which leaves the edit learnable, takes its plac
 Each record keeps its keys as a factor F [r, k] with F^T F ~ mean_t x x^T (the top r
 directions, fp16), so the guard is rebuilt from the records on restart (streaming: a durable
 store reads each factor from disk once). C is summed exactly: each factor is rounded to a
-fixed grid (2^-14, finer than fp16 itself for every entry above 1/16) as int64 and C holds sum Fq^T Fq in int64, so an edit's share leaves it
-exactly as it came in, in any order: the statistics after a rollback are those of a replay
-without the edit, bit for bit. The new edit pays through C[idx, idx] alone, whatever the
-number of stored edits.
+fixed grid (2^-14, finer than fp16 itself for every entry above 1/16) as int64 and C holds
+sum Fq^T Fq in int64, so an edit's share leaves it exactly as it came in, in any order: the
+statistics after a rollback are those of a replay without the edit, bit for bit. The new edit
+pays through C[idx, idx] alone, whatever the number of stored edits.
 
 The guard also indexes which columns each stored edit trains (a MaskBank, 208 B per edit): which
 edits share columns with one (Memoir.shared_columns, shown on rollback) and, with

@@ -68,7 +68,7 @@ class FileRef:
         return torch.frombuffer(bytearray(data), dtype=self.dtype).view(self.shape) if data else \
             torch.empty(self.shape, dtype=self.dtype)
 
-    def moved(self, file: OpenFile, offset: int) -> "FileRef":
+    def moved(self, file: OpenFile, offset: int) -> FileRef:
         """The same bytes at another place (a snapshot rewrote them)."""
         return FileRef(file, offset, self.shape, self.dtype, self.crc)
 
