@@ -42,10 +42,10 @@ class OpenFile:
                                     "the file was cut short after it was written")
         return out
 
-    def __del__(self) -> None:
+    def __del__(self, _close=os.close) -> None:  # os may be gone at interpreter exit
         fd, self._fd = getattr(self, "_fd", -1), -1
         if fd >= 0:
-            os.close(fd)
+            _close(fd)
 
 
 class FileRef:
