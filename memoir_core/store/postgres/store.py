@@ -175,12 +175,15 @@ class PostgresStore:
         try:
             if snap is not None:
                 version, live, order = snap
-                entries = logrows.rows(conn, live)
-                if len(entries) != len(live):
+                records = []
+                for start in range(0, len(live), logrows.PAGE):  # a page of deltas in RAM at a time
+                    for e in logrows.rows(conn, live[start : start + logrows.PAGE]):
+                        reg.acc.add(e.record.idx, e.record.delta)
+                        self.deltas.spill(e.record)
+                        records.append(e.record)
+                if len(records) != len(live):
                     raise corrupt(f"the snapshot at version {version} names edits the log no longer holds")
-                reg.put([e.record for e in entries], order, version)
-                for e in entries:
-                    reg.acc.add(e.record.idx, e.record.delta)
+                reg.put(records, order, version)
             for e in logrows.all_after(conn, reg.version):
                 if e.kind == "edit":
                     reg.add(e.record)
