@@ -15,7 +15,8 @@ names of prometheus-fastapi-instrumentator, which vLLM's server also exposes.
   memory        memoir:edits_total{outcome}  applied | replayed | rejected | failed
                 memoir:edit_duration_seconds, memoir:edit_steps          (histograms, applied edits)
                 memoir:edit_rollbacks_total{outcome}  removed | rejected | failed
-                memoir:active_edits, memoir:memory_version
+                memoir:active_edits, memoir:memory_version, memoir:edit_tensor_bytes,
+                memoir:edit_ram_bytes_per_edit
                 memoir:edit_queue_requests, memoir:edit_queue_edits
                 memoir:routing_decisions_total{decision}  on | off        (one per sequence)
                 memoir:routing_best_overlap                               (histogram, one per sequence)
@@ -188,6 +189,7 @@ class ServerCollector:
             yield _gauge("memoir:active_edits", "Live edits in the registry.", len(memoir.edits))
             yield _gauge("memoir:memory_version", "The memory version (one more per edit and per rollback).",
                          memoir.version)
+            yield from _edit_bytes(memoir)
             yield _gauge("memoir:writer_failed", "1 after a failed store write: edits are stopped until restart.",
                          bool(engine.writer.failed))
             yield _gauge("memoir:writer_paused", "1 while a passing fault (EMFILE, ENOSPC...) pauses edits; they "
@@ -205,6 +207,22 @@ class ServerCollector:
                      "succeeded in this process (0: none yet).", _last_snapshot["ok"])
         store = getattr(runtime, "store", None)
         yield from _store_stats(store)
+
+
+_per_edit: dict[tuple, int] = {}  # capacity estimate per memory shape (tracemalloc: once)
+
+
+def _edit_bytes(memoir: Any):
+    held = sum(rec.held_bytes() for rec in list(memoir.edits.values()))
+    yield _gauge("memoir:edit_tensor_bytes", "Bytes of the live edits' tensors held in RAM (masks; deltas too "
+                 "with --store memory: a durable store reads them from disk).", held)
+    key = (memoir.d_out, memoir.width, memoir.config.k, memoir.config.protect > 0)
+    if key not in _per_edit:
+        from memoir_core.capacity import estimate
+
+        _per_edit[key] = estimate(*key[:3], guard=key[3]).ram_per_edit
+    yield _gauge("memoir:edit_ram_bytes_per_edit", "RAM one stored edit costs with a durable store (masks, keys, "
+                 "ids; `memoir model info` has the whole estimate).", _per_edit[key])
 
 
 def _gauge(name: str, doc: str, value: float | bool) -> GaugeMetricFamily:

@@ -92,6 +92,8 @@ class EditOut(BaseModel):
     version: int = Field(description="the memory version this edit created")
     steps: int
     final_loss: float | None
+    learnt: bool = Field(description="false when training ended above the settle loss (final_loss says "
+                                     "where): the edit is stored but its prompt may not get the new answer")
     seconds: float
     best_overlap: float = Field(description="largest mask overlap with an edit already stored")
     best_overlap_id: str | None
@@ -106,7 +108,7 @@ class EditOut(BaseModel):
     @classmethod
     def of(cls, record, replayed: bool) -> EditOut:
         return cls(id=record.id, version=record.version, steps=record.steps, final_loss=finite(record.final_loss),
-                   seconds=round(record.seconds, 4), best_overlap=round(record.best_overlap, 6),
+                   learnt=record.learnt, seconds=round(record.seconds, 4), best_overlap=round(record.best_overlap, 6),
                    best_overlap_id=record.best_overlap_id, supersedes=record.supersedes, replayed=replayed,
                    subject=record.subject, subject_source=record.subject_source,
                    created_at=record.created_at)
@@ -130,6 +132,7 @@ class EditInfo(BaseModel):
     version: int
     steps: int
     final_loss: float | None
+    learnt: bool = True
     seconds: float
     best_overlap: float
     best_overlap_id: str | None

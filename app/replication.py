@@ -110,6 +110,9 @@ class Follower:
             self.head = max(self.head, entries[-1].version)
             try:
                 self.engine.submit(lambda memoir, e=entries: apply_entries(memoir, e)).result(60)
+                for e in entries:  # applied: their deltas leave RAM (read back from the database)
+                    if e.record is not None:
+                        self.store.deltas.spill(e.record)
             except LogGapError:
                 continue  # the engine's writer moved the memory on meanwhile: fetch again
         if self.status != "ok":

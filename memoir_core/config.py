@@ -60,7 +60,7 @@ class MemoirConfig:
     centre: bool = True  # the memory reads a - mu (mu: the background mean), so edits disturb each other less
     pool: str = "norm"  # routing features: "mean" of the activations, or "norm": tokens weighed by distinctness
     protect: float = 3e-5  # weight of the key guard (guard.py) on the stored edits' outputs (0: off)
-    guard_yield_after: int = 0  # the guard weakens by guard_yield a step on an edit stuck after this many (0: never)
+    guard_yield_after: int = 10  # the guard weakens by guard_yield a step on an edit stuck after this many (0: never)
     guard_yield: float = 0.8
 
     # co-training with neighbours

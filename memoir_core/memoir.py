@@ -248,6 +248,7 @@ class Memoir(Routing):
             subject_source=subject_source, metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
             best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)],
+            learnt=bool(outcome.loss <= self.config.settle_ratio * self.config.stop_loss),
             route=route.tolist() if weighted else None,
             idx=idx.long().cpu(), delta=delta.cpu(), inputs=factor(own_keys),
         )
@@ -347,7 +348,8 @@ class Memoir(Routing):
         if rec.id in self.edits:
             raise EditConflictError(f"edit id {rec.id!r} already exists")
         if rec.supersedes is not None and rec.supersedes in self.edits:
-            self._unapply(self.edits.pop(rec.supersedes))
+            self._unapply(self.edits[rec.supersedes])
+            del self.edits[rec.supersedes]
         self.version += 1
         rec.version = self.version
         self.apply(rec)
@@ -381,10 +383,11 @@ class Memoir(Routing):
 
     def remove(self, edit_id: str) -> EditRecord:
         """Roll one edit back: its delta leaves W_m exactly, its mask leaves the bank."""
-        rec = self.edits.pop(edit_id, None)
+        rec = self.edits.get(edit_id)
         if rec is None:
             raise EditNotFoundError(f"no edit with id {edit_id!r}")
         self._unapply(rec)
+        del self.edits[edit_id]
         self.version += 1
         return rec
 
@@ -396,11 +399,13 @@ class Memoir(Routing):
 
     def _unapply(self, rec: EditRecord) -> None:
         """Undo apply() for a record already taken out of self.edits."""
+        # read from the store first: a damaged state file (StateCorruptError) changes nothing
+        delta, inputs = rec.delta, rec.inputs
         index = self._subjects
         if index is not None and index.source is self.edits and index.size == len(self.edits) + 1:
             index.remove(rec)
-        self.guard.remove(rec)
-        self.weights.subtract(rec.idx.to(self.device), rec.delta)
+        self.guard.remove(rec, inputs)
+        self.weights.subtract(rec.idx.to(self.device), delta)
         self.bank.remove(rec.id)
         if rec.id in self.keybank:
             # Its keys leave without a swap-remove: the others keep their apply order, which then

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+
+class Stored(Protocol):
+    """A tensor kept outside RAM (a state file, a database row): read on demand, never cached."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def read(self) -> torch.Tensor: ...
 
 
 @dataclass
@@ -40,16 +49,49 @@ class EditRecord:
     delta: torch.Tensor = field(default=None, repr=False)  # [d_out, k] int32
     # the edit's memory inputs as a factor F [r, k] fp16 (guard.py); None: stored before it
     inputs: torch.Tensor | None = field(default=None, repr=False)
+    # whether training reached the settle loss (config.settle_ratio x stop_loss); an edit the
+    # guard or its own difficulty held above it is stored, but never reported as learnt
+    learnt: bool = True
+
+    # delta and inputs are properties (below): a durable store swaps the tensors for Stored
+    # handles once they are on disk, so a stored edit holds only its routing data in RAM.
+    def stored(self, name: str) -> torch.Tensor | Stored | None:
+        """delta or inputs as held: the tensor, its Stored handle, or None (no read)."""
+        return self.__dict__.get("_" + name)
+
+    def spill(self, **handles: Stored) -> None:
+        """Replace tensors (delta=, inputs=) with handles to the same bytes elsewhere."""
+        for name, handle in handles.items():
+            if name not in ("delta", "inputs"):
+                raise ValueError(f"{name} is not a spillable tensor")
+            self.__dict__["_" + name] = handle
+
+    @property
+    def has_inputs(self) -> bool:
+        return self.stored("inputs") is not None
+
+    def held_bytes(self) -> int:
+        """Bytes of tensor data this record holds in RAM (handles count as nothing)."""
+        held = [self.__dict__.get("_idx"), self.stored("delta"), self.stored("inputs")]
+        return sum(t.nbytes if isinstance(t, np.ndarray) else t.numel() * t.element_size()
+                   for t in held if isinstance(t, (torch.Tensor, np.ndarray)))
+
+    def __post_init__(self) -> None:
+        # Routing masks are k column indices each: as Python lists of ints they cost 36 bytes an
+        # index (16 KB a mask on the default model); as uint16/int32 arrays, 2-4. info() gives lists.
+        if self.route is not None:
+            self.route = _compact(self.route)
+        self.keys = tuple(_compact(key) for key in self.keys)
 
     @property
     def route_mask(self) -> np.ndarray:
         """The edit's mask in the routing bank."""
-        return np.asarray(self.route, dtype=np.int64) if self.route is not None else self.idx.numpy()
+        return np.asarray(self.route if self.route is not None else self.__dict__["_idx"], dtype=np.int64)
 
     def info(self) -> dict[str, Any]:
         """Every field but the tensors, JSON-ready."""
         return {
-            f.name: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+            f.name: (_plain(v) if isinstance(v, (list, tuple, np.ndarray)) else dict(v) if isinstance(v, dict) else v)
             for f in fields(self)
             if f.name not in TENSORS
             for v in (getattr(self, f.name),)
@@ -62,3 +104,51 @@ class EditRecord:
 
 
 TENSORS = ("idx", "delta", "inputs")
+
+
+def _compact(mask) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.dtype.kind not in "iu":  # left as given: Registry.check refuses it with a clear message
+        return mask
+    return arr.astype(np.uint16 if arr.size and 0 <= arr.min() and arr.max() < 2**16 else np.int64)
+
+
+def _plain(value):
+    """Lists (of lists) of Python ints and strings, as JSON wants them."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _lazy(name: str) -> property:
+    slot = "_" + name
+
+    def get(self):
+        held = self.__dict__.get(slot)
+        return held if held is None or isinstance(held, torch.Tensor) else held.read()
+
+    def put(self, value) -> None:
+        self.__dict__[slot] = value
+
+    return property(get, put, doc=f"the record's {name}, read from its store when it is not held")
+
+
+def _mask_property() -> property:
+    """idx as an int64 tensor for whoever reads it, held as 2 bytes an index where they fit."""
+    def get(self):
+        held = self.__dict__.get("_idx")
+        return torch.from_numpy(held.astype(np.int64)) if isinstance(held, np.ndarray) else held
+
+    def put(self, value) -> None:
+        if isinstance(value, torch.Tensor) and value.dtype == torch.int64 and value.dim() == 1 \
+                and (not value.numel() or 0 <= int(value.min()) and int(value.max()) < 2**16):
+            value = value.cpu().numpy().astype(np.uint16)
+        self.__dict__["_idx"] = value
+
+    return property(get, put, doc="the columns the edit trains, sorted, int64")
+
+
+# after @dataclass, so its __init__ (which assigns them) goes through the properties
+EditRecord.delta = _lazy("delta")
+EditRecord.inputs = _lazy("inputs")
+EditRecord.idx = _mask_property()

@@ -37,16 +37,17 @@ def test_the_guard_sums_edits_on_their_own_columns_and_forgets_them_exactly():
     g.add(b)
     c = g.restricted(torch.tensor([0, 1, 4]))
     ma, mb = fa.double().T @ fa.double(), fb.double().T @ fb.double()
-    assert torch.allclose(c[1, 1].double(), ma[0, 0] + mb[1, 1], atol=1e-5)  # column 1 is shared
-    assert torch.allclose(c[2, 2].double(), ma[1, 1], atol=1e-5)
+    # on the guard's grid (2^-14): exact for fp16 entries above 1/16, close below
+    assert torch.allclose(c[1, 1].double(), ma[0, 0] + mb[1, 1], atol=1e-3)  # column 1 is shared
+    assert torch.allclose(c[2, 2].double(), ma[1, 1], atol=1e-3)
     assert torch.allclose(c[0, 2].double(), torch.zeros((), dtype=torch.float64))  # never in one edit
     assert len(g) == 2
     # less one edit's share, as when a new edit replaces it
     without = g.restricted(torch.tensor([0, 1, 4]), without=a)
-    assert torch.allclose(without[1, 1].double(), mb[1, 1], atol=1e-5) and float(without[2, 2]) == pytest.approx(0, abs=1e-6)
+    assert torch.allclose(without[1, 1].double(), mb[1, 1], atol=1e-3) and float(without[2, 2]) == 0
     g.remove(a)
     g.remove(b)
-    assert len(g) == 0 and float(g.cov.abs().max()) < 1e-12
+    assert len(g) == 0 and int(g.cov.abs().max()) == 0  # exactly: C is summed in int64
     off = KeyGuard(6, 3, enabled=False)  # protect = 0: records pass through, nothing is summed
     off.add(a)
     assert len(off) == 0 and off._cov is None
@@ -116,12 +117,16 @@ def test_a_guard_that_yields_lets_an_edit_it_blocks_land_and_leaves_the_others_a
     def second(**config):
         m = make_memoir("llama", protect=10.0, stop_loss=0.1, max_steps=40, **config)
         m.edit(CORPUS[0], "alpha beta")
-        return _train(m, CORPUS[3], "gamma delta").outcome
+        proposal = _train(m, CORPUS[3], "gamma delta")
+        return proposal.outcome, proposal.record
 
-    blocked = second()
-    yielding = second(guard_yield_after=3, guard_yield=0.3)
+    blocked, blocked_rec = second(guard_yield_after=0)  # never yields (the default yields after 10)
+    yielding, yielding_rec = second(guard_yield_after=3, guard_yield=0.3)
     assert not blocked.converged and blocked.loss > 2.0 and blocked.guard_scale == 1.0
-    assert yielding.converged and yielding.loss <= 0.5
+    # the blocked edit says so, with its final loss: never reported as if it had worked
+    assert blocked_rec.learnt is False and blocked_rec.final_loss == blocked.loss
+    assert blocked_rec.info()["learnt"] is False
+    assert yielding.converged and yielding.loss <= 0.5 and yielding_rec.learnt is True
     assert yielding.guard_scale <= 0.3 ** 2  # it yielded only after the third step, then each step
     first = make_memoir("llama", protect=10.0, guard_yield_after=3, guard_yield=0.3)
     assert _train(first, CORPUS[1], "epsilon").outcome.guard_scale == 1.0  # nothing stored, no guard

@@ -273,6 +273,9 @@ def test_metrics_move_with_edits_and_generations(client):
     assert delta("memoir:edit_rollbacks_total", outcome="removed") == 1
     assert delta("memoir:active_edits", m=edited) == 1 and delta("memoir:active_edits") == 0
     assert delta("memoir:memory_version", m=edited) == 1 and delta("memoir:memory_version") == 2
+    # what the stored edit holds in RAM comes and goes with it; the planning figure is always there
+    assert delta("memoir:edit_tensor_bytes", m=edited) > 0 and delta("memoir:edit_tensor_bytes") == 0
+    assert value(after, "memoir:edit_ram_bytes_per_edit") > 0
     usage = [a["usage"] for a in answers]
     assert delta("memoir:prompt_tokens_total") >= sum(u["prompt_tokens"] for u in usage) + 1
     assert delta("memoir:generation_tokens_total") == sum(u["completion_tokens"] for u in usage) + 6

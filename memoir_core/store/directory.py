@@ -20,7 +20,7 @@ from ..basis import Basis
 from ..errors import DurabilityError, StateError, TransientDurabilityError
 from ..records import EditRecord
 from ..state import Loaded, Manifest, check_manifest
-from . import commit, fsio, healing, journal, reader, snapshot, tensorfile
+from . import commit, fsio, healing, journal, ondisk, reader, snapshot, tensorfile
 from .layout import (BASIS, JOURNAL, LOCK, MANIFEST, SEGMENT_SUFFIX, SNAPSHOTS, TMP_MARK, checked_json, corrupt,
                      parse_version, sha256)
 from .lock import DirLock
@@ -53,6 +53,7 @@ class DirectoryStore:
         self._registry: Registry | None = None
         self._manifest: Manifest | None = None
         self._journal: journal.JournalWriter | None = None
+        self._segment_file: ondisk.OpenFile | None = None  # the segment new edits' deltas are read from
         self._failure: str | None = None
         self._healer: healing.Healer | None = None  # set while a transient fault pauses writes
         self._closed = False
@@ -207,8 +208,9 @@ class DirectoryStore:
                 data = journal.encode_edit(record)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"edit {record.id!r} cannot be stored: {e}") from None
-            self._append(record.version, data, f"edit {record.id!r}")
+            start = self._append(record.version, data, f"edit {record.id!r}")
             self._registry.add(record)
+            self._spill(record, data, start)
             self._maybe_snapshot()
 
     def log_removal(self, edit_id: str, version: int) -> None:
@@ -219,14 +221,28 @@ class DirectoryStore:
             self._registry.remove(edit_id, version)
             self._maybe_snapshot()
 
-    def _append(self, version: int, data: bytes, what: str) -> None:
+    def _append(self, version: int, data: bytes, what: str) -> int:
         try:
-            self._journal.append(version, data, lambda: self._marker.write(version))
+            start = self._journal.append(version, data, lambda: self._marker.write(version))
         except OSError as e:
             if e.errno in healing.TRANSIENT:
                 raise self._pause(f"writing the {what}", e, len(data)) from e
             raise self._fail(f"writing the {what}", e) from e
         self._journal_bytes += len(data)
+        return start
+
+    def _spill(self, record: EditRecord, data: bytes, start: int) -> None:
+        """The record's delta and inputs leave RAM: from here on they are read from the journal."""
+        path = self._journal.segment
+        if self._segment_file is None or self._segment_file.path != path:
+            try:
+                self._segment_file = ondisk.OpenFile(path)
+            except OSError as e:  # durable already: keeping the tensors in RAM loses nothing
+                log.warning("%s: cannot reopen %s to read deltas from it (%s); edit %r stays in RAM",
+                            self.root, path, e, record.id)
+                return
+        entry, _ = journal.parse_at(data, 0)
+        ondisk.spill_entry(record, self._segment_file, data, entry.payload, base=start)
 
     def _pause(self, doing: str, error: OSError, need: int) -> TransientDurabilityError:
         self._failure = f"{doing} failed: {error}"
@@ -295,6 +311,10 @@ class DirectoryStore:
                 self._retry_at = self._journal_bytes + self.snapshot_min_bytes
                 raise StateError(f"snapshot at version {version} failed ({e}); the journal still holds "
                                  "every edit") from e
+            try:
+                snapshot.repoint(self.root, version, records, dims)
+            except OSError as e:  # the refs keep the old files open: readable, their space held
+                log.warning("%s: deltas still read from the journal, not snapshot %d: %s", self.root, version, e)
             with self._mu:
                 self.snapshot_version, self._snapshot_bytes, self.snapshot_error = version, size, None
                 self._journal_bytes -= captured

@@ -206,9 +206,9 @@ class JournalWriter:
         self.segment = segment
         self._dir_synced = True  # False while a new segment's directory entry may not be durable
 
-    def append(self, version: int, data: bytes, then=None) -> None:
+    def append(self, version: int, data: bytes, then=None) -> int:
         """Write and fsync one record (and the directory, for a new segment), then call `then`
-        (the commit marker), before returning.
+        (the commit marker), before returning the byte offset it starts at in self.segment.
 
         On an error the file is cut back to where the record began, if that still works, and
         the error propagates.
@@ -233,6 +233,7 @@ class JournalWriter:
             except OSError:
                 pass  # a torn tail is cut at the next start-up
             raise
+        return start
 
     def rotate(self) -> None:
         if self._fd is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..basis import Basis
 from ..state import Loaded, Manifest, check_manifest
-from . import commit, journal, snapshot, tensorfile
+from . import commit, journal, ondisk, snapshot, tensorfile
 from .layout import (BASIS, COMMIT, CURRENT, JOURNAL, LOCK, MANIFEST, RECOVERY, SEGMENT_SUFFIX, SNAPSHOTS, TMP_MARK,
                      corrupt, parse_checked, parse_version, read_bytes, sha256)
 from .registry import Accumulator, Registry, RegistryError
@@ -233,6 +233,7 @@ def _replay(view: View, segments: list[tuple[int, str]], keep_recent: int, accep
             view.leftovers.append(rel)  # empty, or covered by the snapshot
             continue
         view.segments.append(seg)
+        file = ondisk.OpenFile(path)  # the replayed edits' deltas are read from here on demand
         for e in entries:
             if e.version <= view.snapshot_version:
                 continue
@@ -244,7 +245,9 @@ def _replay(view: View, segments: list[tuple[int, str]], keep_recent: int, accep
                 raise corrupt(root, gap)
             try:
                 if e.header["kind"] == "edit":
-                    reg.add(journal.decode_edit(buf, e))
+                    rec = journal.decode_edit(buf, e)
+                    reg.add(rec)  # sums its delta into W_m's accumulator, then it leaves RAM:
+                    ondisk.spill_entry(rec, file, buf, e.payload)
                 else:
                     reg.remove(e.header["id"], e.version)
             except (RegistryError, ValueError) as err:

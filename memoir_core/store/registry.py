@@ -59,23 +59,25 @@ class Registry:
 
     def check(self, rec: EditRecord) -> None:
         """Shapes, dtypes and range of a record's tensors (garbage in W_m is worse than a refusal)."""
-        idx, delta = rec.idx, rec.delta
+        # delta and inputs may be on disk (store/ondisk.py): their shape and dtype are checked
+        # without reading them; their bytes were checked when the handle was made
+        idx, delta = rec.idx, rec.stored("delta")
         if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or tuple(idx.shape) != (self.k,):
             raise RegistryError(f"edit {rec.id!r}: idx must be int64 [{self.k}]")
-        if not isinstance(delta, torch.Tensor) or delta.dtype != torch.int32 or tuple(delta.shape) != (self.d_out, self.k):
+        if delta is None or delta.dtype != torch.int32 or tuple(delta.shape) != (self.d_out, self.k):
             raise RegistryError(f"edit {rec.id!r}: delta must be int32 [{self.d_out}, {self.k}]")
-        inputs = rec.inputs
-        if inputs is not None and (not isinstance(inputs, torch.Tensor) or inputs.dtype != torch.float16
-                                   or inputs.dim() != 2 or inputs.shape[1] != self.k
-                                   or not bool(torch.isfinite(inputs).all())):
+        inputs = rec.stored("inputs")
+        if inputs is not None and (inputs.dtype != torch.float16 or len(inputs.shape) != 2
+                                   or inputs.shape[1] != self.k
+                                   or isinstance(inputs, torch.Tensor) and not bool(torch.isfinite(inputs).all())):
             raise RegistryError(f"edit {rec.id!r}: inputs must be finite float16 [r, {self.k}]")
         for name, mask in (("idx", idx), ("route", rec.route)):
             if mask is None:
                 continue
-            if name == "route" and (not isinstance(mask, list) or len(mask) != self.k
-                                    or not all(isinstance(i, int) for i in mask)):
+            if name == "route" and (not isinstance(mask, np.ndarray) or mask.dtype.kind not in "iu"
+                                    or mask.shape != (self.k,)):
                 raise RegistryError(f"edit {rec.id!r}: route must be a list of {self.k} column indices")
-            m = torch.as_tensor(mask)
+            m = torch.as_tensor(mask.astype(np.int64) if isinstance(mask, np.ndarray) else mask)
             if self.k and (int(m.min()) < 0 or int(m.max()) >= self.width or not bool((m[1:] > m[:-1]).all())):
                 raise RegistryError(f"edit {rec.id!r}: {name} must be sorted, distinct and within 0..{self.width - 1}")
 

@@ -33,10 +33,11 @@ from ...records import EditRecord
 from ...replica import LogEntry
 from ...state import Loaded, Manifest, check_manifest
 from ..layout import sha256
-from ..registry import Registry, RegistryError
+from ..registry import Accumulator, Registry, RegistryError
 from . import log as logrows
 from . import blobs, schema, snapshots
 from .codec import corrupt, decode_basis, edit_row, encode_basis
+from .fetch import Fetcher
 from .listen import Listener
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class PostgresStore:
         self._closed = False
         self.failure: str | None = None  # never sticky here (see the module's docstring)
         self.version = 0  # the newest version this store appended or loaded
+        self.deltas = Fetcher(self)  # stored edits' deltas, read back on demand
 
     # -- connections ------------------------------------------------------------------------
     def connect(self, autocommit: bool = True) -> psycopg.Connection:
@@ -167,15 +169,21 @@ class PostgresStore:
         if sha256(bytes(basis_raw)) != body.get("basis_sha256"):
             raise corrupt("the basis fails its checksum")
         basis = decode_basis(bytes(basis_raw), manifest.width)
-        reg = Registry(manifest.k, manifest.d_out, manifest.width)
+        # W_m is summed here, so the engine applies no delta and each one leaves RAM once summed
+        reg = Registry(manifest.k, manifest.d_out, manifest.width, acc=Accumulator(manifest.d_out, manifest.width))
         snap = snapshots.newest(conn)
         try:
             if snap is not None:
                 version, live, order = snap
-                entries = logrows.rows(conn, live)
-                if len(entries) != len(live):
+                records = []
+                for start in range(0, len(live), logrows.PAGE):  # a page of deltas in RAM at a time
+                    for e in logrows.rows(conn, live[start : start + logrows.PAGE]):
+                        reg.acc.add(e.record.idx, e.record.delta)
+                        self.deltas.spill(e.record)
+                        records.append(e.record)
+                if len(records) != len(live):
                     raise corrupt(f"the snapshot at version {version} names edits the log no longer holds")
-                reg.put([e.record for e in entries], order, version)
+                reg.put(records, order, version)
             for e in logrows.all_after(conn, reg.version):
                 if e.kind == "edit":
                     reg.add(e.record)
@@ -183,8 +191,10 @@ class PostgresStore:
                     reg.remove(e.edit_id, e.version)
         except RegistryError as e:
             raise corrupt(str(e)) from None
+        for rec in reg.live.values():
+            self.deltas.spill(rec)
         self._manifest, self.version = manifest, reg.version
-        return Loaded(manifest, basis, list(reg.live.values()), reg.version, None, list(reg.order))
+        return Loaded(manifest, basis, list(reg.live.values()), reg.version, reg.acc.tensor(), list(reg.order))
 
     def create(self, manifest: Manifest, basis: Basis) -> None:
         conn = self._init_conn
@@ -307,6 +317,7 @@ class PostgresStore:
                       (row["seq"], row["sha256"], len(row["delta"]), inline, oid))
 
         self._append(record.version, f"edit {record.id!r}", insert)
+        self.deltas.spill(record, cached=True)
 
     def log_removal(self, edit_id: str, version: int) -> None:
         self._append(version, f"rollback of {edit_id!r}", lambda c: c.execute(
