@@ -154,9 +154,13 @@ async def client_access(request: Request, _: object = Security(CLIENT_BEARER)) -
     """Routes that generate text: a client or an admin key, when client keys are configured."""
     keys = keys_of(request)
     if keys.client:
-        _remember(request, _authenticate(request, keys, "this route"))
+        key = _authenticate(request, keys, "this route")
     else:
-        _remember(request, keys.identify(request.headers.get("authorization")))
+        key = keys.identify(request.headers.get("authorization"))
+    _remember(request, key)
+    # what the memory field may reveal: edit ids are the admin routes' to show (open without admin keys)
+    request.state.sees_edits = (key.admin if key is not None else not keys.admin) or \
+        request.app.state.runtime.settings.memory_detail == "all"
 
 
 async def admin_access(request: Request, _: object = Security(ADMIN_BEARER)) -> str | None:
