@@ -90,10 +90,18 @@ def constraint(body: ChatCompletionRequest) -> OutputConstraint | None:
     tools = body.tools or []
     if isinstance(body.tool_choice, NamedToolChoice):
         tools = [t for t in tools if t.function.name == body.tool_choice.function.name]
-    options = [{"type": "object", "properties": {"name": {"const": t.function.name},
-                                                  "arguments": t.function.parameters or {"type": "object"}},
+    options = [{"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": _closed(t)},
                 "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
     return OutputConstraint(options[0] if len(options) == 1 else {"anyOf": options})
+
+
+def _closed(tool: ToolDef) -> dict[str, Any]:
+    """The parameters' schema, with no properties beyond the declared ones unless it says otherwise:
+    a function takes its parameters, and a small model left free wanders into inventing others."""
+    schema = dict(tool.function.parameters or {"type": "object"})
+    if schema.get("type") == "object" and schema.get("properties") and "additionalProperties" not in schema:
+        schema["additionalProperties"] = False
+    return schema
 
 
 def parse(text: str, body: ChatCompletionRequest) -> tuple[str | None, list[ToolCall]]:
