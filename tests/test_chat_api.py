@@ -133,7 +133,8 @@ def test_only_admin_keys_see_edit_ids(client):
     edit = client.post("/edit", json={"prompt": "one two three", "target_new": "four", "id": "e1"})
     assert edit.status_code == 200, edit.text
     body = {"prompt": "one two three", "max_new_tokens": 2}
-    user = client.post("/generate", json=body, headers={"authorization": "Bearer user-secret-0123456789"}).json()["memory"]
+    user_key = {"authorization": "Bearer user-secret-0123456789"}
+    user = client.post("/generate", json=body, headers=user_key).json()["memory"]
     admin = client.post("/generate", json=body).json()["memory"]
     assert admin["best_edit_id"] == "e1" and admin["overlap"] > 0
     assert user["best_edit_id"] is None and user["edit_id"] is None and user["overlap"] is None

@@ -63,7 +63,8 @@ def test_openai_client_tools(client, model):
         chunks = list(client.chat.completions.create(model=model, messages=ASK_WEATHER, tools=[WEATHER],
                                                      tool_choice=choice, max_tokens=40, temperature=0, stream=True))
         calls = [d for ch in chunks for d in (ch.choices[0].delta.tool_calls or [] if ch.choices else [])]
-        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == \
+            [("get_weather", {"city": "Paris"})]
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
     # auto: the model may answer or call; either way the answer is well formed
     r = client.chat.completions.create(model=model, messages=ASK_WEATHER, tools=[WEATHER], tool_choice="auto",
@@ -90,9 +91,11 @@ def test_openai_client_json_schema(client, model):
 
 SPEC_REQUESTS = [
     {"messages": ASK_WEATHER, "tools": [WEATHER], "tool_choice": "required"},
-    {"messages": ASK_WEATHER, "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    {"messages": ASK_WEATHER, "tools": [WEATHER],
+     "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
     {"messages": ASK_WEATHER, "tools": [WEATHER]},
-    {"messages": ASK_WEATHER, "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}},
+    {"messages": ASK_WEATHER,
+     "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}},
     {"messages": ASK_WEATHER, "logprobs": True, "top_logprobs": 3, "n": 2, "temperature": 0.7, "seed": 1},
 ]
 

@@ -75,7 +75,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
     choices = []
     for c in done:
         message, called = _message(c.text, body)
-        choices.append(ChatChoice(index=c.index, message=message, finish_reason="tool_calls" if called else c.finish_reason,
+        choices.append(ChatChoice(index=c.index, message=message,
+                                  finish_reason="tool_calls" if called else c.finish_reason,
                                   logprobs=chat_logprobs(c.logprobs, n_top) if body.logprobs else None,
                                   memory=MemoryOut(**c.memory.to_dict(sees))))
     return ChatCompletionResponse(**head, choices=choices, usage=usage(done, len(params)), memory=choices[0].memory)

@@ -55,8 +55,8 @@ async def completions(body: CompletionRequest, request: Request, response: Respo
     params = prepare(body, runtime, max_tokens, "max_tokens", logprobs=body.logprobs, prompt_logprobs=scored)
     prompts = body.prompts()
     n = len(params)
-    group = engine.generate([Prompt(text=p) if isinstance(p, str) else Prompt(ids=p) for p in prompts for _ in range(n)],
-                            params * len(prompts))
+    asked = [Prompt(text=p) if isinstance(p, str) else Prompt(ids=p) for p in prompts]
+    group = engine.generate([p for p in asked for _ in range(n)], params * len(prompts))
     note_ignored(body, response)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": runtime.model_name}
     sees = request.state.sees_edits
@@ -65,7 +65,8 @@ async def completions(body: CompletionRequest, request: Request, response: Respo
         offsets: dict[int, int] = {}
 
         def choice(c: Chunk, text: str, views: list[dict], finished: bool) -> dict:
-            out = {"index": c.index, "text": text, "logprobs": None, "finish_reason": c.finish_reason if finished else None}
+            out = {"index": c.index, "text": text, "logprobs": None,
+                   "finish_reason": c.finish_reason if finished else None}
             if body.logprobs is not None:
                 out["logprobs"] = completion_logprobs(views, body.logprobs, offsets.get(c.index, 0))
                 offsets[c.index] = offsets.get(c.index, 0) + sum(len(v["token"]) for v in views)
@@ -83,7 +84,8 @@ async def completions(body: CompletionRequest, request: Request, response: Respo
             return out
 
         def tail():
-            return [{**head, "object": "text_completion", "choices": [], "usage": tally.usage()}] if tally.include else []
+            usage_chunk = {**head, "object": "text_completion", "choices": [], "usage": tally.usage()}
+            return [usage_chunk] if tally.include else []
 
         return await stream(engine, group, render, tail, response.headers)
     done = await collect(engine, group, request)
