@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what fits in a Bearer header
 MIN_KEY_CHARS = 16
-# Routes that need no key, by decision: liveness, readiness, and /metrics (which takes the admin
+# Routes that need no key, by decision: liveness, readiness, /version, and /metrics (which takes the admin
 # key when MEMOIR_METRICS_AUTH=1). Every other route depends on client_access or admin_access;
 # tests/test_ops_http.py fails for a route that does neither and is not listed here.
-PUBLIC_PATHS = {"/health", "/ready", "/metrics"}
+PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/version"}
 
 
 class ConfigError(ValueError):
