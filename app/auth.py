@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what fits in a Bearer header
 MIN_KEY_CHARS = 16
-# Routes that need no key, by decision: liveness, readiness, and /metrics (which takes the admin
+# Routes that need no key, by decision: liveness, readiness, /version, and /metrics (which takes the admin
 # key when MEMOIR_METRICS_AUTH=1). Every other route depends on client_access or admin_access;
 # tests/test_ops_http.py fails for a route that does neither and is not listed here.
-PUBLIC_PATHS = {"/health", "/ready", "/metrics"}
+PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/version"}
 
 
 class ConfigError(ValueError):
@@ -154,9 +154,13 @@ async def client_access(request: Request, _: object = Security(CLIENT_BEARER)) -
     """Routes that generate text: a client or an admin key, when client keys are configured."""
     keys = keys_of(request)
     if keys.client:
-        _remember(request, _authenticate(request, keys, "this route"))
+        key = _authenticate(request, keys, "this route")
     else:
-        _remember(request, keys.identify(request.headers.get("authorization")))
+        key = keys.identify(request.headers.get("authorization"))
+    _remember(request, key)
+    # what the memory field may reveal: edit ids are the admin routes' to show (open without admin keys)
+    request.state.sees_edits = (key.admin if key is not None else not keys.admin) or \
+        request.app.state.runtime.settings.memory_detail == "all"
 
 
 async def admin_access(request: Request, _: object = Security(ADMIN_BEARER)) -> str | None:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from memoir_core.errors import InvalidRequestError
+from memoir_core.constraints import Matcher
 from memoir_core.generate import SamplingParams, Sequence
 from memoir_core.memoir import Memoir
 from memoir_core.preview import Preview
@@ -35,6 +36,7 @@ from memoir_core.state import MemoryStore
 
 from . import limits, telemetry
 from .errors import EngineStoppedError, QueueFullError
+from .logprobs import logprob_views, token_prompt
 from .settings import Settings
 from .streams import Chunk, Group, MemoryInfo, Prompt, Work, resolver
 from .writer import Applied, EditJob, EditSpec, Removal, RemoveJob, Writer
@@ -196,9 +198,11 @@ class Engine:
             group = command[1]
             for seq in [s for s in self.decoder.running if s.tag.group is group]:
                 self.decoder.cancel(seq.tag)
+                telemetry.aborted(seq.tag)
                 self._done(seq.tag)
             for work in [w for w in self._waiting if w.group is group]:
                 self._waiting.remove(work)
+                telemetry.aborted(work)
                 self._done(work)
         elif kind == "call":
             _, fn, post = command
@@ -235,13 +239,16 @@ class Engine:
 
     def _sequence(self, work: Work) -> Sequence:
         encoder = self.memoir.encoder
-        if work.prompt.messages is not None:
+        prompt = work.prompt
+        if prompt.messages is not None:
             try:
-                enc = encoder.chat(work.prompt.messages)
+                enc = encoder.chat(prompt.messages, prompt.tools, prompt.continue_final, prompt.template_kwargs)
             except Exception as error:  # noqa: BLE001 - jinja templates raise their own errors
                 raise InvalidRequestError(f"the model's chat template refused the messages: {error}") from None
+        elif prompt.ids is not None:
+            enc = token_prompt(prompt.ids, len(encoder.tokenizer))
         else:
-            enc = encoder.plain(work.prompt.text or "")
+            enc = encoder.plain(prompt.text or "")
         n, limit = len(enc.ids), self.settings.max_prompt_tokens
         if n == 0:
             raise InvalidRequestError("the prompt is empty after tokenisation")
@@ -251,7 +258,11 @@ class Engine:
             raise InvalidRequestError(f"the prompt ({n} tokens) plus max_new_tokens ({work.params.max_new_tokens}) "
                                       f"exceeds the model's context of {self.context} tokens")
         work.params.validate()
-        return Sequence(enc.ids, enc.span, work.params, tag=work, tail=enc.tail)
+        seq = Sequence(enc.ids, enc.span, work.params, tag=work, tail=enc.tail)
+        if work.params.constraint is not None:
+            seq.matcher = Matcher(work.params.constraint, encoder.tokenizer, self.memoir.encoder.tokenizer.eos_token_id,
+                                  self.memoir.model.config.vocab_size)
+        return seq
 
     def _step(self) -> None:
         if not self.decoder.running:
@@ -271,8 +282,13 @@ class Engine:
             seq, work = ev.sequence, ev.sequence.tag
             if work.done:
                 continue
+            first = not work.scored and seq.prompt_logprobs is not None
+            work.scored = work.scored or first
+            tokenizer = self.memoir.encoder.tokenizer
             chunk = Chunk(work.index, ev.piece, ev.finished, seq.finish_reason, len(seq.prompt_ids),
-                          len(seq.out_ids), MemoryInfo.of(seq.decision), seq.text if ev.finished else None)
+                          len(seq.out_ids), MemoryInfo.of(seq.decision), seq.text if ev.finished else None,
+                          logprob_views(tokenizer, ev.logprobs),
+                          logprob_views(tokenizer, seq.prompt_logprobs) if first else None)
             telemetry.on_chunk(work, chunk)
             work.group.post(chunk)
             if ev.finished:

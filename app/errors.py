@@ -53,6 +53,11 @@ class VersionAheadError(ServiceError):
     status, code = 409, "version_ahead"
 
 
+class ClientGoneError(ServiceError):
+    """The client closed the connection before its (non-streamed) answer; nginx's 499 in the logs."""
+    status, code = 499, "client_closed_request"
+
+
 class ModelNotFoundError(ServiceError):
     status, code = 404, "model_not_found"
 
@@ -78,8 +83,9 @@ CORE_STATUS: list[tuple[type[Exception], int]] = [
 ]
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
-          422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable"}
+          404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
+          422: "invalid_request_error", 429: "rate_limit_error", 499: "invalid_request_error",
+          503: "service_unavailable"}
 
 
 def envelope(status: int, message: str, code: str | None = None, param: str | None = None,
@@ -125,19 +131,33 @@ def response_for_plain(error: BaseException, prefix: str, **extra: Any) -> JSONR
     return envelope(status, prefix + message, code, getattr(error, "param", None), headers or None, **extra)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "literal", "json-or-python"}
+_PLAIN = {"Extra inputs are not permitted": "unknown field (not part of this API)"}
+
+
+def _field(part: Any) -> bool:
+    """Whether a part of pydantic's error location is a field name, not the name of a type it tried
+    (a union's branch: 'str', 'list[TextPart]', 'function-after[_utf8(), constrained-str]', 'TextPart')."""
+    if isinstance(part, int):
+        return True
+    return part != "body" and part not in _TYPE_TAGS and part[:1].islower() and \
+        not any(c in part for c in "[]()-, ")
+
+
 def _describe(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
-    parts, first = [], None
-    for e in errors[:5]:
+    parts, first, seen = [], None, set()
+    for e in errors:
         where = ""
-        for p in e.get("loc", ()):
-            if p == "body":
-                continue
+        for p in filter(_field, e.get("loc", ())):
             where += f"[{p}]" if isinstance(p, int) else (f".{p}" if where else str(p))
         first = first or where or None
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "; ".join(parts) + more, first
+        line = f"{where}: {_PLAIN.get(msg, msg)}" if where else msg
+        if line not in seen:
+            seen.add(line)
+            parts.append(line)
+    more = f" (and {len(parts) - 5} more)" if len(parts) > 5 else ""
+    return "; ".join(parts[:5]) + more, first
 
 
 def install(app: FastAPI) -> None:

@@ -20,7 +20,7 @@ from .auth import Keys, LoopbackOnly, check_exposure
 from .console import views as console
 from .middleware import BodyLimit
 from .import_jobs import Imports
-from .routes import edits, generate, health, imports, openai, replicas
+from .routes import chat, edits, generate, health, imports, openai, replicas, tokens
 from .runtime import Builder, Runtime, exit_process
 from .settings import Settings, warn_unknown_variables
 from .stores import open_store
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     if not keys.admin and not settings.allow_insecure:
         app.add_middleware(LoopbackOnly)
     app.add_middleware(Telemetry)  # outermost: every answer gets a request id, a log line and a count
-    for module in (health, edits, imports, generate, openai, replicas, metrics):
+    for module in (health, edits, imports, generate, openai, chat, tokens, replicas, metrics):
         app.include_router(module.router)
     console.install(app)
     return app

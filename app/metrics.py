@@ -91,6 +91,8 @@ TIME_PER_OUTPUT_TOKEN = Histogram("memoir:time_per_output_token_seconds", "Mean 
                                   "after the first.", buckets=TPOT, registry=REGISTRY)
 PROMPT_TOKENS = Counter("memoir:prompt_tokens", "Prefilled prompt tokens.", registry=REGISTRY)
 GENERATION_TOKENS = Counter("memoir:generation_tokens", "Generated tokens.", registry=REGISTRY)
+REQUEST_ABORTED = Counter("memoir:request_aborted", "Sequences cancelled before they finished (the client "
+                          "went away, or its request failed).", registry=REGISTRY)
 REQUEST_SUCCESS = Counter("memoir:request_success", "Sequences that finished, by reason (stop, length).",
                           ["finished_reason"], registry=REGISTRY)
 REQUEST_PROMPT_TOKENS = Histogram("memoir:request_prompt_tokens", "Prompt tokens per sequence.", buckets=TOKENS,

@@ -165,9 +165,10 @@ class RemovalOut(BaseModel):
 # -- generation -------------------------------------------------------------------------------
 class MemoryOut(BaseModel):
     on: bool
-    edit_id: str | None = Field(description="the edit whose memory answered (null when off)")
-    best_edit_id: str | None = Field(description="the closest stored edit, whether or not it was used")
-    overlap: float
+    edit_id: str | None = Field(description="the edit whose memory answered (null when off, and for client keys)")
+    best_edit_id: str | None = Field(description="the closest stored edit, whether or not it was used (null for "
+                                     "client keys unless MEMOIR_MEMORY_DETAIL=all)")
+    overlap: float | None = Field(description="its mask overlap (null for client keys)")
     version: int = Field(description="the memory version used for every token of this answer")
 
 

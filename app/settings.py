@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     admin_keys: SecretStr | None = Field(None, description='named admin keys, "alice:key1,bob:key2"; the name is '
                                          "recorded as the author of the edits made with the key")
     allow_insecure: bool = Field(False, description="listen beyond 127.0.0.1 without an admin key")
+    memory_detail: Literal["admin", "all"] = Field("admin", description="who sees edit ids and overlaps in "
+                                                   "answers' `memory`: admin keys only (client keys see on/off and "
+                                                   "the version), or every caller")
     metrics_auth: bool = Field(False, description="/metrics needs an admin key (default: open, like /health)")
     log_format: Literal["json", "text"] = "json"
     shutdown_timeout: float = Field(30.0, gt=0, description="seconds a SIGTERM waits for requests in flight "

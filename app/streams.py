@@ -40,7 +40,11 @@ class Prompt:
     """Plain text, or chat messages that the model's chat template turns into the prompt."""
 
     text: str | None = None
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict] | None = None
+    ids: list[int] | None = None  # a prompt given as token ids
+    tools: list[dict] | None = None  # for a chat template that reads them
+    continue_final: bool = False  # continue the last (assistant) message instead of answering it
+    template_kwargs: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,10 @@ class MemoryInfo:
         return cls(on, decision.route.edit_id if on else None, decision.best_edit_id,
                    round(float(decision.best_overlap), 6), decision.version)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, edits: bool = True) -> dict[str, Any]:
+        """With edits false (a client key), only whether the memory was on and its version."""
+        if not edits:
+            return {"on": self.on, "edit_id": None, "best_edit_id": None, "overlap": None, "version": self.version}
         return {"on": self.on, "edit_id": self.edit_id, "best_edit_id": self.best_edit_id,
                 "overlap": self.overlap, "version": self.version}
 
@@ -76,6 +83,8 @@ class Chunk:
     completion_tokens: int
     memory: MemoryInfo
     text: str | None = None
+    logprobs: list[dict] = field(default_factory=list)  # of the new tokens (logprob_view), when asked for
+    prompt_logprobs: list[dict | None] | None = None  # of the prompt's tokens, in the first chunk (echo)
 
 
 @dataclass
@@ -86,6 +95,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     memory: MemoryInfo
+    logprobs: list[dict] = field(default_factory=list)
+    prompt_logprobs: list[dict | None] | None = None
 
 
 @dataclass
@@ -141,10 +152,16 @@ class Group:
 
     async def collect(self) -> list[Completion]:
         done: dict[int, Completion] = {}
+        logprobs: dict[int, list[dict]] = {}
+        prompt_logprobs: dict[int, list] = {}
         async for c in self.chunks():
+            logprobs.setdefault(c.index, []).extend(c.logprobs)
+            if c.prompt_logprobs is not None:
+                prompt_logprobs[c.index] = c.prompt_logprobs
             if c.finished:
                 done[c.index] = Completion(c.index, c.text or "", c.finish_reason or "stop", c.prompt_tokens,
-                                           c.completion_tokens, c.memory)
+                                           c.completion_tokens, c.memory, logprobs.get(c.index, []),
+                                           prompt_logprobs.get(c.index))
         return [done[i] for i in sorted(done)]
 
 
@@ -157,3 +174,4 @@ class Work:
     prompt: Prompt
     params: SamplingParams
     done: bool = False
+    scored: bool = False  # its prompt logprobs were handed out

@@ -135,6 +135,11 @@ def _on_chunk(work: Any, chunk: Any) -> None:
             metrics.TIME_PER_OUTPUT_TOKEN.observe((now - work.t_first) / (chunk.completion_tokens - 1))
 
 
+def aborted(work: Any) -> None:
+    """On the engine thread, for a sequence cancelled before it finished."""
+    metrics.REQUEST_ABORTED.inc()
+
+
 # -- edits: the engine wraps the function that answers an edit or rollback job -------------------
 def _outcome(error: BaseException) -> str:
     from memoir_core.errors import EditFailedError

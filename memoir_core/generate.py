@@ -16,27 +16,11 @@ import torch
 from transformers import DynamicCache
 
 from . import kvcache
-from .errors import InvalidRequestError
 from .memory import Decide, Decision, ResidualMemory, Routing
+from .sampling import SamplingParams, TokenLogprob
+from .tokens import choose, prompt_scores
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InvalidRequestError("max_new_tokens must be at least 1")
-        if not 0.0 <= self.temperature <= 5.0:
-            raise InvalidRequestError("temperature must be between 0 and 5")
-        if not 0.0 < self.top_p <= 1.0:
-            raise InvalidRequestError("top_p must be in (0, 1]")
-        if any(not s for s in self.stop):
-            raise InvalidRequestError("stop strings must not be empty")
+__all__ = ["Decoder", "Event", "SamplingParams", "Sequence"]
 
 
 @dataclass
@@ -52,6 +36,9 @@ class Sequence:
     finish_reason: str | None = None
     generator: torch.Generator | None = None
     tail: tuple[int, int] | None = None  # the span's last sentence, also routed on (Encoded.tail)
+    matcher: Any = None  # constraints.Matcher of an output constraint
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of out_ids, when params.logprobs is set
+    prompt_logprobs: list[TokenLogprob] | None = None  # of prompt_ids (the first one's logprob is None)
 
     @property
     def finished(self) -> bool:
@@ -63,6 +50,7 @@ class Event:
     sequence: Sequence
     piece: str  # new text since the last event
     finished: bool
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens since the last event
 
 
 class Decoder:
@@ -122,9 +110,11 @@ class Decoder:
                           tail=tail if any(s.tail is not None for s in sequences) else None,
                           texts=[self.encoder.span_text(s.prompt_ids, s.span) for s in sequences])
         with self.layer.use(routing):
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
-            )
+            scored = any(s.params.prompt_logprobs is not None for s in sequences)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                             logits_to_keep=0 if scored else 1)
+        if scored:
+            prompt_scores(sequences, out.logits, width)
         for seq, decision in zip(sequences, routing.decisions):
             seq.decision = decision
         next_positions = mask.sum(1)
@@ -178,16 +168,25 @@ class Decoder:
 
     # -- internals ------------------------------------------------------------------------
     def _emit(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Event]:
-        tokens = sample(logits.float(), sequences)
         events = []
-        for seq, tok in zip(sequences, tokens):
+        for seq, (tok, logprob) in zip(sequences, choose(logits, sequences, self.eos)):
+            if tok is None:  # max_new_tokens 0: the prompt was only scored
+                seq.finish_reason = "length"
+                events.append(Event(seq, "", True))
+                continue
             seq.out_ids.append(tok)
-            events.append(self._advance(seq, tok))
+            event = self._advance(seq, tok)
+            if logprob is not None and len(seq.out_ids) > len(seq.logprobs):  # not an end token dropped
+                seq.logprobs.append(logprob)
+                event.logprobs = [logprob]
+            events.append(event)
         return events
 
     def _advance(self, seq: Sequence, tok: int) -> Event:
-        if tok in self.eos:
+        if (tok in self.eos and not seq.params.ignore_eos) or tok in seq.params.stop_token_ids:
             seq.out_ids.pop()
+            seq.finish_reason = "stop"
+        elif seq.matcher is not None and seq.matcher.done:  # the constrained output is complete
             seq.finish_reason = "stop"
         text = self.encoder.decode(seq.out_ids)
         for stop in seq.params.stop:
@@ -225,21 +224,3 @@ class Decoder:
         self._positions = self._positions.index_select(0, rows)
         self._routing = self._routing.select(keep)
 
-
-def sample(logits: torch.Tensor, sequences: list[Sequence]) -> list[int]:
-    greedy = logits.argmax(dim=-1).tolist()
-    tokens = []
-    for i, seq in enumerate(sequences):
-        p = seq.params
-        if p.temperature == 0:
-            tokens.append(greedy[i])
-            continue
-        # A temperature near zero would overflow the logits to inf (and the softmax to NaN).
-        probs = torch.softmax(logits[i] / max(p.temperature, 1e-6), dim=-1)
-        if p.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p
-            keep[0] = True  # a top_p below float32's smallest number would keep no token
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        tokens.append(int(torch.multinomial(probs, 1, generator=seq.generator)))
-    return tokens

@@ -80,10 +80,18 @@ class PromptEncoder:
             text = " " + text
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def chat(self, messages: list[dict[str, str]]) -> Encoded:
-        """The chat-templated conversation ready for the assistant's turn; the span is the last user message."""
+    def chat(self, messages: list[dict], tools: list[dict] | None = None, continue_final: bool = False,
+             template_kwargs: dict | None = None) -> Encoded:
+        """The chat-templated conversation ready for the assistant's turn (or, with continue_final,
+        within its last message); the span is the last user message."""
         tok = self.tokenizer
-        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        extra = dict(template_kwargs or {})
+        if tools:
+            extra["tools"] = tools
+        if continue_final:
+            extra["continue_final_message"] = True
+        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not continue_final,
+                                           **extra)
         enc = tok(rendered, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc.input_ids, enc.offset_mapping
         span, tail = (0, len(ids)), None

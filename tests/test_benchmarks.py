@@ -130,3 +130,9 @@ def test_compare_runs_pairs_only_checkpoints_scored_on_the_same_cases(tmp_path, 
         compare.main([a, a])  # one label twice
     c = report("c", [(150, 150, 0.9, {})])
     assert compare.main([a, c]) == 1  # nothing shared
+
+
+def test_constrained(tmp_path):
+    data = run("constrained", tmp_path, "--model", "tiny", "--batches", "2", "--tokens", "3", "--reps", "1")
+    (row,) = data["rows"]
+    assert row["tokens"] == {"free": 24, "json": 24} and row["json_tok_s"] > 0

@@ -283,7 +283,8 @@ def test_metrics_move_with_edits_and_generations(client):
     assert delta("memoir:e2e_request_latency_seconds_count") == 3
     assert delta("memoir:request_success_total", finished_reason="length") == 3
     # the edited prompt itself routes to its edit; the two others are decided one way or the other
-    assert answers[0]["memory"]["on"] and answers[0]["memory"]["edit_id"] == "metrics-1"
+    # (a client key sees that the memory was on, not which edit: edit ids are the admin key's)
+    assert answers[0]["memory"]["on"] and answers[0]["memory"]["edit_id"] is None
     assert delta("memoir:routing_decisions_total", decision="on") >= 1
     assert delta("memoir:routing_decisions_total", decision="on") + delta(
         "memoir:routing_decisions_total", decision="off") == 3

@@ -74,5 +74,5 @@ def test_errors_use_the_openai_envelope(client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], logprobs=True)
-    assert "logprobs is not supported" in bad.value.message
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], presence_penalty=1)
+    assert "presence_penalty is not supported" in bad.value.message

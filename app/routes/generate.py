@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from .. import deps
 from ..auth import client_access
@@ -22,7 +22,7 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 @router.post("/generate", response_model=GenerateOut, responses=SSE_RESPONSE, summary="generate text",
              dependencies=[Depends(deps.min_version)])
-async def generate(body: GenerateIn, engine: Engine = Depends(deps.engine),
+async def generate(body: GenerateIn, request: Request, engine: Engine = Depends(deps.engine),
                    settings: Settings = Depends(deps.settings), _: None = Depends(client_access),
                    runtime=Depends(deps.runtime)):
     """With stream true: SSE events `{"text": ...}`, the last one with finish_reason, usage and
@@ -37,7 +37,7 @@ async def generate(body: GenerateIn, engine: Engine = Depends(deps.engine),
         def render(chunk: Chunk):
             data = {"text": chunk.piece}
             if not sent_memory or chunk.finished:
-                data["memory"] = chunk.memory.to_dict()
+                data["memory"] = chunk.memory.to_dict(request.state.sees_edits)
                 sent_memory.append(True)
             if chunk.finished:
                 data.update(finish_reason=chunk.finish_reason, usage=_usage(chunk.prompt_tokens,
@@ -45,7 +45,7 @@ async def generate(body: GenerateIn, engine: Engine = Depends(deps.engine),
             return [data] if data["text"] or len(data) > 1 else []
 
         return await stream(engine, group, render)
-    done = (await collect(engine, group))[0]
+    done = (await collect(engine, group, request))[0]
     return GenerateOut(text=done.text, finish_reason=done.finish_reason,
                        usage=Usage(**_usage(done.prompt_tokens, done.completion_tokens)),
-                       memory=MemoryOut(**done.memory.to_dict()))
+                       memory=MemoryOut(**done.memory.to_dict(request.state.sees_edits)))
