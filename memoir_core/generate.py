@@ -122,7 +122,8 @@ class Decoder:
                           tail=tail if any(s.tail is not None for s in sequences) else None)
         with self.layer.use(routing):
             out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+                input_ids=ids, attention_mask=mask, position_ids=positions, **{kvcache.CACHE_KW: cache},
+                use_cache=True, logits_to_keep=1
             )
         for seq, decision in zip(sequences, routing.decisions):
             seq.decision = decision
@@ -161,7 +162,7 @@ class Decoder:
                 input_ids=last,
                 attention_mask=self._mask,
                 position_ids=self._positions.unsqueeze(1),
-                cache=self._cache,
+                **{kvcache.CACHE_KW: self._cache},
                 use_cache=True,
             )
         self._positions = self._positions + 1
