@@ -43,7 +43,7 @@ class DeviceMaskBank:
         self.bits = torch.from_numpy(words).to(device)
 
     @classmethod
-    def of(cls, bank: MaskBank, device: torch.device | str) -> "DeviceMaskBank":
+    def of(cls, bank: MaskBank, device: torch.device | str) -> DeviceMaskBank:
         ids, bits = bank.export()
         return cls(bank.width, bank.k, ids, bits, device)
 
