@@ -175,6 +175,7 @@ def tables(data: dict) -> str:
         parts.append(common.table([{"edits": e["edits"], "median s": e["median_s"], "p90 s": e["p90_s"],
                                     "steps": e["median_steps"], "prepare s": e["median_prepare_s"],
                                     "first step s": e["median_first_step_s"], "later step s": e["median_later_step_s"],
+                                    "finish s": e["median_finish_s"], "commit s": e["median_commit_s"],
                                     "loss fell": f"{e['loss_fell']}/{e['edits']}", "peak VRAM MB": e["peak_vram_mb"]}]))
         parts.append(f"serving, {s['stored']['total']} stored edits ({s['stored']['total'] - e['edits']} synthetic: "
                      "applied without training):")

@@ -106,11 +106,21 @@ PASS = ("memory_off_exact", "memory_zero_exact", "edit_changes_only_its_columns"
 
 
 def _mixed_batch(m, prompts: list[str]) -> dict:
+    """Each sequence of a mixed batch is routed as alone: the same best edit, and the same on/off
+    unless its overlap sits at tau within what padding moved it (in bf16 a padded batch's
+    activations round differently: a column at the top-k margin may flip, 1/k of overlap)."""
     params = SamplingParams(max_new_tokens=4)
     together = m.generate(prompts, params, max_batch=len(prompts))
     alone = [m.generate([p], params)[0] for p in prompts]
-    key = lambda s: (s.decision.route is not None, s.decision.best_edit_id)  # noqa: E731
-    return {"mixed_batch_routes_as_alone": [key(s) for s in together] == [key(s) for s in alone],
+    same, borderline = True, 0
+    for a, b in zip(together, alone):
+        moved = abs(a.decision.best_overlap - b.decision.best_overlap) + 1 / m.config.k
+        on_a, on_b = a.decision.route is not None, b.decision.route is not None
+        if a.decision.best_edit_id != b.decision.best_edit_id or on_a != on_b:
+            at_tau = a.decision.best_edit_id == b.decision.best_edit_id and abs(b.decision.best_overlap - m.tau) <= moved
+            borderline += at_tau
+            same = same and at_tau
+    return {"mixed_batch_routes_as_alone": same, "mixed_batch_borderline_at_tau": borderline,
             "mixed_batch_on": sum(s.decision.route is not None for s in together), "mixed_batch_size": len(prompts),
             "mixed_batch_max_overlap_diff": max(abs(a.decision.best_overlap - b.decision.best_overlap)
                                                 for a, b in zip(together, alone)),
@@ -161,19 +171,23 @@ def edit_times(m, n: int, seed: int) -> tuple[dict, list[EditRecord]]:
                 marks.append(time.perf_counter())  # each step ends on a loss read: synced
         except StopIteration as stop:
             proposal = stop.value
-        rec = m.commit(proposal)
+        t_commit = time.perf_counter()
+        rec = m.commit(proposal)  # W_m on the device; the key guard's D x D matrix on the host
         sync(m.device)
         total = time.perf_counter() - t0
         steps = rec.steps
         first = marks[-steps] - marks[-steps - 1] if steps else float("nan")
         later = (marks[-1] - marks[-steps]) / (steps - 1) if steps > 1 else float("nan")
         rows.append({"seconds": total, "steps": steps, "prepare": proposal.timings["prepare"], "first_step": first,
-                     "later_step": later, "loss_first": proposal.outcome.losses[0], "loss_last": proposal.outcome.loss,
+                     "later_step": later,
+                     "finish": t_commit - marks[-1], "commit": t0 + total - t_commit,
+                     "loss_first": proposal.outcome.losses[0], "loss_last": proposal.outcome.loss,
                      "peak_vram_mb": (torch.cuda.max_memory_allocated(m.device) - base) / 2**20 if cuda else None})
         records.append(rec)
     med = lambda key: statistics.median(r[key] for r in rows if r[key] == r[key])  # noqa: E731
     return {"edits": n, "median_s": med("seconds"), "p90_s": sorted(r["seconds"] for r in rows)[int(0.9 * (n - 1))],
             "median_steps": med("steps"), "median_prepare_s": med("prepare"), "median_first_step_s": med("first_step"),
+            "median_finish_s": med("finish"), "median_commit_s": med("commit"),
             "median_later_step_s": med("later_step") if any(r["later_step"] == r["later_step"] for r in rows) else None,
             "loss_fell": sum(r["loss_last"] < r["loss_first"] for r in rows),
             "peak_vram_mb": max(r["peak_vram_mb"] for r in rows) if cuda else None, "each": rows}, records
