@@ -113,18 +113,19 @@ def _mixed_batch(m, prompts: list[str]) -> dict:
     together = m.generate(prompts, params, max_batch=len(prompts))
     alone = [m.generate([p], params)[0] for p in prompts]
     same, borderline = True, 0
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=True):
         moved = abs(a.decision.best_overlap - b.decision.best_overlap) + 1 / m.config.k
         on_a, on_b = a.decision.route is not None, b.decision.route is not None
         if a.decision.best_edit_id != b.decision.best_edit_id or on_a != on_b:
-            at_tau = a.decision.best_edit_id == b.decision.best_edit_id and abs(b.decision.best_overlap - m.tau) <= moved
+            at_tau = a.decision.best_edit_id == b.decision.best_edit_id \
+                and abs(b.decision.best_overlap - m.tau) <= moved
             borderline += at_tau
             same = same and at_tau
     return {"mixed_batch_routes_as_alone": same, "mixed_batch_borderline_at_tau": borderline,
             "mixed_batch_on": sum(s.decision.route is not None for s in together), "mixed_batch_size": len(prompts),
             "mixed_batch_max_overlap_diff": max(abs(a.decision.best_overlap - b.decision.best_overlap)
-                                                for a, b in zip(together, alone)),
-            "mixed_batch_same_tokens": sum(a.out_ids == b.out_ids for a, b in zip(together, alone))}
+                                                for a, b in zip(together, alone, strict=True)),
+            "mixed_batch_same_tokens": sum(a.out_ids == b.out_ids for a, b in zip(together, alone, strict=True))}
 
 
 def _cache_vs_recompute(m, prompts: list[str], n: int = 8) -> dict:
