@@ -46,6 +46,7 @@ import gpu_measure as gm  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(common.REPO))
+from app.hostmem import pin_mmap_threshold  # noqa: E402
 from memoir_core.config import MemoirConfig, default_k  # noqa: E402
 from memoir_core.memoir import Memoir  # noqa: E402
 from tests.conftest import CORPUS, tiny_tokenizer  # noqa: E402
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                           "cpu" if args.device == "auto" else args.device)
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
     common.set_torch_threads()
+    pin_mmap_threshold()  # as `memoir serve` does: host memory per stored edit is then what a server sees
     run = common.Run("gpu_check", vars(args))
     import transformers
 
