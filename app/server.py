@@ -42,8 +42,10 @@ def serve(settings: Settings, make_app: Callable[[Settings], Any]) -> int:
 
     from . import logs
     from .auth import ConfigError, Keys, check_exposure, warn_open_routes
+    from .hostmem import pin_mmap_threshold
 
     logs.configure(settings.log_format, settings.log_level, replace=True)
+    pin_mmap_threshold()  # before the model loads: freed tensors must not pin RAM per stored edit
     try:
         keys = Keys.from_settings(settings)
         check_exposure(settings.host, keys, settings.allow_insecure)

@@ -19,12 +19,19 @@ class _Stop(Exception):
     pass
 
 
+# Block classes seen (by capture, which every replay follows) to return a tuple: GPT-J's in
+# transformers 5.17 returns (hidden, attn_weights) and its model takes [0] of whatever a block
+# returns, so a stand-in returning the bare tensor would hand on its first row only.
+_TUPLE_BLOCKS: set[type] = set()
+
+
 class _Stand(nn.Module):
     """Stands in for a block: passes its input through; other attributes come from the block."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
         object.__setattr__(self, "_block", block)  # not registered: the swap must not move weights
+        object.__setattr__(self, "_tuple", type(block) in _TUPLE_BLOCKS)
 
     def __getattr__(self, name):
         try:
@@ -32,8 +39,11 @@ class _Stand(nn.Module):
         except AttributeError:
             return getattr(object.__getattribute__(self, "_block"), name)
 
+    def _out(self, hidden_states):
+        return (hidden_states, None) if object.__getattribute__(self, "_tuple") else hidden_states
+
     def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
+        return self._out(hidden_states)
 
 
 class _Replay(_Stand):
@@ -44,7 +54,7 @@ class _Replay(_Stand):
         object.__setattr__(self, "_output", output)
 
     def forward(self, hidden_states, *args, **kwargs):
-        return object.__getattribute__(self, "_output")
+        return self._out(object.__getattribute__(self, "_output"))
 
 
 @torch.no_grad()
@@ -55,7 +65,9 @@ def capture(backbone: nn.Module, blocks: nn.ModuleList, layer: int, down: nn.Mod
     def on_down(_module, args):
         seen["a"] = args[0]
 
-    def on_block(_module, _args, output):
+    def on_block(module, _args, output):
+        if isinstance(output, tuple):
+            _TUPLE_BLOCKS.add(type(module))
         seen["h"] = output[0] if isinstance(output, tuple) else output
         raise _Stop
 

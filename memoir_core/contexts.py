@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from .kvcache import CACHE_KW
+
 
 class ContextCache:
     def __init__(self, model, contexts: list[list[int]]):
@@ -25,7 +27,7 @@ class ContextCache:
                     self._kv.append(None)
                     continue
                 cache = DynamicCache(config=model.config)
-                model.base_model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True)
+                model.base_model(input_ids=torch.tensor([ids], device=device), **{CACHE_KW: cache}, use_cache=True)
                 self._kv.append([(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
 
     def __len__(self) -> int:

@@ -111,7 +111,8 @@ class Decoder:
                           texts=[self.encoder.span_text(s.prompt_ids, s.span) for s in sequences])
         with self.layer.use(routing):
             scored = any(s.params.prompt_logprobs is not None for s in sequences)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **{kvcache.CACHE_KW: cache},
+                             use_cache=True,
                              logits_to_keep=0 if scored else 1)
         if scored:
             prompt_scores(sequences, out.logits, width)
@@ -152,7 +153,7 @@ class Decoder:
                 input_ids=last,
                 attention_mask=self._mask,
                 position_ids=self._positions.unsqueeze(1),
-                cache=self._cache,
+                **{kvcache.CACHE_KW: self._cache},
                 use_cache=True,
             )
         self._positions = self._positions + 1

@@ -6,10 +6,19 @@ layer kinds report `joinable() == False` and their batches run to completion ins
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+from transformers.models.llama.modeling_llama import LlamaModel
+
+# The forward keyword that takes a cache: `cache` from transformers 5.24 on, `past_key_values`
+# before (5.17, the GPU image's). 5.24 still takes the old name, with a deprecation warning on
+# every call, and drops it in 5.40; a name a model does not know would be swallowed by its
+# **kwargs, and every cached generation would silently recompute nothing but its last token.
+CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 def joinable(cache: DynamicCache) -> bool:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from . import kvcache
 from .contexts import ContextCache
 from .prompts import PromptEncoder
 
@@ -116,7 +117,7 @@ class Batch:
     def inputs(self) -> dict:
         cache = DynamicCache(ddp_cache_data=self.context) if self.context is not None else None
         return dict(input_ids=self.input_ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
-                    cache=cache, use_cache=cache is not None)
+                    **{kvcache.CACHE_KW: cache}, use_cache=cache is not None)
 
     def select(self, rows: torch.Tensor) -> dict:
         """Model inputs of a subset of rows."""
@@ -125,7 +126,8 @@ class Batch:
         cache = DynamicCache(ddp_cache_data=ctx) if ctx is not None else None
         return dict(input_ids=self.input_ids.index_select(0, rows),
                     attention_mask=self.attention_mask.index_select(0, rows),
-                    position_ids=self.position_ids.index_select(0, rows), cache=cache, use_cache=cache is not None)
+                    position_ids=self.position_ids.index_select(0, rows), **{kvcache.CACHE_KW: cache},
+                    use_cache=cache is not None)
 
     def concat(self, other: "Batch") -> "Batch":
         """Both batches' rows in one: contexts left-padded, own tokens right-padded to a common width."""

@@ -136,3 +136,19 @@ def test_constrained(tmp_path):
     data = run("constrained", tmp_path, "--model", "tiny", "--batches", "2", "--tokens", "3", "--reps", "1")
     (row,) = data["rows"]
     assert row["tokens"] == {"free": 24, "json": 24} and row["json_tok_s"] > 0
+
+
+def test_gpu_check_tiny(tmp_path):
+    """benchmarks/gpu_check.py (issue 25's GPU run) at a tiny size on the CPU, in bf16 as on a GPU,
+    its server step included: every part runs and every correctness check passes."""
+    data = run("gpu_check", tmp_path, "--tiny", "--server")
+    (shape,) = data["shapes"]
+    assert shape["correctness"]["all_pass"] and shape["correctness"]["mixed_batch_on"] >= 4
+    assert shape["edit"]["edits"] == 6 and shape["edit"]["median_steps"] >= 1 and shape["edit"]["loss_fell"] >= 1
+    assert shape["stored"] == {**shape["stored"], "total": 40, "synthetic": True}
+    assert [r["batch"] for r in shape["serving"]] == [1, 4]
+    assert all(r["memory_on_sequences"] == r["batch"] and r["on_tok_s"] > 0 for r in shape["serving"])
+    mem = shape["memory"]
+    assert mem["host_per_edit_bytes_deltas_on_heap"] - mem["host_per_edit_bytes_deltas_off_heap"] == mem["delta_bytes"]
+    assert [r["masks"] for r in data["routing"]] == [1000, 10000] and all(r["agree"] for r in data["routing"])
+    assert data["server"]["ok"] and data["server"]["memory_on"]

@@ -1,0 +1,33 @@
+"""Host memory of a serving process: keep glibc from stranding freed blocks.
+
+Applying an edit makes large short-lived tensors on the host (W_m's int64 columns: 2 MB on the
+default model, 128 MB on an 8B one) between small ones that live as long as the edit (its
+record, masks, ids). glibc raises its mmap threshold as large blocks are freed, after which
+they come from the heap, where the long-lived small blocks keep the freed pages resident: RSS
+grew by 2 MB per stored edit on the default model (benchmarks/gpu_check.py's memory part). A
+fixed threshold keeps large blocks in mmap, returned to the system when freed: about 5 KB per
+stored edit then, the routing data alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter; setting it turns off the dynamic threshold
+THRESHOLD = 128 * 1024  # glibc's own starting value
+
+
+def pin_mmap_threshold(nbytes: int = THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold for this process; False where there is no glibc (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        log.debug("no glibc mallopt here; the mmap threshold stays dynamic")
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, nbytes))
