@@ -19,6 +19,7 @@ from memoir_core.audit import AuditEvent, AuditLog, MemoryAudit
 from memoir_core.generate import SamplingParams
 
 from .engine import Engine
+from .errors import NotReadyError
 from .writer import Applied, Removal
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def audit_of(app: FastAPI) -> AuditLog:
     audit = getattr(app.state, "audit", None)
     if audit is None:
         runtime = app.state.runtime
+        if runtime.store is None:  # still opening: the trail's place is not known yet
+            raise NotReadyError("the memory's store is not open yet; try again shortly")
         audit = app.state.audit = open_audit(runtime.store, runtime.settings)
     return audit
 

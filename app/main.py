@@ -19,6 +19,7 @@ from .auth import Keys, LoopbackOnly, check_exposure
 from .console import views as console
 from .middleware import BodyLimit
 from .import_jobs import Imports
+from .routes import audit as audit_routes
 from .routes import edits, generate, health, imports, openai, replicas
 from .runtime import Builder, Runtime, exit_process
 from .settings import Settings
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     if not keys.admin and not settings.allow_insecure:
         app.add_middleware(LoopbackOnly)
     app.add_middleware(Telemetry)  # outermost: every answer gets a request id, a log line and a count
-    for module in (health, edits, imports, generate, openai, replicas, metrics):
+    for module in (health, edits, imports, audit_routes, generate, openai, replicas, metrics):
         app.include_router(module.router)
     console.install(app)
     return app
