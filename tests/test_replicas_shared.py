@@ -26,8 +26,8 @@ def test_import_jobs_and_console_sessions_follow_the_client_across_replicas(pg_u
     try:
         rows = "\n".join(json.dumps({"prompt": f"who is the head of unit {n}", "target_new": f"carol {n}",
                                      "id": f"unit-{n}"}) for n in range(1, 9)) + "\n{broken\n"
-        r = httpx.post(a.url + "/edits:import", content=rows, headers={**AS_ADMIN, "Content-Type": "application/x-ndjson"},
-                       timeout=30)
+        r = httpx.post(a.url + "/edits:import", content=rows, timeout=30,
+                       headers={**AS_ADMIN, "Content-Type": "application/x-ndjson"})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         seen, deadline = [], time.monotonic() + 120
