@@ -37,7 +37,8 @@ def tool(name: str, install: str) -> str:
 
 
 def run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(args, **{"cwd": REPO, "capture_output": True, "text": True, "timeout": 90, "check": False, **kw})
+    options = {"cwd": REPO, "capture_output": True, "text": True, "timeout": 90, "check": False, **kw}
+    return subprocess.run(args, **options)
 
 
 # -- Dockerfile --------------------------------------------------------------------------------
@@ -189,6 +190,31 @@ def test_manifests_say_what_they_must():
     assert all(v == "" for v in docs["Secret"]["stringData"].values()), "no key values in the repository"
     service = docs["Service"]["spec"]
     assert service["selector"] == deployment["selector"]["matchLabels"]
+
+
+def test_gpu_overlay_renders_a_gpu_pod_with_a_model_cache_volume(tmp_path):
+    kubectl = tool("kubectl", "Debian's kubernetes-client package (kubectl kustomize renders the overlay)")
+    p = run([kubectl, "kustomize", str(DEPLOY / "k8s-gpu")])
+    assert p.returncode == 0, p.stderr
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(p.stdout)}
+    assert ("PersistentVolumeClaim", "memoir-model-cache") in docs and ("PersistentVolumeClaim", "memoir-state") in docs
+    assert docs[("ConfigMap", "memoir-settings")]["data"]["MEMOIR_DEVICE"] == "cuda"
+    pod = docs[("Deployment", "memoir")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "memoir:cuda"
+    resources = container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1 == resources["requests"]["nvidia.com/gpu"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in pod["tolerations"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["hf-cache"] == {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "memoir-model-cache"}}
+    assert pod["securityContext"]["runAsNonRoot"] is True and container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    validate = shutil.which("kubernetes-validate", path=f"{os.environ.get('PATH', '')}:{Path(sys.executable).parent}")
+    if validate:
+        rendered = tmp_path / "gpu.yaml"
+        rendered.write_text(p.stdout)
+        v = run([validate, "--strict", str(rendered)])
+        assert v.returncode == 0, v.stdout + v.stderr
 
 
 # -- the multi-replica variant (docs/replicas.md) -------------------------------------------------
