@@ -81,7 +81,8 @@ def ready(url: str, container: str, podman: str, timeout: float = 600) -> dict:
             pass
         state = sh([podman, "inspect", "-f", "{{.State.Running}}", container], check=False).stdout.strip()
         if state == "false":
-            raise AssertionError("the container stopped:\n" + sh([podman, "logs", container], check=False).stderr[-4000:])
+            logs = sh([podman, "logs", container], check=False)
+            raise AssertionError("the container stopped:\n" + (logs.stdout + logs.stderr)[-4000:])
         time.sleep(2)
     raise AssertionError("not ready in time:\n" + sh([podman, "logs", container], check=False).stderr[-4000:])
 
