@@ -90,8 +90,8 @@ def ready(url: str, container: str, podman: str, timeout: float = 600) -> dict:
 def test_image_builds_serves_an_edit_and_keeps_it_across_a_restart(podman):
     t0 = time.monotonic()
     # docker format: OCI images drop SHELL (pipefail) and HEALTHCHECK; chroot isolation: no cgroups needed
-    sh([podman, "build", "--format", "docker", "--isolation", "chroot", "--layers", "-t", IMAGE, "--build-arg", f"BASE={BASE}",
-        *opts("MEMOIR_CONTAINER_BUILD_OPTS"), "."], timeout=1800)
+    sh([podman, "build", "--format", "docker", "--isolation", "chroot", "--layers", "-t", IMAGE,
+        "--build-arg", f"BASE={BASE}", *opts("MEMOIR_CONTAINER_BUILD_OPTS"), "."], timeout=1800)
     built = time.monotonic() - t0
     volume = f"memoir-test-{secrets.token_hex(4)}"
     key = secrets.token_hex(32)
