@@ -32,6 +32,8 @@ MAX_KEPT = 100
 KIND = "import"
 KEEP_SECONDS = 7 * 86400.0  # how long a shared report is kept
 SAVE_EVERY = 0.5  # seconds between saves of a running job's progress to the shared table
+HEARTBEAT = 10.0  # a running job's report is saved at least this often, progress or not
+LOST_AFTER = 60.0  # a shared "running" report this old: the replica running it is gone
 
 # what the job tells the audit trail: the edits of a row it applied, then the finished report
 OnApplied = Callable[[list, "str | None", str], Awaitable[None]]
@@ -70,6 +72,17 @@ async def _nothing(*_) -> None:
     return None
 
 
+def _checked(report: dict[str, Any]) -> dict[str, Any]:
+    """A shared report as another replica sees it: "running" but silent for LOST_AFTER seconds
+    means the replica that ran it stopped (killed, cut off); the rows it applied stay applied."""
+    silent = time.time() - report.pop("saved_at", time.time())
+    if report["status"] == "running" and silent > LOST_AFTER:
+        report["status"] = "lost"
+        report["reason"] = (f"the replica running it has not reported for {silent:.0f} s; the rows listed as "
+                            "applied are durable, the others were not applied: import them again")
+    return report
+
+
 class Imports:
     def __init__(self, shared: SharedState | None = None, on_applied: OnApplied = _nothing,
                  on_finished: OnFinished = _nothing):
@@ -84,13 +97,14 @@ class Imports:
             return job.report()
         if self.shared is None:
             return None
-        return await asyncio.to_thread(self.shared.get, KIND, job_id)
+        report = await asyncio.to_thread(self.shared.get, KIND, job_id)
+        return _checked(report) if report is not None else None
 
     async def reports(self) -> list[dict[str, Any]]:
         mine = {j.id: j.report() for j in self.jobs.values()}
         if self.shared is not None:
             for r in await asyncio.to_thread(self.shared.all, KIND):
-                mine.setdefault(r["id"], r)
+                mine.setdefault(r["id"], _checked(r))
         return sorted(mine.values(), key=lambda r: r["created_at"])
 
     async def _save(self, job: ImportJob, force: bool = False) -> None:
@@ -98,7 +112,8 @@ class Imports:
             return
         job.saved = time.monotonic()
         try:
-            await asyncio.to_thread(self.shared.put, KIND, job.id, job.report(), KEEP_SECONDS)
+            report = {**job.report(), "saved_at": time.time()}
+            await asyncio.to_thread(self.shared.put, KIND, job.id, report, KEEP_SECONDS)
         except Exception as error:  # progress elsewhere lags; the job itself goes on
             log.warning("import %s: its report could not be shared: %s", job.id, error)
 
@@ -118,6 +133,7 @@ class Imports:
             del self.jobs[job.id]
 
     async def _run(self, engine: Engine, job: ImportJob) -> None:
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(job)) if self.shared is not None else None
         try:
             await self._save(job, force=True)
             for row in job.rows:
@@ -132,11 +148,18 @@ class Imports:
             log.exception("import %s failed", job.id)
             job.status, job.reason = "failed", f"{type(error).__name__}: {error}"
         finally:
+            if beat is not None:
+                beat.cancel()
             job.finished_at = time.time()
             log.info("import %s %s: %d applied, %d rows refused", job.id, job.status, len(job.applied),
                      len(job.errors))
             await self._save(job, force=True)
             await self.on_finished(job.report())
+
+    async def _heartbeat(self, job: ImportJob) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            await self._save(job, force=True)
 
     async def _apply(self, engine: Engine, job: ImportJob, row: Row) -> None:
         e = row.edit

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import SecretStr
 
 from app.auth import Keys
+from app.import_jobs import Imports
 from app.console.session import Sessions
 from app.settings import Settings
 from app.shared_state import SharedState
@@ -79,3 +80,19 @@ def test_shared_jobs_and_sessions_across_two_processes(pg_url):  # noqa: F811
     assert b.get(session.token) is None  # signed out on one replica: out on every one
     one.close()
     two.close()
+
+
+def test_a_job_whose_replica_went_silent_is_reported_lost(pg_url):  # noqa: F811
+    import asyncio
+    import time
+
+    shared = SharedState(pg_url)
+    base = {"status": "running", "total": 4, "done": 1, "created_at": time.time(), "author": None}
+    shared.put("import", "quiet", {**base, "id": "quiet", "saved_at": time.time() - 61}, ttl=60)
+    shared.put("import", "busy", {**base, "id": "busy", "saved_at": time.time()}, ttl=60)
+    imports = Imports(shared)
+    lost = asyncio.run(imports.report("quiet"))
+    assert lost["status"] == "lost" and "import them again" in lost["reason"] and "saved_at" not in lost
+    assert asyncio.run(imports.report("busy"))["status"] == "running"
+    assert {r["id"]: r["status"] for r in asyncio.run(imports.reports())} == {"quiet": "lost", "busy": "running"}
+    shared.close()

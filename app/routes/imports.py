@@ -36,7 +36,7 @@ class RowApplied(BaseModel):
 
 class ImportOut(BaseModel):
     id: str
-    status: str = Field(description="running, done or failed")
+    status: str = Field(description="running, done, failed, or lost (the replica running it stopped)")
     total: int = Field(description="rows in the file")
     done: int = Field(description="rows handled so far (applied or refused)")
     applied_count: int
