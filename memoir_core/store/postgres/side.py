@@ -11,6 +11,8 @@ import psycopg
 
 from ...errors import DurabilityError
 
+SIDE_LOCK = 0x6D656D73  # "mems": creating the side tables (schema.py has the memory's own locks)
+
 
 class SideConnection:
     def __init__(self, url: str, ddl: str, name: str):
@@ -26,7 +28,9 @@ class SideConnection:
                     if self._conn is None or self._conn.closed:
                         self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
                                                      application_name=f"memoir {self.name}"[:63])
-                        self._conn.execute(self.ddl)
+                        with self._conn.transaction():  # two replicas creating one table at once collide
+                            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (SIDE_LOCK,))
+                            self._conn.execute(self.ddl)
                     cur = self._conn.execute(sql, args)
                     return cur.fetchall() if cur.description else []
                 except psycopg.OperationalError as error:
