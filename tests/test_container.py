@@ -127,5 +127,5 @@ def test_image_builds_serves_an_edit_and_keeps_it_across_a_restart(podman):
         print(f"image built in {built:.0f} s")
     finally:
         for name in names:
-            sh([podman, "rm", "-f", name], check=False)
+            sh([podman, "rm", "-f", "-v", name], check=False)  # -v: its anonymous cache volume too
         sh([podman, "volume", "rm", "-f", volume], check=False)
