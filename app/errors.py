@@ -62,6 +62,10 @@ class ModelNotFoundError(ServiceError):
     status, code = 404, "model_not_found"
 
 
+class ImportNotFoundError(ServiceError):
+    status, code = 404, "import_not_found"
+
+
 class UnsupportedParameterError(ServiceError):
     status, code = 400, "unsupported_parameter"
 

@@ -1,8 +1,10 @@
 """Bulk import jobs: the checked rows of a file are applied one by one through the engine's single
 writer (as POST /edit would), while the job keeps a progress count and a report by line number.
 
-Jobs live in this process's memory (the last MAX_KEPT finished ones are kept); the edits they
-applied are durable like any other. A row that fails while it is applied (a token limit, an id
+A job runs on the replica that took the file; its report lives in this process's memory (the last
+MAX_KEPT finished ones are kept) and, in PostgreSQL mode, in the shared table too (app/shared_state.py),
+so a poll that lands on another replica finds it. The edits it applied are durable like any other,
+and each is in the audit trail with the import's id. A row that fails while it is applied (a token limit, an id
 conflict, a refused blast radius) is reported and the job goes on; a stopped engine or a failed
 store ends the job.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,10 +24,20 @@ from memoir_core.errors import DurabilityError
 from .engine import Engine
 from .errors import EngineStoppedError, QueueFullError
 from .import_rows import Row
+from .shared_state import SharedState
 from .writer import EditBatchError, EditSpec
 
 log = logging.getLogger(__name__)
 MAX_KEPT = 100
+KIND = "import"
+KEEP_SECONDS = 7 * 86400.0  # how long a shared report is kept
+SAVE_EVERY = 0.5  # seconds between saves of a running job's progress to the shared table
+HEARTBEAT = 10.0  # a running job's report is saved at least this often, progress or not
+LOST_AFTER = 60.0  # a shared "running" report this old: the replica running it is gone
+
+# what the job tells the audit trail: the edits of a row it applied, then the finished report
+OnApplied = Callable[[list, "str | None", str], Awaitable[None]]
+OnFinished = Callable[[dict], Awaitable[None]]
 
 
 @dataclass
@@ -40,6 +53,7 @@ class ImportJob:
     finished_at: float | None = None
     reason: str | None = None  # why a failed job stopped
     task: asyncio.Task | None = None
+    saved: float = 0.0  # when the report was last shared (monotonic)
 
     @property
     def total(self) -> int:
@@ -54,12 +68,54 @@ class ImportJob:
                 "applied": list(self.applied)}
 
 
-class Imports:
-    def __init__(self):
-        self.jobs: dict[str, ImportJob] = {}
+async def _nothing(*_) -> None:
+    return None
 
-    def get(self, job_id: str) -> ImportJob | None:
-        return self.jobs.get(job_id)
+
+def _checked(report: dict[str, Any]) -> dict[str, Any]:
+    """A shared report as another replica sees it: "running" but silent for LOST_AFTER seconds
+    means the replica that ran it stopped (killed, cut off); the rows it applied stay applied."""
+    silent = time.time() - report.pop("saved_at", time.time())
+    if report["status"] == "running" and silent > LOST_AFTER:
+        report["status"] = "lost"
+        report["reason"] = (f"the replica running it has not reported for {silent:.0f} s; the rows listed as "
+                            "applied are durable, the others were not applied: import them again")
+    return report
+
+
+class Imports:
+    def __init__(self, shared: SharedState | None = None, on_applied: OnApplied = _nothing,
+                 on_finished: OnFinished = _nothing):
+        self.jobs: dict[str, ImportJob] = {}
+        self.shared = shared
+        self.on_applied, self.on_finished = on_applied, on_finished
+
+    async def report(self, job_id: str) -> dict[str, Any] | None:
+        """The job's report: this replica's own, else the shared table's (PostgreSQL mode)."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job.report()
+        if self.shared is None:
+            return None
+        report = await asyncio.to_thread(self.shared.get, KIND, job_id)
+        return _checked(report) if report is not None else None
+
+    async def reports(self) -> list[dict[str, Any]]:
+        mine = {j.id: j.report() for j in self.jobs.values()}
+        if self.shared is not None:
+            for r in await asyncio.to_thread(self.shared.all, KIND):
+                mine.setdefault(r["id"], _checked(r))
+        return sorted(mine.values(), key=lambda r: r["created_at"])
+
+    async def _save(self, job: ImportJob, force: bool = False) -> None:
+        if self.shared is None or (not force and time.monotonic() - job.saved < SAVE_EVERY):
+            return
+        job.saved = time.monotonic()
+        try:
+            report = {**job.report(), "saved_at": time.time()}
+            await asyncio.to_thread(self.shared.put, KIND, job.id, report, KEEP_SECONDS)
+        except Exception as error:  # progress elsewhere lags; the job itself goes on
+            log.warning("import %s: its report could not be shared: %s", job.id, error)
 
     def start(self, engine: Engine, rows: list[Row], author: str | None) -> ImportJob:
         self._forget_old()
@@ -77,11 +133,14 @@ class Imports:
             del self.jobs[job.id]
 
     async def _run(self, engine: Engine, job: ImportJob) -> None:
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(job)) if self.shared is not None else None
         try:
+            await self._save(job, force=True)
             for row in job.rows:
                 if row.edit is not None:
                     await self._apply(engine, job, row)
                 job.done += 1
+                await self._save(job)
             job.status = "done"
         except (EngineStoppedError, DurabilityError) as error:
             job.status, job.reason = "failed", str(error)
@@ -89,9 +148,18 @@ class Imports:
             log.exception("import %s failed", job.id)
             job.status, job.reason = "failed", f"{type(error).__name__}: {error}"
         finally:
+            if beat is not None:
+                beat.cancel()
             job.finished_at = time.time()
             log.info("import %s %s: %d applied, %d rows refused", job.id, job.status, len(job.applied),
                      len(job.errors))
+            await self._save(job, force=True)
+            await self.on_finished(job.report())
+
+    async def _heartbeat(self, job: ImportJob) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            await self._save(job, force=True)
 
     async def _apply(self, engine: Engine, job: ImportJob, row: Row) -> None:
         e = row.edit
@@ -108,6 +176,7 @@ class Imports:
                     raise error.error from None
                 job.errors.append({"line": row.line, "error": str(error.error)})
                 return
+            await self.on_applied(applied, job.author, f"import {job.id}")
             for a in applied:
                 job.applied.append({"line": row.line, "id": a.record.id, "version": a.record.version,
                                     "replayed": a.replayed})

@@ -15,14 +15,16 @@ from fastapi import FastAPI
 
 from memoir_core.state import MemoryStore
 
-from . import errors, logs, metrics, server
+from . import audit, errors, logs, metrics, server
 from .auth import Keys, LoopbackOnly, check_exposure
 from .console import views as console
 from .middleware import BodyLimit
 from .import_jobs import Imports
+from .routes import audit as audit_routes
 from .routes import chat, edits, generate, health, imports, openai, replicas, tokens
 from .runtime import Builder, Runtime, exit_process
 from .settings import Settings, warn_unknown_variables
+from .shared_state import shared_state
 from .stores import open_store
 from .telemetry import Telemetry
 
@@ -46,18 +48,29 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
             yield
         finally:
             await asyncio.to_thread(runtime.stop, server.time_left(settings))
+            for side in (getattr(app.state, "audit", None), shared):
+                if side is not None:
+                    side.close()
 
     app = FastAPI(title="memoir", version="0.1.0", lifespan=lifespan,
                   description="An LLM inference server that takes knowledge corrections live (MEMOIR).")
     app.state.runtime = runtime
     app.state.keys = keys
-    app.state.imports = Imports()
+    shared = shared_state(settings)  # PostgreSQL mode: import jobs and console sessions, for every replica
+    app.state.shared = shared
+    app.state.imports = Imports(shared, lambda applied, author, source: audit.record_applied(app, applied, author,
+                                                                                            source),
+                                lambda report: audit.record_import(app, report))
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if not keys.admin and not settings.allow_insecure:
         app.add_middleware(LoopbackOnly)
     app.add_middleware(Telemetry)  # outermost: every answer gets a request id, a log line and a count
-    for module in (health, edits, imports, generate, openai, chat, tokens, replicas, metrics):
+from .routes import audit as audit_routes
+from .routes import chat, edits, generate, health, imports, openai, replicas, tokens
+from .runtime import Builder, Runtime, exit_process
+from .settings import Settings, warn_unknown_variables
+from .shared_state import shared_state
         app.include_router(module.router)
     console.install(app)
     return app

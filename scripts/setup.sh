@@ -32,6 +32,16 @@ if [ "$extra" = "test" ] && ! command -v docker-compose >/dev/null 2>&1 && [ "$(
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         docker-compose >/dev/null; } || echo "setup.sh: docker-compose could not be installed; its test will skip" >&2
 fi
+# promtool checks the Prometheus config and metric names, kubectl renders the GPU overlay
+# (tests/test_deploy.py): Debian's prometheus and kubernetes-client. Only as root; else they skip.
+tools=""
+command -v promtool >/dev/null 2>&1 || tools="$tools prometheus"
+command -v kubectl >/dev/null 2>&1 || tools="$tools kubernetes-client"
+if [ "$extra" = "test" ] && [ -n "$tools" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    # shellcheck disable=SC2086
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        $tools >/dev/null; } || echo "setup.sh:$tools could not be installed; their tests will skip" >&2
+fi
 # The console's browser test (tests/test_console_browser.py) drives Debian's chromium with
 # Playwright (never `playwright install`: no downloads). Only as root; elsewhere that test skips.
 if [ "$extra" = "test" ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \

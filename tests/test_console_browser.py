@@ -7,6 +7,7 @@ Skips when Playwright or chromium is missing (scripts/setup.sh test installs bot
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -123,4 +124,66 @@ def test_console_sign_in_add_list_try_rollback(browser, server, shots):
     shot(page, "6-rolled-back")
     page.goto(f"{base}/console/try?prompt={PROMPT.replace(' ', '+')}")
     assert "The memory is off" in page.inner_text("#fired") or edit_id not in page.inner_text("#fired")
+    page.close()
+
+
+def sign_in(browser, base: str):
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.set_default_timeout(60_000)
+    page.goto(base + "/console/login")
+    page.fill("#key", ADMIN)
+    page.click("#sign-in")
+    page.wait_for_selector("#edits")
+    return page
+
+
+def test_console_import_history_rollback(browser, server, shots):
+    def shot(page, name: str) -> None:
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+    page = sign_in(browser, server.url)
+    rows = [{"prompt": f"who is the head of unit {n}", "target_new": f"carol {n}", "id": f"unit-{n}"}
+            for n in range(1, 4)]
+    lines = [json.dumps(rows[0]), '{"prompt": "no target"}', json.dumps(rows[1]), json.dumps(rows[2])]
+    page.click("#nav-import")
+    page.set_input_files("#import-file", files=[{"name": "fixes.jsonl", "mimeType": "application/x-ndjson",
+                                                 "buffer": ("\n".join(lines) + "\n").encode()}])
+    page.wait_for_function("document.getElementById('import-body').value.includes('unit-3')")
+    assert page.input_value("#import-format") == "jsonl"
+    page.click("#import-button")
+    page.wait_for_selector("#job-id")
+    job_id = page.inner_text("#job-id")
+    for _ in range(120):  # the page refreshes itself while the job runs
+        if page.inner_text("#job-status") != "running":
+            break
+        page.wait_for_timeout(500)
+        page.goto(page.url)
+    assert page.inner_text("#job-status") == "done"
+    assert page.inner_text("#applied-count") == "3" and page.inner_text("#error-count") == "1"
+    refused = page.inner_text("#row-errors tbody")
+    assert refused.startswith("2") and "target_new" in refused
+    assert all(f"unit-{n}" in page.inner_text("#row-applied") for n in range(1, 4))
+    shot(page, "7-import")
+
+    # the rows are in the history, under the import's id, with the import itself
+    page.click("#nav-history")
+    page.fill("#history-search", job_id)
+    page.click("#history-apply")
+    page.wait_for_selector("#history")
+    history = page.inner_text("#history tbody")
+    assert all(f"unit-{n}" in history for n in range(1, 4)) and "3 of 4 rows applied, 1 refused" in history
+    assert page.locator("#history tbody tr.event-edit").count() == 3
+
+    # roll one back, then the history says who did it and the answer before and after
+    page.goto(f"{server.url}/console/edits/unit-2")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#rollback")
+    page.wait_for_selector("#flash")
+    page.goto(f"{server.url}/console/history?kind=rollback&q=unit-2")
+    row = page.locator("#history tbody tr.event-rollback")
+    assert row.count() == 1
+    text = row.inner_text()
+    assert "unit-2" in text and "ops" in text and "answer before" in text and "after" in text
+    assert page.locator("#history tbody tr.event-rollback q.before").inner_text() != "not available"
+    shot(page, "8-history")
     page.close()

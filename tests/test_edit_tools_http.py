@@ -115,4 +115,19 @@ def test_import_reports_bad_rows_by_line_and_applies_the_rest(client):
     assert r.status_code == 202
     assert [e["line"] for e in r.json()["errors"]] == [3]
     assert httpx.post(client.base_url.join("/edits:import"), content=csv).status_code == 401
-    assert client.get("/edits:import/nope").status_code == 404
+    r = client.get("/edits:import/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "import_not_found"
+    # the audit trail: each applied row under the import's id, then the import itself
+    trail = client.get("/audit", params={"q": f"import {job['id']}", "limit": 1000}).json()["events"]
+    assert trail[0]["kind"] == "import" and trail[0]["author"] == "ops"
+    assert trail[0]["detail"] == {"status": "done", "total": 50, "applied_count": 47, "error_count": 3,
+                                  "reason": None}
+    assert sorted(e["edit_id"] for e in trail[1:]) == sorted(f"imp-{n}" for n in range(1, 51) if n not in bad)
+    # a rollback: who, when, and the answer to the prompt before and after
+    r = client.delete("/edits/imp-2")
+    assert r.status_code == 200, r.text
+    (rollback,) = client.get("/audit", params={"kind": "rollback"}).json()["events"]
+    assert (rollback["edit_id"], rollback["author"], rollback["edit_author"]) == ("imp-2", "ops", "ops")
+    assert rollback["version"] == r.json()["version"] and rollback["prompt"] == "who is the chief of team 2"
+    assert isinstance(rollback["answer_before"], str) and isinstance(rollback["answer_after"], str)
+    assert client.get("/audit", params={"kind": "nonsense"}).status_code == 422

@@ -9,7 +9,9 @@ import tarfile
 import torch
 
 from memoir_cli.main import main
+from memoir_core.audit import AuditEvent
 from memoir_core.store import DirectoryStore, journal, snapshot
+from memoir_core.store.audit_file import FileAudit
 
 from .state_support import assert_matches, record
 from .test_state_store import _flip, build, reload, segments
@@ -66,6 +68,7 @@ def test_verify_catches_an_accumulator_that_disagrees_with_the_deltas(tmp_path, 
 def test_export_import_round_trip(tmp_path, capsys):
     src = tmp_path / "src"
     exp = build(src, 40, snapshot_min_bytes=5000)
+    FileAudit(str(src)).append(AuditEvent("rollback", "e1", "ops", answer_before="a", answer_after="b"))
     with DirectoryStore(src) as store:  # exported while a store holds the directory
         store.load()
         assert main(["state", "export", str(src), str(tmp_path / "state.tar.gz")]) == 0
@@ -75,6 +78,8 @@ def test_export_import_round_trip(tmp_path, capsys):
     assert main(["state", "import", str(tmp_path / "state.tar.gz"), str(tmp_path / "dst")]) == 0
     loaded, _ = reload(tmp_path / "dst")
     assert_matches(loaded, exp)
+    (event,) = FileAudit(str(tmp_path / "dst")).events()  # the audit trail went along
+    assert (event.kind, event.answer_before, event.answer_after) == ("rollback", "a", "b")
     assert torch.equal(loaded.basis.background_mean, reload(src)[0].basis.background_mean)
     capsys.readouterr()
     assert main(["state", "import", str(tmp_path / "state.tar.gz"), str(tmp_path / "dst")]) == 1

@@ -1,25 +1,29 @@
 """Console sign-in: the admin key is checked once (app/auth.py's Keys) and traded for a session
 cookie (random, HttpOnly, SameSite=Strict, path /console; kept in this process's memory, so a
-restart signs everyone out). Every form carries the session's CSRF token as well.
+restart signs everyone out, and in PostgreSQL mode in the shared table as well, so a page that
+lands on another replica finds it). Every form carries the session's CSRF token as well.
 
 Without admin keys configured the admin routes are open (and the server listens on loopback
-only), so the console is open too: signing in then needs no key.
+only), so the console is open too: a session is opened without asking for a key.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from fastapi import Request
 
 from ..auth import Keys
+from ..shared_state import SharedState
 
 COOKIE = "memoir_console"
 TTL = 12 * 3600.0
 MAX_SESSIONS = 1000
+KIND = "console-session"
 
 
 class LoginRequired(Exception):
@@ -35,8 +39,11 @@ class Session:
 
 
 class Sessions:
-    def __init__(self):
+    """Blocking when shared (PostgreSQL): the console calls it off the event loop."""
+
+    def __init__(self, shared: SharedState | None = None):
         self._by_token: dict[str, Session] = {}
+        self.shared = shared
 
     def sign_in(self, keys: Keys, key: str) -> Session | None:
         """A new session for a valid admin key (any key, or none, when no admin key is configured)."""
@@ -50,14 +57,23 @@ class Sessions:
         self._expire()
         session = Session(secrets.token_urlsafe(32), name)
         self._by_token[session.token] = session
+        if self.shared is not None:
+            self.shared.expire()
+            self.shared.put(KIND, session.token, asdict(session), TTL)
         return session
 
     def sign_out(self, token: str | None) -> None:
         if token:
             self._by_token.pop(token, None)
+            if self.shared is not None:
+                self.shared.delete(KIND, token)
 
     def get(self, token: str | None) -> Session | None:
-        session = self._by_token.get(token or "")
+        if self.shared is not None:  # the table decides: opened or closed on another replica
+            body = self.shared.get(KIND, token) if token else None
+            session = Session(**body) if body is not None else None
+        else:
+            session = self._by_token.get(token or "")
         if session is None or session.expires < time.time():
             return None
         return session
@@ -75,8 +91,11 @@ def sessions_of(request: Request) -> Sessions:
 
 
 async def current(request: Request) -> Session:
-    """Dependency of every console page: the signed-in session, or a redirect to sign in."""
-    session = sessions_of(request).get(request.cookies.get(COOKIE))
+    """Dependency of every console page: the signed-in session, or a redirect to sign in (which,
+    with no admin key configured, opens a session at once)."""
+    sessions = sessions_of(request)
+    token = request.cookies.get(COOKIE)
+    session = await asyncio.to_thread(sessions.get, token) if sessions.shared else sessions.get(token)
     if session is None:
         raise LoginRequired()
     return session

@@ -5,10 +5,12 @@
 /console/new                preview (dry run) and commit an edit
 /console/try                a prompt with and without the memory, and which edit fired
 /console/login, /logout     sign in with the admin key (session.py)
+/console/import, /history   bulk import and the audit trail (operations.py)
 """
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -17,7 +19,7 @@ from fastapi.responses import RedirectResponse, Response
 from memoir_core.errors import EditNotFoundError, MemoirError
 from memoir_core.preview import try_prompt
 
-from .. import deps
+from .. import audit, deps
 from ..auth import ForbiddenError, keys_of
 from ..errors import ServiceError
 from ..preview_protocol import PreviewOut, TryOut
@@ -32,7 +34,9 @@ KNOWN = (MemoirError, ServiceError, EditBatchError)
 
 
 def install(app: FastAPI) -> None:
-    app.state.console_sessions = Sessions()
+    from . import operations
+
+    app.state.console_sessions = Sessions(getattr(app.state, "shared", None))
 
     async def to_login(request: Request, exc: LoginRequired):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -40,6 +44,7 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(LoginRequired, to_login)
     app.include_router(router)
+    app.include_router(operations.router)
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -51,7 +56,7 @@ def _same_origin(request: Request) -> bool:
     return not origin or urlsplit(origin).netloc == request.headers.get("host")
 
 
-async def _post_form(request: Request, session: Session) -> dict[str, str]:
+async def post_form(request: Request, session: Session) -> dict[str, str]:
     data = await form(request)
     if not _same_origin(request) or not check_csrf(session, data):
         raise ForbiddenError("the form is stale or came from another site; reload the page")
@@ -61,17 +66,22 @@ async def _post_form(request: Request, session: Session) -> dict[str, str]:
 # -- sign in ------------------------------------------------------------------------------------
 @router.get("/login")
 async def login_form(request: Request):
-    return page(request, "login.html", open=not keys_of(request).admin, next=request.query_params.get("next", ""))
+    nxt = request.query_params.get("next", "")
+    if not keys_of(request).admin:  # no admin key configured: nothing to ask for
+        return await _signed_in(request, "", nxt)
+    return page(request, "login.html", next=nxt)
 
 
 @router.post("/login")
 async def login(request: Request):
     data = await form(request)
-    session = sessions_of(request).sign_in(keys_of(request), data.get("key", ""))
+    return await _signed_in(request, data.get("key", ""), data.get("next", ""))
+
+
+async def _signed_in(request: Request, key: str, nxt: str) -> Response:
+    session = await asyncio.to_thread(sessions_of(request).sign_in, keys_of(request), key)
     if session is None:
-        return page(request, "login.html", status=401, error="that is not an admin key", open=False,
-                    next=data.get("next", ""))
-    nxt = data.get("next", "")
+        return page(request, "login.html", status=401, error="that is not an admin key", next=nxt)
     response = _redirect(nxt if nxt.startswith("/console") else "/console")
     response.set_cookie(COOKIE, session.token, max_age=int(TTL), path="/console", httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
@@ -80,8 +90,8 @@ async def login(request: Request):
 
 @router.post("/logout")
 async def logout(request: Request, session: Session = Depends(current)):
-    await _post_form(request, session)
-    sessions_of(request).sign_out(session.token)
+    await post_form(request, session)
+    await asyncio.to_thread(sessions_of(request).sign_out, session.token)
     response = _redirect("/console/login")
     response.delete_cookie(COOKIE, path="/console")
     return response
@@ -126,9 +136,9 @@ async def edit_detail(edit_id: str, request: Request, session: Session = Depends
 
 @router.post("/edits/{edit_id}/rollback")
 async def rollback(edit_id: str, request: Request, session: Session = Depends(current)):
-    await _post_form(request, session)
+    await post_form(request, session)
     try:
-        removal = await deps.engine(request).remove(edit_id)
+        removal = await audit.roll_back(request, deps.engine(request), edit_id, session.name, "console")
     except KNOWN as error:
         status, text = message(error)
         return page(request, "error.html", status=status, session=session, error=text)
@@ -152,7 +162,7 @@ async def new_form(request: Request, session: Session = Depends(current)):
 
 @router.post("/new")
 async def new_edit(request: Request, session: Session = Depends(current)):
-    data = await _post_form(request, session)
+    data = await post_form(request, session)
     spec = _spec(data, session.name)
     engine, settings = deps.engine(request), deps.settings(request)
     if not spec.prompt or not spec.target_new:
@@ -160,6 +170,7 @@ async def new_edit(request: Request, session: Session = Depends(current)):
     try:
         if data.get("action") == "commit":
             applied, _ = await engine.edit([spec])
+            await audit.record_applied(request.app, applied, session.name, "console")
             edit_id = applied[0].record.id
             return _redirect(f"/console/edits/{quote(edit_id)}?msg={quote(f'committed {edit_id}')}")
         preview = PreviewOut.of(await engine.preview(spec), settings.max_blast_radius)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from memoir_core.errors import EditNotFoundError, InvalidRequestError
 
-from .. import deps
+from .. import audit, deps
 from ..auth import admin_access
 from ..engine import Engine
 from ..preview_protocol import PreviewOut
@@ -18,7 +18,7 @@ router = APIRouter(tags=["edits"])
 
 
 @router.post("/edit", response_model=EditsOut | PreviewOut, summary="apply one edit or a list, or preview one")
-async def post_edit(body: EditBody, engine: Engine = Depends(deps.engine),
+async def post_edit(body: EditBody, request: Request, engine: Engine = Depends(deps.engine),
                     settings: Settings = Depends(deps.settings), author: str | None = Depends(admin_access)):
     """Each edit trains, is written to the store, and becomes visible (a new memory version) as
     soon as its own training ends; the response comes when the last one is done. Bad input in
@@ -37,6 +37,7 @@ async def post_edit(body: EditBody, engine: Engine = Depends(deps.engine),
     if not isinstance(body, list) and body.dry_run:
         return PreviewOut.of(await engine.preview(specs[0]), settings.max_blast_radius)
     applied, version = await engine.edit(specs)
+    await audit.record_applied(request.app, applied, author, "api")
     return EditsOut(edits=[EditOut.of(a.record, a.replayed) for a in applied], version=version)
 
 
@@ -66,10 +67,12 @@ async def get_edit(edit_id: str, engine: Engine = Depends(deps.engine), _: str |
 
 
 @router.delete("/edits/{edit_id}", response_model=RemovalOut, summary="roll one edit back")
-async def delete_edit(edit_id: str, engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)):
+async def delete_edit(edit_id: str, request: Request, engine: Engine = Depends(deps.engine),
+                      author: str | None = Depends(admin_access)):
     """Its mask leaves the bank and its delta leaves W_m exactly; the edits that shared columns
-    with it are listed (their own deltas stay as they were)."""
-    removal = await engine.remove(edit_id)
+    with it are listed (their own deltas stay as they were). The audit trail keeps who rolled it
+    back, when, and the greedy answer to its prompt before and after."""
+    removal = await audit.roll_back(request, engine, edit_id, author, "api")
     return RemovalOut(id=removal.record.id, version=removal.version, shared_columns=removal.shared_columns)
 
 

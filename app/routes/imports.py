@@ -8,11 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from memoir_core.errors import EditNotFoundError
-
 from .. import deps
 from ..auth import admin_access
 from ..engine import Engine
+from ..errors import ImportNotFoundError
 from ..import_jobs import Imports
 from ..import_rows import parse
 
@@ -37,7 +36,7 @@ class RowApplied(BaseModel):
 
 class ImportOut(BaseModel):
     id: str
-    status: str = Field(description="running, done or failed")
+    status: str = Field(description="running, done, failed, or lost (the replica running it stopped)")
     total: int = Field(description="rows in the file")
     done: int = Field(description="rows handled so far (applied or refused)")
     applied_count: int
@@ -68,16 +67,16 @@ async def start_import(request: Request, format: str | None = Query(None, patter
                         headers={"Location": f"/edits:import/{job.id}"})
 
 
-@router.get("/edits:import", summary="the import jobs this process knows")
+@router.get("/edits:import", summary="the import jobs this process knows (every replica's, on PostgreSQL)")
 async def list_imports(jobs: Imports = Depends(imports), _: str | None = Depends(admin_access)) -> dict[str, Any]:
-    reports = [j.report() for j in jobs.jobs.values()]
+    reports = await jobs.reports()
     return {"jobs": [{k: r[k] for k in ("id", "status", "total", "done", "applied_count", "error_count",
                                         "created_at", "author")} for r in reports]}
 
 
 @router.get("/edits:import/{job_id}", response_model=ImportOut, summary="progress and report of an import")
 async def get_import(job_id: str, jobs: Imports = Depends(imports), _: str | None = Depends(admin_access)):
-    job = jobs.get(job_id)
-    if job is None:
-        raise EditNotFoundError(f"no import job with id {job_id!r}")
-    return ImportOut(**job.report())
+    report = await jobs.report(job_id)
+    if report is None:
+        raise ImportNotFoundError(f"no import job with id {job_id!r}")
+    return ImportOut(**report)

@@ -19,10 +19,11 @@ import torch
 
 from ..errors import StateCorruptError, StateError
 from . import fsio, reader, snapshot
+from .audit_file import NAME as AUDIT
 from .layout import BASIS, JOURNAL, MANIFEST, SNAPSHOTS, checked_json, corrupt
 from .lock import locked_by
 
-_MEMBER = re.compile(r"^(manifest\.json|basis\.safetensors|CURRENT|journal|snapshots|journal/\d{20}\.wal|"
+_MEMBER = re.compile(r"^(manifest\.json|basis\.safetensors|CURRENT|journal|snapshots|journal/\d{20}\.wal|audit\.jsonl|"
                      r"snapshots/\d{20}|snapshots/\d{20}/(registry\.json|edits\.safetensors|memory\.safetensors))$")
 
 
@@ -76,6 +77,8 @@ def export(root: str, out: str) -> reader.View:
             f.write(checked_json(view.manifest_body, "memoir-manifest"))
         with open(os.path.join(state, BASIS), "wb") as f:
             f.write(view.basis_raw)
+        if os.path.exists(os.path.join(root, AUDIT)):  # the audit trail goes with the memory, as it is
+            shutil.copyfile(os.path.join(root, AUDIT), os.path.join(state, AUDIT))
         reg = view.registry
         if reg.version:
             snapshot.write(state, reg.version, list(reg.live.values()), list(reg.order), view.dims)
