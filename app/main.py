@@ -66,11 +66,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     if not keys.admin and not settings.allow_insecure:
         app.add_middleware(LoopbackOnly)
     app.add_middleware(Telemetry)  # outermost: every answer gets a request id, a log line and a count
-from .routes import audit as audit_routes
-from .routes import chat, edits, generate, health, imports, openai, replicas, tokens
-from .runtime import Builder, Runtime, exit_process
-from .settings import Settings, warn_unknown_variables
-from .shared_state import shared_state
+    for module in (health, edits, imports, audit_routes, generate, openai, chat, tokens, replicas, metrics):
         app.include_router(module.router)
     console.install(app)
     return app

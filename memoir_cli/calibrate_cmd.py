@@ -11,7 +11,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("calibrate", help="set tau from paraphrase vs unrelated-prompt mask overlaps")
     p.add_argument("--data", required=True, help="edit file with paraphrases and unrelated prompts, "
-                   "e.g. ../shared/data/zsre/zsre_train_1k.json")
+                   "e.g. data/zsre/zsre_train_1k.json")
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--far", type=float, default=0.005,
                    help="target share of unrelated prompts that switch the memory on")

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("eval", help="sequential editing evaluation on an edit file (ZsRE, CounterFact, ...)")
-    p.add_argument("--data", required=True, help="JSON edit file, e.g. ../shared/data/zsre/zsre_edit_dev_500.json")
+    p.add_argument("--data", required=True, help="JSON edit file, e.g. data/zsre/zsre_edit_dev_500.json")
     p.add_argument("--limit", type=int, default=None, help="first N records (T)")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--extend", default=None, help="a second file whose records continue the stream")
