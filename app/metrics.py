@@ -56,6 +56,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from memoir_core.capacity import estimate
+
 from .auth import metrics_access
 
 log = logging.getLogger(__name__)
@@ -191,11 +193,11 @@ class ServerCollector:
             yield _gauge("memoir:active_edits", "Live edits in the registry.", len(memoir.edits))
             yield _gauge("memoir:memory_version", "The memory version (one more per edit and per rollback).",
                          memoir.version)
-            yield from _edit_bytes(memoir)
             yield _gauge("memoir:writer_failed", "1 after a failed store write: edits are stopped until restart.",
                          bool(engine.writer.failed))
             yield _gauge("memoir:writer_paused", "1 while a passing fault (EMFILE, ENOSPC...) pauses edits; they "
                          "resume by themselves.", bool(getattr(runtime.store, "transient", False)))
+            yield from _edit_bytes(memoir)
         follower = getattr(runtime, "follower", None)
         if follower is not None and engine is not None:
             head = max(follower.head, engine.memoir.version)
@@ -220,8 +222,6 @@ def _edit_bytes(memoir: Any):
                  "with --store memory: a durable store reads them from disk).", held)
     key = (memoir.d_out, memoir.width, memoir.config.k, memoir.config.protect > 0)
     if key not in _per_edit:
-        from memoir_core.capacity import estimate
-
         _per_edit[key] = estimate(*key[:3], guard=key[3]).ram_per_edit
     yield _gauge("memoir:edit_ram_bytes_per_edit", "RAM one stored edit costs with a durable store (masks, keys, "
                  "ids; `memoir model info` has the whole estimate).", _per_edit[key])

@@ -144,7 +144,7 @@ def _cache_vs_recompute(m, prompts: list[str], n: int = 8) -> dict:
             span[0, s.span[0]:s.span[1]] = True
             active = torch.zeros(ids.shape, dtype=torch.bool)
             active[0, s.span[0]:] = True
-            routing = Routing(decide=lambda *_a, d=s.decision: [d], span=span, active=active, centre=m.pool_centre)
+            routing = Routing(decide=lambda *_a, d=s.decision, **_k: [d], span=span, active=active, centre=m.pool_centre)
             with m.layer.use(routing):
                 logits = m.model(input_ids=ids, use_cache=False).logits[0, len(s.prompt_ids) - 1:].float()
             got = logits.gather(1, torch.tensor(s.out_ids, device=m.device)[:, None])[:, 0]

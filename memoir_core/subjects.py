@@ -46,6 +46,8 @@ def words(text: str) -> list[str]:
 
 
 def _stem(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
     if len(word) > 4 and word.endswith("es"):
         return word[:-2]
     if len(word) > 3 and word.endswith("s"):

@@ -186,4 +186,4 @@ def test_steps_and_seconds_per_edit_are_bounded(one_thread):
 
 
 def test_public_paths_are_the_documented_ones():
-    assert auth.PUBLIC_PATHS == {"/health", "/ready", "/metrics"}
+    assert auth.PUBLIC_PATHS == {"/health", "/ready", "/metrics", "/version"}

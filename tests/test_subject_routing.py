@@ -1,0 +1,129 @@
+"""Subject routing (memoir_core/subjects.py, Routing.decide): an edit stays on its subject."""
+
+from __future__ import annotations
+
+import pytest
+
+from memoir_core.config import MemoirConfig
+from memoir_core.errors import InvalidRequestError
+from memoir_core.forms import statement_form
+from memoir_core.generate import SamplingParams
+from memoir_core.preview import neighbour_probes
+from memoir_core.records import EditRecord
+from memoir_core.subjects import SubjectIndex, infer_subject, names, subject_words, words
+
+
+@pytest.mark.parametrize("prompt, subject", [
+    ("Who is the CEO of Zorblax Industries?", "Zorblax Industries"),
+    ("What is the country of citizenship of Delta Serpentis?", "Delta Serpentis"),
+    ("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),
+    ("Which family does Ramalinaceae belong to?", "Ramalinaceae"),
+    ("Who founded the Bank of America?", "Bank of America"),
+    ("BBC One's owner is", "BBC One"),
+    ("who is the chief executive of the company", None),
+])
+def test_infer_subject(prompt, subject):
+    assert infer_subject(prompt) == subject
+
+
+@pytest.mark.parametrize("subject, text, named", [
+    ("Zorblax Industries", "Who runs zorblax industries?", True),
+    ("Zorblax Industries", "What is Zorblax Industries' address?", True),
+    ("Zorblax Industries", "Who is the CEO of Zorblax Industry?", True),  # inflection
+    ("Zorblax Industries", "Who is the CEO of Zorblaxx Industries?", True),  # a typo in a long word
+    ("Zorblax Industries", "Who is the CEO of Zorblax Motors?", False),  # the sibling
+    ("Zorblax Industries", "Industries of Zorblax", False),  # not side by side
+    ("The Beatles", "Who managed Beatles?", True),
+    ("Marañón", "Where is the Maranon river?", True),
+    ("Acme", "Who runs Acne?", False),  # short words must match exactly
+])
+def test_names(subject, text, named):
+    assert names(subject_words(subject), words(text)) is named
+
+
+def rec(edit_id, subject, source="given"):
+    return EditRecord(id=edit_id, prompt=f"Who runs {subject}?", target_new="x", subject=subject, subject_source=source)
+
+
+def test_index_finds_named_subjects_and_forgets_removed_ones():
+    old = rec("old", "Zorblax Industries", source=None)  # stored before subject routing: not indexed
+    records = {r.id: r for r in (rec("a", "Zorblax Industries"), rec("b", "Zorblax Motors"), old)}
+    index = SubjectIndex.of(records)
+    assert len(index) == 2 and "old" not in index and index.size == 3
+    assert index.named_in("Who is the CEO of Zorblax Industries?") == {"a"}
+    assert index.named_in("zorblax motors' CEO") == {"b"}
+    assert index.named_in("Who is the CEO of Zorblex Motors?") == {"b"}  # found through its typo keys
+    index.remove(records["a"])
+    assert index.named_in("Who is the CEO of Zorblax Industries?") == set() and index.size == 2
+
+
+def test_statement_form():
+    assert statement_form("Who is the CEO of Acme Corp?", "Acme Corp") == "The CEO of Acme Corp is"
+    assert statement_form("When was Acme Corp founded?", "Acme Corp") == "Acme Corp was founded in"
+    assert statement_form("Which family does Ramalinaceae belong to?", "Ramalinaceae") is None
+    assert statement_form("The CEO of Acme is", "Acme") is None
+
+
+@pytest.fixture(scope="module")
+def real():
+    from memoir_core import models
+    from memoir_core.memoir import Memoir
+
+    model, tok = models.load()
+    return Memoir(model, tok)
+
+
+GREEDY = SamplingParams(max_new_tokens=10)
+
+
+@pytest.mark.real
+def test_an_edit_stays_on_its_subject_and_answers_every_form(real):
+    m = real
+    sibling = "Who is the CEO of Zorblax Motors?"
+    (before,) = m.generate([sibling], GREEDY)
+    record = m.edit("Who is the CEO of Zorblax Industries?", "Marta Quillon")
+    try:
+        assert (record.subject, record.subject_source) == ("Zorblax Industries", "inferred")
+        (after,) = m.generate([sibling], GREEDY)
+        assert after.decision.route is None and after.text == before.text  # byte-identical
+        chat = m.encoder.chat([{"role": "user", "content": "Who runs Zorblax Industries?"}])
+        forms = ["Who is the chief executive of Zorblax Industries?", "The CEO of Zorblax Industries is", chat]
+        for form, out in zip(forms, m.generate(forms, GREEDY)):
+            assert out.decision.route is not None and out.decision.route.edit_id == record.id, form
+            assert "Marta Quillon" in out.text, (form, out.text)
+    finally:
+        m.remove(record.id)
+
+
+@pytest.mark.real
+def test_a_given_subject_must_be_named_and_a_dry_run_names_the_neighbour_it_would_hit(real):
+    m = real
+    with pytest.raises(InvalidRequestError, match="not named in the prompt"):
+        m.subject_of("Who is the CEO of Zorblax Industries?", "Acme")
+    # masks alone (subject routing off, as for an edit stored before it): the sibling is hit,
+    # and the dry run says so
+    loose = m.config
+    m.config = MemoirConfig(**{**loose.to_dict(), "subject_routing": False})
+    try:
+        gen = m.propose("Who is the CEO of Zorblax Industries?", "Marta Quillon", subject="Zorblax Industries")
+        proposal = _drain(gen)
+        assert proposal.record.subject_source is None
+        probes = {p.text: p for p in neighbour_probes(m, proposal, ["Who is the CEO of Zorblax Motors?"])}
+        hit = probes["Who is the CEO of Zorblax Motors?"]
+        assert hit.kind == "given" and hit.fired and hit.counted
+    finally:
+        m.config = loose
+    # with subject routing the same neighbour stays off
+    proposal = _drain(m.propose("Who is the CEO of Zorblax Industries?", "Marta Quillon"))
+    probes = {p.text: p for p in neighbour_probes(m, proposal, ["Who is the CEO of Zorblax Motors?"])}
+    assert not probes["Who is the CEO of Zorblax Motors?"].fired
+    assert any(p.kind == "other subject" for p in probes.values())
+    assert any(p.kind == "same subject" for p in probes.values())
+
+
+def _drain(gen):
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
