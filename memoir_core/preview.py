@@ -53,20 +53,12 @@ class Probe:
 
 
 @dataclass
-class NeighbourProbe:
+class NeighbourProbe(Probe):
     """A prompt near the edit (neighbours.py) and what the edit would do to it."""
 
-    kind: str  # "other subject", "same subject" or "given"
-    text: str
-    fired: bool  # after the edit, the memory is on with this edit
-    edit_id: str | None  # the edit the memory would be on with after the edit (None: off)
-    overlap: float
-    before: str = ""
-    after: str = ""
-
-    @property
-    def changed(self) -> bool:
-        return self.before != self.after
+    kind: str = "given"  # "other subject", "same subject" or "given"
+    fired: bool = False  # after the edit, the memory is on with this edit
+    edit_id: str | None = None  # the edit the memory would be on with after the edit (None: off)
 
     @property
     def counted(self) -> bool:
@@ -160,8 +152,9 @@ def neighbour_probes(memoir: Memoir, proposal: EditProposal, given=()) -> list[N
         return []
     with trial(memoir, proposal):
         decisions = memoir.route_prompts([n.text for n in found])
-    return [NeighbourProbe(n.kind, n.text, d.route is not None and d.route.edit_id == rec.id,
-                           d.route.edit_id if d.route is not None else None, round(d.best_overlap, 6))
+    return [NeighbourProbe(n.text, round(d.best_overlap, 6), kind=n.kind,
+                           fired=d.route is not None and d.route.edit_id == rec.id,
+                           edit_id=d.route.edit_id if d.route is not None else None)
             for n, d in zip(found, decisions)]
 
 

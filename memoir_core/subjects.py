@@ -112,7 +112,7 @@ class SubjectIndex:
         self._table: dict[str, set[str]] = {}  # key -> edit ids
 
     @classmethod
-    def of(cls, records: dict) -> "SubjectIndex":
+    def of(cls, records: dict) -> SubjectIndex:
         index = cls(records)
         for rec in records.values():
             index.add(rec)
