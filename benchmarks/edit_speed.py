@@ -153,14 +153,6 @@ class Reference:
         return statistics.fmean(accs), on / len(cases)
 
 
-def run_to_end(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
-
-
 def memoir_reliability(memoir, cases) -> tuple[float, float]:
     prompts = [memoir.encoder.plain(c.prompt) for c in cases]
     targets = [memoir.encoder.target(c.target) for c in cases]
@@ -201,7 +193,7 @@ def main(argv=None) -> int:
     mine, theirs = [], []
     for i, case in enumerate(cases):
         t, c = time.perf_counter(), time.process_time()
-        proposal = run_to_end(memoir.propose(case.prompt, case.target, edit_id=f"zsre-{i}", subject=case.subject))
+        proposal = memoir.train(case.prompt, case.target, edit_id=f"zsre-{i}", subject=case.subject)
         rec = memoir.commit(proposal)  # as Memoir.edit does
         mine.append({"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c, "steps": rec.steps,
                      "loss": rec.final_loss, "prepare_s": proposal.timings["prepare"],

@@ -11,10 +11,12 @@ the real `Memoir.decide`, with the text of its span, under three rules: masks al
 routing off), subjects as the data set gives them, and subjects inferred from the edit prompts
 (what an operator gets who sends none). Per rule and kind: the share that switches the memory on,
 reaches its own edit, reaches an edit about its own subject. "locality" prompts are the set's
-own (ZsRE: unrelated questions; CounterFact: another subject in the same relation); "swapped" is
-each edit prompt with its subject replaced by the next case's subject (a sibling in the same
-shape). The last table gives the overlap percentiles of paraphrases with their own edit (where
-their subject is named), for choosing subject_tau.
+own (ZsRE: unrelated questions; CounterFact: another subject in the same relation); "swapped"
+is each edit prompt with its subject replaced by an entity no stored edit is about (the data
+files' other subjects): the same question about an unedited sibling. "unnamed": the share that
+reached an edit whose subject the prompt does not name (a leak). The last table gives the
+overlap percentiles of paraphrases with their own edit (where their subject is named), for
+choosing subject_tau.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 from routing_study import stream_parser, stream_setup
 
+from memoir_core.datasets import load_cases
+from memoir_core.neighbours import builtin_names
 from memoir_core.records import EditRecord
+from memoir_core.subjects import names, subject_words, words
 
 
 def edit_masks(memoir, cases) -> dict:
@@ -59,13 +64,21 @@ def store(memoir, cases, masks: dict, subjects: str) -> list[str]:
     return ids
 
 
-def swapped(cases) -> list[tuple[str, int]]:
-    """Each prompt with its subject replaced by the next case's (the sibling), with its case."""
+def unstored_subjects(paths: list[str], stored) -> list[str]:
+    """Subjects of the records in these files that no stored case is about (the siblings: entities
+    nobody edited), in file order; the built-in names where there are none."""
+    taken = {c.subject.lower() for c in stored if c.subject}
+    pool = [c.subject for p in paths if p for c in load_cases(p) if c.subject and c.subject.lower() not in taken]
+    return list(dict.fromkeys(pool)) or builtin_names()
+
+
+def swapped(cases, others: list[str]) -> list[tuple[str, int]]:
+    """Each prompt with its subject replaced by an entity no edit is about, with its case: the
+    same question about an unedited sibling must leave the memory off."""
     out = []
     for i, c in enumerate(cases):
-        other = cases[(i + 1) % len(cases)].subject
-        if c.subject and other and c.subject in c.prompt and other.lower() != c.subject.lower():
-            out.append((c.prompt.replace(c.subject, other), i))
+        if c.subject and c.subject in c.prompt:
+            out.append((c.prompt.replace(c.subject, others[i % len(others)]), i))
     return out
 
 
@@ -87,13 +100,16 @@ def route(memoir, batches: list[tuple]):
     return [d for feats, tails, texts in batches for d in memoir.decide(feats, tails, texts=texts)]
 
 
-def rates(decisions, own: list[int], ids: list[str], subject_of_case: list[str | None]) -> dict:
-    on = [d.route is not None for d in decisions]
+def rates(decisions, own: list[int], ids: list[str], subject_of_case: list[str | None], texts: list[str]) -> dict:
+    """Shares that switch the memory on; that reach their own edit, an edit about their own
+    subject; and that reach an edit whose subject they do not name (a leak)."""
     routed = [d.route.edit_id if d.route is not None else None for d in decisions]
     case_of = {e: i for i, e in enumerate(ids)}
-    same_subject = [r is not None and subject_of_case[case_of[r]] == subject_of_case[o] for r, o in zip(routed, own)]
-    return {"on": np.mean(on), "own": np.mean([r == ids[o] for r, o in zip(routed, own)]),
-            "subject": np.mean(same_subject)}
+    subject = [subject_of_case[case_of[r]] if r is not None else None for r in routed]
+    unnamed = [r is not None and not (s and names(subject_words(s), words(t))) for r, s, t in zip(routed, subject, texts)]
+    return {"on": np.mean([r is not None for r in routed]), "own": np.mean([r == ids[o] for r, o in zip(routed, own)]),
+            "subject": np.mean([s is not None and s == subject_of_case[o] for s, o in zip(subject, own)]),
+            "unnamed": np.mean(unnamed)}
 
 
 def overlap_spread(memoir, items, batches, ids: list[str], rule: str) -> list[dict]:
@@ -123,7 +139,7 @@ def main(argv=None) -> int:
     kinds = {
         "paraphrase": [(r, i) for i, c in enumerate(cases) for r in c.rephrases],
         "locality": [(c.loc_prompt, i) for i, c in enumerate(cases) if c.loc_prompt],
-        "swapped": swapped(cases),
+        "swapped": swapped(cases, unstored_subjects([args.data, args.extend], cases)),
     }
     t0 = time.perf_counter()
     masks = edit_masks(memoir, cases)
@@ -136,13 +152,14 @@ def main(argv=None) -> int:
         for (kind, chat), batches in feats.items():
             items = kinds[kind]
             rows.append({"rule": rule, "prompts": ("chat " if chat else "") + kind, "n": len(items),
-                         **rates(route(memoir, batches), [i for _, i in items], ids, subject_of_case)})
+                         **rates(route(memoir, batches), [i for _, i in items], ids, subject_of_case,
+                                  [t for t, _ in items])})
             if kind == "paraphrase" and not chat and rule != "off":
                 percentiles += overlap_spread(memoir, items, batches, ids, rule)
         for e in ids:
             memoir.remove(e)
     print(f"{len(cases)} edits, tau {memoir.tau:.3f}, subject_tau {memoir.config.subject_tau}")
-    print(common.table(rows, ["rule", "prompts", "n", "on", "own", "subject"]))
+    print(common.table(rows, ["rule", "prompts", "n", "on", "own", "subject", "unnamed"]))
     print("paraphrases' overlap with their own edit:")
     print(common.table(percentiles))
     run.finish(args.out, edits=len(cases), rows=rows, percentiles=percentiles)

@@ -374,12 +374,16 @@ class Memoir(Routing):
             found = self.existing(edit_id, prompt, target)
             if found is not None:
                 return found
+        return self.commit(self.train(prompt, target, **kwargs))
+
+    def train(self, prompt: str, target: str, **kwargs) -> EditProposal:
+        """propose() run to its end in one call: the trained edit, nothing applied."""
         gen = self.propose(prompt, target, **kwargs)
         try:
             while True:
                 next(gen)
         except StopIteration as stop:
-            return self.commit(stop.value)
+            return stop.value
 
     def remove(self, edit_id: str) -> EditRecord:
         """Roll one edit back: its delta leaves W_m exactly, its mask leaves the bank."""

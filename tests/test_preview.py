@@ -15,14 +15,6 @@ from .conftest import CORPUS, make_memoir
 PROMPT = "who is the chief executive of the company"
 
 
-def drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
-
-
 def snapshot(m):
     return (m.version, m.weights.acc.clone(), m.weights.weight.clone(), m.bank.export(), m.keybank.export(),
             [(r.id, r.version, r.info()) for r in m.edits.values()])
@@ -45,7 +37,7 @@ def memoir():
 
 def test_dry_run_changes_nothing(memoir):
     before = snapshot(memoir)
-    proposal = drain(memoir.propose(PROMPT, "jane roe", rephrases=["who is the chief executive"]))
+    proposal = memoir.train(PROMPT, "jane roe", rephrases=["who is the chief executive"])
     result = preview(memoir, proposal, Probes(CORPUS[:6]), max_new_tokens=4)
     same(before, snapshot(memoir))
     assert [a.kind for a in result.answers] == ["prompt", "paraphrase"]
@@ -54,7 +46,7 @@ def test_dry_run_changes_nothing(memoir):
     # the prompt is one of the background texts: it is caught
     assert result.blast.total == 6 and any(p.text == PROMPT for p in result.blast.probes)
     # a superseding edit (same prompt as a stored one) is undone as exactly
-    proposal = drain(memoir.propose("what is the capital city of the country", "rome"))
+    proposal = memoir.train("what is the capital city of the country", "rome")
     assert proposal.record.supersedes == "capital"
     with trial(memoir, proposal):
         assert "capital" not in memoir.edits and memoir.version == before[0] + 1
@@ -62,7 +54,7 @@ def test_dry_run_changes_nothing(memoir):
 
 
 def test_blast_radius_limit(memoir):
-    proposal = drain(memoir.propose(PROMPT, "jane roe"))
+    proposal = memoir.train(PROMPT, "jane roe")
     probes = Probes(CORPUS[:6])
     assert check_blast_radius(memoir, proposal, probes, None).count >= 1
     with pytest.raises(EditRejectedError, match="MEMOIR_MAX_BLAST_RADIUS=0"):
@@ -81,7 +73,7 @@ def test_blast_radius_matches_the_routing_after_the_commit(memoir):
     probes = Probes(sorted(set(CORPUS)) + ["who is the chief executive", "the chief executive of the company"])
     encoded = [memoir.encoder.plain(t) for t in probes.texts]
     for prompt in (PROMPT, "what is the capital city of the country", "the quick brown fox"):
-        proposal = drain(memoir.propose(prompt, "jane roe", rephrases=["who is the boss"]))
+        proposal = memoir.train(prompt, "jane roe", rephrases=["who is the boss"])
         predicted = {i for i, _ in reach(memoir, proposal.record, probes.masks(memoir))}
         with trial(memoir, proposal):
             decisions = memoir.decide(memoir.features(encoded))
@@ -97,7 +89,7 @@ def test_blast_radius_follows_the_gap_rule(swapped):
     probes = Probes(sorted(set(CORPUS)) + [PROMPT, "who is the chief executive", "the chief executive of the company"])
     encoded = [m.encoder.plain(t) for t in probes.texts]
     m.edit("what is the capital city of the country", "paris", edit_id="capital")
-    proposal = drain(m.propose(PROMPT, "jane roe"))
+    proposal = m.train(PROMPT, "jane roe")
     alone = {i for i, _ in reach(m, proposal.record, probes.masks(m))}
     route = proposal.record.route_mask
     spare = np.setdiff1d(np.arange(m.width), route)

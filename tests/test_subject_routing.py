@@ -105,8 +105,7 @@ def test_a_given_subject_must_be_named_and_a_dry_run_names_the_neighbour_it_woul
     loose = m.config
     m.config = MemoirConfig(**{**loose.to_dict(), "subject_routing": False})
     try:
-        gen = m.propose("Who is the CEO of Zorblax Industries?", "Marta Quillon", subject="Zorblax Industries")
-        proposal = _drain(gen)
+        proposal = m.train("Who is the CEO of Zorblax Industries?", "Marta Quillon", subject="Zorblax Industries")
         assert proposal.record.subject_source is None
         probes = {p.text: p for p in neighbour_probes(m, proposal, ["Who is the CEO of Zorblax Motors?"])}
         hit = probes["Who is the CEO of Zorblax Motors?"]
@@ -114,16 +113,9 @@ def test_a_given_subject_must_be_named_and_a_dry_run_names_the_neighbour_it_woul
     finally:
         m.config = loose
     # with subject routing the same neighbour stays off
-    proposal = _drain(m.propose("Who is the CEO of Zorblax Industries?", "Marta Quillon"))
+    proposal = m.train("Who is the CEO of Zorblax Industries?", "Marta Quillon")
     probes = {p.text: p for p in neighbour_probes(m, proposal, ["Who is the CEO of Zorblax Motors?"])}
     assert not probes["Who is the CEO of Zorblax Motors?"].fired
     assert any(p.kind == "other subject" for p in probes.values())
     assert any(p.kind == "same subject" for p in probes.values())
 
-
-def _drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
