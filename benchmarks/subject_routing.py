@@ -36,7 +36,7 @@ from routing_study import stream_parser, stream_setup
 from memoir_core.datasets import load_cases
 from memoir_core.neighbours import builtin_names
 from memoir_core.records import EditRecord
-from memoir_core.subjects import names, subject_words, words
+from memoir_core.subjects import names, subject_words
 
 
 def edit_masks(memoir, cases) -> dict:
@@ -106,7 +106,7 @@ def rates(decisions, own: list[int], ids: list[str], subject_of_case: list[str |
     routed = [d.route.edit_id if d.route is not None else None for d in decisions]
     case_of = {e: i for i, e in enumerate(ids)}
     subject = [subject_of_case[case_of[r]] if r is not None else None for r in routed]
-    unnamed = [r is not None and not (s and names(subject_words(s), words(t))) for r, s, t in zip(routed, subject, texts)]
+    unnamed = [r is not None and not (s and names(subject_words(s), t)) for r, s, t in zip(routed, subject, texts)]
     return {"on": np.mean([r is not None for r in routed]), "own": np.mean([r == ids[o] for r, o in zip(routed, own)]),
             "subject": np.mean([s is not None and s == subject_of_case[o] for s, o in zip(subject, own)]),
             "unnamed": np.mean(unnamed)}

@@ -28,6 +28,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--edit-stats", action="store_true",
                    help="also each edit's steps, loss and time in the report (one row per record)")
     p.add_argument("--plot", default=None, help="PNG of the metrics along the stream")
+    p.add_argument("--subjects", choices=("given", "inferred"), default="given",
+                   help="edit with the data set's subjects, or without them, as an operator who sends none (the "
+                        "temporal set's subjects are fragments such as 'TikTok is': use inferred)")
     add_model_args(p)
     p.set_defaults(func=run_eval)
 
@@ -88,6 +91,7 @@ def run_eval(args) -> int:
     def report_of(metrics: dict, curve: list[dict]) -> dict:
         return {
             "data": args.data, "extend": args.extend, "edits": len(cases), "model": args.model or "default",
+            "subjects": args.subjects,
             "config": memoir.config.to_dict(), "metrics": metrics, "checkpoints": curve,
             "wall_seconds": time.time() - t0,
         }
@@ -104,7 +108,7 @@ def run_eval(args) -> int:
 
     try:  # run_stream checks every case against the memory's limits before the first edit
         result = run_stream(memoir, cases, checkpoints=args.checkpoints, greedy_checkpoints=args.greedy_checkpoints,
-                            checkpoint_sample=args.checkpoint_sample,
+                            checkpoint_sample=args.checkpoint_sample, infer_subjects=args.subjects == "inferred",
                             progress=progress, on_checkpoint=checkpoint)
     except InvalidRequestError as e:
         bar.close()

@@ -33,6 +33,7 @@ class MemoirConfig:
     # overlap of at least subject_tau; edits stored without one route on masks alone
     subject_routing: bool = True
     subject_tau: float = 0.3
+    release_after_answer: bool = True  # the memory lets go of a sequence once its output holds the target
     tau_growth: float = 0.025  # tau rises by this * (sqrt(2 ln N) - sqrt(2 ln tau_ref_size)) past that size
     tau_ref_size: int = 1000
     seed: int = 0  # permutation and prefix sampling

@@ -232,11 +232,13 @@ def check_cases(memoir: Memoir, cases: list[Case]) -> None:
 
 
 def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, greedy_checkpoints: bool = False,
-               checkpoint_sample: int | None = None,
+               checkpoint_sample: int | None = None, infer_subjects: bool = False,
                progress: Callable[[int, dict], None] | None = None,
                on_checkpoint: Callable[[list[dict]], None] | None = None) -> StreamResult:
     """Apply the cases as sequential edits, scoring the edits so far at evenly spaced checkpoints
     (`on_checkpoint` gets the curve so far after each, so a long run can be watched and saved).
+    infer_subjects: edit without the data set's subjects, as an operator who sends none would
+    (the memory infers them); the routing figures still read the given ones.
     A checkpoint scores every edit so far, or `checkpoint_sample` of them: scoring all of them at
     each of 20 checkpoints of a 2,000-edit stream costs ten times the final scoring. The final
     point always scores every edit."""
@@ -261,7 +263,8 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, gree
         return eid
     for i, case in enumerate(cases):
         t0 = time.perf_counter()
-        rec = memoir.edit(case.prompt, case.target, subject=case.subject, edit_id=f"case-{case.case_id}-{i}")
+        rec = memoir.edit(case.prompt, case.target, subject=None if infer_subjects else case.subject,
+                          edit_id=f"case-{case.case_id}-{i}")
         if rec.supersedes:
             successor[rec.supersedes] = rec.id
         ids.append(rec.id)

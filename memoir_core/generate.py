@@ -53,10 +53,18 @@ class Event:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens since the last event
 
 
+def holds(text: str, answer: str) -> bool:
+    """Whether a text contains the answer, up to case and spacing."""
+    return " ".join(answer.casefold().split()) in " ".join(text.casefold().split())
+
+
 class Decoder:
     def __init__(self, model, layer: ResidualMemory, decide: Decide, encoder, max_batch: int = 16,
-                 centre: torch.Tensor | None = None):
+                 centre: torch.Tensor | None = None, release_after_answer: bool = False):
         self.model = model
+        # Once a sequence's output holds its edit's answer, the memory lets go of it and the base
+        # model writes the rest: past the target, the memory's pull repeats it ("Jane Roe, Jane Roe").
+        self.release_after_answer = release_after_answer
         self.centre = centre  # routing features' pooling (Routing.centre)
         self.layer = layer
         self.decide = decide
@@ -127,6 +135,7 @@ class Decoder:
             self._cache, self._mask, self._positions, self._routing = cache, mask, next_positions, routing
         self.running.extend(sequences)
         events = self._emit(sequences, out.logits[:, -1])
+        self._release_answered()
         self._drop_finished()
         return events
 
@@ -158,6 +167,7 @@ class Decoder:
             )
         self._positions = self._positions + 1
         events = self._emit(self.running, out.logits[:, -1])
+        self._release_answered()
         self._drop_finished()
         return events
 
@@ -210,6 +220,16 @@ class Decoder:
         piece = text[seq.emitted : max(safe, seq.emitted)]
         seq.emitted += len(piece)
         return Event(seq, piece, seq.finished)
+
+    def _release_answered(self) -> None:
+        """Rows whose output now holds their edit's answer go on without the memory (Route.answer);
+        their decision, as reported, stays the one made at prefill."""
+        if not self.release_after_answer:
+            return
+        rows = [i for i, (seq, d) in enumerate(zip(self.running, self._routing.decisions, strict=True))
+                if d.route is not None and d.route.answer and not seq.finished and holds(seq.text, d.route.answer)]
+        if rows:
+            self._routing = self._routing.released(rows)
 
     def _drop_finished(self) -> None:
         keep = [i for i, s in enumerate(self.running) if not s.finished]

@@ -36,7 +36,7 @@ from .records import EditRecord
 from .residual import ResidualWeights, quantise
 from .routing import Routing
 from .forms import statement_form
-from .subjects import SubjectIndex, infer_subject, names, subject_words, words
+from .subjects import SubjectIndex, infer_subject, names, subject_words
 from .tophash import TopHash, random_permutation
 
 
@@ -156,7 +156,7 @@ class Memoir(Routing):
         masks alone route the edit: subject routing is off, or the prompt names nothing)."""
         subject = subject.strip() if isinstance(subject, str) and subject.strip() else None
         if subject is not None:
-            if not names(subject_words(subject), words(prompt)):
+            if not names(subject_words(subject), prompt, whole=False):
                 raise InvalidRequestError(f"the subject {subject!r} is not named in the prompt: an edit routes only "
                                           "for prompts that name its subject")
             return subject, "given" if self.config.subject_routing else None
@@ -431,7 +431,7 @@ class Memoir(Routing):
     # -- generation -------------------------------------------------------------------------
     def decoder(self, max_batch: int = 16, memory: bool = True) -> Decoder:
         return Decoder(self.model, self.layer, self.decide if memory else self._decide_off, self.encoder, max_batch,
-                       centre=self.pool_centre)
+                       centre=self.pool_centre, release_after_answer=self.config.release_after_answer)
 
     def encode(self, prompt: str | Encoded) -> Encoded:
         return prompt if isinstance(prompt, Encoded) else self.encoder.plain(prompt)

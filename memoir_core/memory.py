@@ -12,6 +12,7 @@ it applies the routes that came back, with the columns they froze at prefill.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class Route:
     idx: torch.Tensor  # [k] column indices of the matched edit's stored mask
     cols: torch.Tensor  # [k, d_out] fp32: W_m[:, idx].T at the version the sequence started at
     offset: torch.Tensor | None = None  # [k] subtracted from a[idx] first (de-centred memory)
+    answer: str | None = None  # the edit's target: the decoder may let go once the output holds it
 
 
 @dataclass
@@ -89,6 +91,12 @@ class Routing:
 
     def select(self, rows: Sequence[int]) -> "Routing":
         return Routing.fixed([self.decisions[i] for i in rows])
+
+    def released(self, rows: Sequence[int]) -> Routing:
+        """The same decisions with the memory off from now on for these rows (their answer is out)."""
+        rows = set(rows)
+        return Routing.fixed([dataclasses.replace(d, route=None) if i in rows else d
+                              for i, d in enumerate(self.decisions)])
 
     def extend(self, other: "Routing") -> "Routing":
         return Routing.fixed(self.decisions + other.decisions)

@@ -158,7 +158,7 @@ class Routing:
             rec = self.edits[edit_id]
             idx = rec.idx.to(self.device)
             cols = self.weights.columns(idx).T.contiguous()
-            route = Route(edit_id, self.version, idx, cols, self._offset(idx))
+            route = Route(edit_id, self.version, idx, cols, self._offset(idx), rec.target_new)
         self._routes[edit_id] = route  # the most recently used last
         # A route holds k x d_out fp32 columns: 1 MB on the default model, 64 MB on an 8B one,
         # where a cache of every edit ever routed to would fill a GPU. The least recently used

@@ -1,10 +1,11 @@
 """Subjects: what an edit is about, and whether a prompt names it.
 
 An edit that knows its subject ("Zorblax Industries") switches the memory on only for prompts
-that name that subject, word for word up to case, accents, a possessive, a plural ending or a
-typo or two in a long word. Mask overlap alone cannot tell "the CEO of Zorblax Industries" from
-"the CEO of Zorblax Motors": both prompts have the same shape, and the shape dominates the
-mask. The words can.
+that name that subject as a whole name, word for word up to case, accents, a possessive, a
+plural ending or, in a subject of several words, one typo in a long word. Mask overlap alone
+cannot tell "the CEO of Zorblax Industries" from "the CEO of Zorblax Motors": both prompts have
+the same shape, and the shape dominates the mask. The words can; and "Acme" is not named by
+"Acme Motors", nor "Valley" by "Kellogg Valley" (`names`).
 
 `infer_subject` guesses the subject of a prompt that came without one: the longest run of
 name-like words (capitalised, with digits, or mixed case), joined across "of", "de", "van"...
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 _WORD = re.compile(r"\w+", re.U)
 _RAW_WORD = re.compile(r"\w[\w'’.\-&]*", re.U)
@@ -70,11 +72,12 @@ def _within_one_edit(a: str, b: str) -> bool:
     return short[i:] == long_[i + 1 :]
 
 
-def same_word(a: str, b: str) -> bool:
-    """Equal up to a plural ending; or, for words of 6+ letters, up to one typo."""
+def same_word(a: str, b: str, typo: bool = False) -> bool:
+    """Equal up to a plural ending; with typo, for words of 6+ letters, also up to one typo
+    after a shared first letter."""
     if a == b or _stem(a) == _stem(b):
         return True
-    return min(len(a), len(b)) >= 6 and _within_one_edit(a, b)
+    return typo and min(len(a), len(b)) >= 6 and a[0] == b[0] and _within_one_edit(a, b)
 
 
 def subject_words(subject: str) -> list[str]:
@@ -84,13 +87,79 @@ def subject_words(subject: str) -> list[str]:
     return found
 
 
-def names(subject_words_: list[str], text_words: list[str]) -> bool:
-    """Whether the text's words hold the subject's words, in order and side by side."""
-    n = len(subject_words_)
-    if not n or n > len(text_words):
+@dataclass(frozen=True)
+class Word:
+    text: str  # lower case, as words() gives it
+    name: bool  # written like a name (capitalised, digits, mixed case), not a sentence's first function word
+    joined: bool  # only spaces between it and the next word: one name may go on across it
+    acronym: bool = False  # all capitals ("CEO"): no name's start across a connector ("CEO of Acme")
+
+
+# after these, a full stop does not end a sentence ("Milton F. Pavlic", "St. Louis")
+_ABBREVIATIONS = frozenset("st jr sr dr mr mrs ms mt ft co inc ltd no vol".split())
+
+
+def read(text: str) -> list[Word]:
+    """A text's words with what naming needs to know of their writing."""
+    found = list(_RAW_WORD.finditer(text))
+    out = []
+    for k, m in enumerate(found):
+        raw = m.group(0)
+        bare = raw.rstrip(".")
+        sentence_start = m.start() == 0 or text[: m.start()].rstrip()[-1:] in ".?!:"
+        head = re.split(r"['’]", bare.lower())[0]  # "How'd" is "how"
+        name = _name_like(raw) and not sentence_start
+        gap = text[m.end() : found[k + 1].start()] if k + 1 < len(found) else "\n"
+        ends_sentence = raw.endswith(".") and not (len(bare) <= 2 and bare.isalpha()) \
+            and bare.lower() not in _ABBREVIATIONS
+        possessive = re.search(r"['’]s?$", raw) is not None  # "Acme's CEO": the name ends there
+        joined = not ends_sentence and not possessive and gap.strip(" ") == ""
+        parts = words(raw)
+        acronym = len(bare) > 1 and bare.isupper()
+        out += [Word(w, name and head not in _FUNCTION_WORDS, joined if j == len(parts) - 1 else True, acronym)
+                for j, w in enumerate(parts)]
+    return out
+
+
+def _name_goes_on(text: list[Word], j: int, step: int) -> bool:
+    """Whether a name continues past a match into word j (step -1: before it, +1: after it),
+    directly ("Kellogg Valley") or across a connector ("The Last Days of Left Eye")."""
+    if not 0 <= j < len(text):
         return False
-    return any(all(same_word(s, t) for s, t in zip(subject_words_, text_words[i : i + n]))
-               for i in range(len(text_words) - n + 1))
+    link = text[j - 1].joined if step > 0 else text[j].joined
+    if not link:
+        return False
+    if text[j].name:
+        return True
+    k = j + step
+    # backwards, not across an article: "the Thinker" is the subject's own article
+    crosses = text[j].text in _CONNECTORS and not (step < 0 and text[j].text in _ARTICLES)
+    if crosses and 0 <= k < len(text):
+        return (text[j].joined if step > 0 else text[k].joined) and text[k].name \
+            and not (step < 0 and text[k].acronym)
+    return False
+
+
+def names(subject_words_: list[str], text: str | list[Word], whole: bool = True) -> bool:
+    """Whether the text holds the subject's words, in order and side by side.
+
+    whole: the match must be a whole name, not a part of a longer one: "Valley" is not named by
+    "Kellogg Valley", nor "Acme" by "Acme Motors". A subject of several words may carry one typo
+    in a long word; a one-word subject must be written as it is (up to a plural ending): one
+    letter off, a short name is another name ("Herman", "German"), or a common word
+    ("listed", "Listen")."""
+    text = read(text) if isinstance(text, str) else text
+    n = len(subject_words_)
+    if not n or n > len(text):
+        return False
+    typo = n > 1
+    for i in range(len(text) - n + 1):
+        pairs = list(zip(subject_words_, (w.text for w in text[i : i + n]), strict=True))
+        if not all(same_word(s, t, typo) for s, t in pairs) or sum(not same_word(s, t) for s, t in pairs) > 1:
+            continue
+        if not whole or not (_name_goes_on(text, i - 1, -1) or _name_goes_on(text, i + n, 1)):
+            return True
+    return False
 
 
 def _keys(word: str) -> set[str]:
@@ -109,6 +178,9 @@ class SubjectIndex:
         self.source = source  # the registry it was built from (Memoir checks it is still the live one)
         self.size = 0  # edits seen, with or without a subject
         self._words: dict[str, list[str]] = {}  # edit id -> its subject's words
+        # edit id -> False where its own prompt names the subject only inside a longer name
+        # ("Player Natalie Achonwa"): such an edit matches parts of names, or its own prompt would not route
+        self._whole: dict[str, bool] = {}
         self._table: dict[str, set[str]] = {}  # key -> edit ids
 
     @classmethod
@@ -124,12 +196,14 @@ class SubjectIndex:
         if not found:
             return
         self._words[rec.id] = found
+        self._whole[rec.id] = names(found, rec.prompt)
         for key in _keys(max(found, key=len)):
             self._table.setdefault(key, set()).add(rec.id)
 
     def remove(self, rec) -> None:
         self.size -= 1
         found = self._words.pop(rec.id, None)
+        self._whole.pop(rec.id, None)
         if found is None:
             return
         for key in _keys(max(found, key=len)):
@@ -149,12 +223,12 @@ class SubjectIndex:
         """Ids of the edits whose subject the text names."""
         if not self._words:
             return set()
-        text_words = words(text)
+        text_words = read(text)
         candidates: set[str] = set()
-        for word in set(text_words):
+        for word in {w.text for w in text_words}:
             for key in _keys(word):
                 candidates |= self._table.get(key, set())
-        return {e for e in candidates if names(self._words[e], text_words)}
+        return {e for e in candidates if names(self._words[e], text_words, self._whole[e])}
 
 
 def routes_on_subject(rec) -> bool:

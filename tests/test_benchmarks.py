@@ -152,3 +152,26 @@ def test_gpu_check_tiny(tmp_path):
     assert mem["host_per_edit_bytes_deltas_on_heap"] - mem["host_per_edit_bytes_deltas_off_heap"] == mem["delta_bytes"]
     assert [r["masks"] for r in data["routing"]] == [1000, 10000] and all(r["agree"] for r in data["routing"])
     assert data["server"]["ok"] and data["server"]["memory_on"]
+
+
+def test_chat_traffic_asks_every_form_and_swaps_the_subject_for_neighbours():
+    from memoir_core.datasets import Case
+
+    traffic = script("chat_traffic")
+    case = Case(prompt="Who is the CEO of Zorblax Industries?", target="Marta Quillon",
+                rephrases=["Who runs Zorblax Industries?"], subject="Zorblax Industries")
+    probes = traffic.probes([case], ["Quellmark Foods"])
+    forms = {(p["kind"], p["form"]) for p in probes}
+    assert forms == {(k, f) for k in ("question", "paraphrase") for f in traffic.CHAT_FORMS} | {
+        ("question", "statement"), ("neighbour", "bare"), ("neighbour", "statement")}
+    said = {(p["kind"], p["form"]): p.get("prompt") or p["messages"] for p in probes}
+    assert said[("question", "statement")] == "The CEO of Zorblax Industries is"
+    assert said[("neighbour", "statement")] == "The CEO of Quellmark Foods is"
+    assert said[("neighbour", "bare")] == [{"role": "user", "content": "Who is the CEO of Quellmark Foods?"}]
+    earlier = said[("paraphrase", "earlier turn")]
+    assert [m["role"] for m in earlier] == ["user", "assistant", "user"]
+    assert earlier[-1]["content"] == "Who runs Zorblax Industries?"
+    assert said[("question", "system")][0]["role"] == "system"
+    assert said[("question", "context")][0]["content"].endswith(" Who is the CEO of Zorblax Industries?")
+    assert traffic.contains("It is  marta\nQuillon, since 2020", "Marta Quillon")
+    assert not traffic.contains("Marta Quill", "Marta Quillon")

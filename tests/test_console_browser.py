@@ -79,10 +79,15 @@ def test_console_sign_in_add_list_try_rollback(browser, server, shots):
     page.fill("#prompt", PROMPT)
     page.fill("#target", TARGET)
     page.fill("#paraphrases", "who is the chief executive")
+    page.fill("#probes", "what colour is the sky today")
     page.click("#preview-button")
     page.wait_for_selector("#preview")
     answers = page.inner_text("#answers")
     assert TARGET in answers and "yes (1.000)" in answers
+    # the operator's own "must not change" prompt is asked before and after, with the memory's decision
+    neighbours = page.inner_text("#neighbours")
+    assert "given" in neighbours and "what colour is the sky today" in neighbours
+    assert "Subject:" in page.inner_text("#subject")
     assert "Blast radius" in page.inner_text("#blast")
     shot(page, "2-preview")
     page.click("#commit-button")

@@ -51,6 +51,15 @@ def test_run_stream_reports_the_protocol_metrics():
     assert cut_short.metrics["unlearnt"] == 2  # one step learns neither
 
 
+def test_a_stream_edits_with_the_given_subjects_or_leaves_them_to_inference():
+    given, inferred = make_memoir("llama", max_steps=2), make_memoir("llama", max_steps=2)
+    run_stream(given, CASES[:2], checkpoints=1)
+    run_stream(inferred, CASES[:2], checkpoints=1, infer_subjects=True)
+    assert [r.subject_source for r in given.edits.values()] == ["given", "given"]
+    # these lower-case prompts name nothing infer_subject finds: masks alone route them
+    assert [(r.subject, r.subject_source) for r in inferred.edits.values()] == [(None, None), (None, None)]
+
+
 def test_batched_scoring_matches_one_prompt_at_a_time():
     """Scoring sorts prompts by length into batches and reads the LM head at target positions only:
     every prompt must still get its own predictions, NLL and routing decision, in input order."""

@@ -86,14 +86,18 @@ def test_routing_in_a_mixed_batch_equals_routing_each_alone():
     assert together[0].decision.route is not None and together[1].decision.route is None
 
 
-def _recompute_greedy(m, seq):
-    """Greedy continuation without any KV cache: one full forward per new token, routing fixed."""
+def _recompute_greedy(m, seq, until: int | None = None):
+    """Greedy continuation without any KV cache: one full forward per new token, routing fixed;
+    the memory acts on the positions before `until` (None: all of them)."""
     ids = list(seq.prompt_ids)
     routing = Routing.fixed([seq.decision])
     out = []
     for _ in range(len(seq.out_ids)):
+        active = torch.ones(1, len(ids), dtype=torch.bool)
+        if until is not None:
+            active[0, until:] = False
         with m.layer.use(Routing(decide=lambda f, **_: [seq.decision], span=torch.ones(1, len(ids), dtype=torch.bool),
-                                 active=torch.ones(1, len(ids), dtype=torch.bool))), torch.inference_mode():
+                                 active=active)), torch.inference_mode():
             logits = m.model(input_ids=torch.tensor([ids])).logits
         tok = int(logits[0, -1].argmax())
         out.append(tok)
@@ -103,13 +107,31 @@ def _recompute_greedy(m, seq):
 
 
 def test_kv_cache_generation_equals_recomputation():
-    m = make_memoir("llama", max_steps=20)
+    m = make_memoir("llama", max_steps=20, release_after_answer=False)
     m.edit("who is the chief executive of the company", "jane roe")
     for prompt in ["who is the chief executive of the company", "paris london berlin"]:
         seq = m.generate([prompt], SamplingParams(max_new_tokens=8))[0]
         if seq.finish_reason == "stop" and len(seq.out_ids) < 8:
             seq.out_ids = seq.out_ids  # an EOS ended it early: compare what was produced
         assert _recompute_greedy(m, seq) == seq.out_ids
+
+
+def test_the_memory_lets_go_once_the_answer_is_out():
+    m = make_memoir("llama", max_steps=80, stop_loss=0.05)
+    prompt = "who is the chief executive of the company"
+    m.edit(prompt, "jane roe")
+    seq = m.generate([prompt], SamplingParams(max_new_tokens=8, ignore_eos=True))[0]
+    assert seq.decision.route is not None and seq.text.strip().startswith("jane roe")
+    said = next(k for k in range(1, len(seq.out_ids) + 1) if "jane roe" in m.encoder.decode(seq.out_ids[:k]))
+    # the token that completed the answer is the last one read with the memory on
+    until = len(seq.prompt_ids) + said - 1
+    assert _recompute_greedy(m, seq, until) == seq.out_ids
+    assert _recompute_greedy(m, seq) != seq.out_ids  # held on, the memory would have gone on otherwise
+    assert seq.decision.route is not None  # the decision reported stays the one made at prefill
+    held = make_memoir("llama", max_steps=80, stop_loss=0.05, release_after_answer=False)
+    held.edit(prompt, "jane roe")
+    kept = held.generate([prompt], SamplingParams(max_new_tokens=8, ignore_eos=True))[0]
+    assert _recompute_greedy(held, kept) == kept.out_ids
 
 
 def test_sequences_joining_a_running_batch_decode_as_if_alone():

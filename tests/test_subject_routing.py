@@ -10,7 +10,7 @@ from memoir_core.forms import statement_form
 from memoir_core.generate import SamplingParams
 from memoir_core.preview import neighbour_probes
 from memoir_core.records import EditRecord
-from memoir_core.subjects import SubjectIndex, infer_subject, names, subject_words, words
+from memoir_core.subjects import SubjectIndex, infer_subject, names, subject_words
 
 
 @pytest.mark.parametrize("prompt, subject", [
@@ -31,14 +31,25 @@ def test_infer_subject(prompt, subject):
     ("Zorblax Industries", "What is Zorblax Industries' address?", True),
     ("Zorblax Industries", "Who is the CEO of Zorblax Industry?", True),  # inflection
     ("Zorblax Industries", "Who is the CEO of Zorblaxx Industries?", True),  # a typo in a long word
+    ("Zorblax Industries", "Who is the CEO of Borblax Industries?", False),  # not in the first letter
     ("Zorblax Industries", "Who is the CEO of Zorblax Motors?", False),  # the sibling
     ("Zorblax Industries", "Industries of Zorblax", False),  # not side by side
     ("The Beatles", "Who managed Beatles?", True),
+    ("The Thinker", "The Artwork The Thinker is by whom?", True),
     ("Marañón", "Where is the Maranon river?", True),
     ("Acme", "Who runs Acne?", False),  # short words must match exactly
+    ("German", "When did Herman C. Schultz die?", False),  # a one-word subject: no typo
+    ("Office", "During which war was Niyi an officer?", False),
+    ("Acme", "Who is the CEO of Acme Motors?", False),  # a part of a longer name
+    ("Valley", "What river does Kellogg Valley connect to?", False),
+    ("The Last Days", "The mother of The Last Days of Left Eye is whom?", False),
+    ("Acme", "Who is the CEO of Acme? Tell me.", True),
+    ("Acme", "acme motors", True),  # written in lower case, no name goes on
+    ("Milton F. Pavlic", "Which war did Milton F. Pavlic serve in?", True),
+    ("Umayyad Caliphate", "He was waived on August 8. Umayyad Caliphate belongs to", True),
 ])
 def test_names(subject, text, named):
-    assert names(subject_words(subject), words(text)) is named
+    assert names(subject_words(subject), text) is named
 
 
 def rec(edit_id, subject, source="given"):
@@ -53,6 +64,13 @@ def test_index_finds_named_subjects_and_forgets_removed_ones():
     assert index.named_in("Who is the CEO of Zorblax Industries?") == {"a"}
     assert index.named_in("zorblax motors' CEO") == {"b"}
     assert index.named_in("Who is the CEO of Zorblex Motors?") == {"b"}  # found through its typo keys
+    assert index.named_in("Who is the CEO of Zorblax Industries Motors?") == set()  # a longer name
+    # an edit whose own prompt names its subject inside a longer name still routes for it
+    player = EditRecord(id="p", prompt="Player Natalie Achonwa played for which team?", target_new="x",
+                        subject="Achonwa", subject_source="given")
+    index.add(player)
+    assert index.named_in(player.prompt) == {"p"}
+    index.remove(player)
     index.remove(records["a"])
     assert index.named_in("Who is the CEO of Zorblax Industries?") == set() and index.size == 2
 
@@ -91,6 +109,17 @@ def test_an_edit_stays_on_its_subject_and_answers_every_form(real):
         for form, out in zip(forms, m.generate(forms, GREEDY)):
             assert out.decision.route is not None and out.decision.route.edit_id == record.id, form
             assert "Marta Quillon" in out.text, (form, out.text)
+        # Past the target the memory lets go and the base model writes on: the answer says the
+        # name once. Held on to the end, the memory's pull repeats it.
+        longer = SamplingParams(max_new_tokens=24)
+        released = [out.text.count("Marta Quillon") for out in m.generate(forms, longer)]
+        held = m.config
+        m.config = MemoirConfig(**{**held.to_dict(), "release_after_answer": False})
+        try:
+            kept = [out.text.count("Marta Quillon") for out in m.generate(forms, longer)]
+        finally:
+            m.config = held
+        assert released == [1, 1, 1] and max(kept) >= 2, (released, kept)
     finally:
         m.remove(record.id)
 

@@ -148,10 +148,11 @@ async def rollback(edit_id: str, request: Request, session: Session = Depends(cu
 # -- preview and commit -------------------------------------------------------------------------
 def _spec(data: dict[str, str], author: str | None) -> EditSpec:
     lines = [p.strip() for p in data.get("paraphrases", "").splitlines() if p.strip()]
+    probes = [p.strip() for p in data.get("probes", "").splitlines() if p.strip()]
     metadata = {k: data[k].strip() for k in ("ticket", "reason") if data.get(k, "").strip()}
     return EditSpec(prompt=data.get("prompt", "").strip(), target_new=data.get("target_new", "").strip(),
                     rephrase_prompts=lines, subject=data.get("subject", "").strip() or None,
-                    metadata=metadata, author=author)
+                    metadata=metadata, author=author, probe_prompts=probes)
 
 
 @router.get("/new")

@@ -1,0 +1,237 @@
+"""Chat traffic: does every wording of an edited fact answer, and does no sibling switch on?
+
+    PYTHONPATH=. python benchmarks/chat_traffic.py --limit 100                 # ZsRE dev, subjects given
+    PYTHONPATH=. python benchmarks/chat_traffic.py --limit 100 --subjects inferred
+    PYTHONPATH=. python benchmarks/chat_traffic.py --url http://127.0.0.1:8000 --limit 50
+
+Starts `memoir serve` on a fresh state directory (or uses --url), applies the first N cases of
+the data file one by one through POST /edit (the data set's subject given, or left for the
+server to infer), then asks greedily through the OpenAI-compatible API, as a client would:
+
+- the edit question and its paraphrase, each in five forms:
+  - bare: one user message;
+  - system: a system prompt first;
+  - earlier turn: an unrelated exchange first;
+  - context: a sentence before the question in the same message;
+  - statement: the question turned into the statement it asks to complete
+    ("What is the capital of X?" -> "The capital of X is"), through /v1/completions;
+- neighbours: the edit question with its subject replaced by an entity no edit is about (the
+  data files' other subjects), bare and as a statement: the memory must stay off.
+
+Per kind and form it reports the memory-on rate, the share routed to the prompt's own edit and
+the answer rate (the target inside the greedy answer, case-insensitive), over all cases and over
+the cases whose subject no other case shares ("sole": ZsRE edits one fact several times with
+different targets, and a paraphrase of one such edit is the question of another). The prompts are made
+from the data file at run time; nothing of it is stored in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import httpx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
+
+sys.path.insert(0, str(common.REPO))
+from tests.server_utils import Server, free_port
+
+from memoir_core.datasets import Case, load_cases
+from memoir_core.forms import statement_form
+
+SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a concise assistant. Answer in a few words.",
+                  "You answer questions about the world accurately.")
+EARLIER_TURNS = (("What is the capital of France?", "The capital of France is Paris."),
+                 ("Can you recommend a good book?", "Sure: 'To Kill a Mockingbird' by Harper Lee is a classic."),
+                 ("How many legs does a spider have?", "A spider has eight legs."))
+CONTEXT_SENTENCES = ("I am studying for a quiz.", "Quick question for you.",
+                     "My friend and I were arguing about this.")
+CHAT_FORMS = ("bare", "system", "earlier turn", "context")
+
+
+def chat_messages(form: str, question: str, i: int) -> list[dict]:
+    """The question as a client would send it in one of the chat forms (the i-th variant)."""
+    user = {"role": "user", "content": question}
+    if form == "bare":
+        return [user]
+    if form == "system":
+        return [{"role": "system", "content": SYSTEM_PROMPTS[i % len(SYSTEM_PROMPTS)]}, user]
+    if form == "earlier turn":
+        asked, answered = EARLIER_TURNS[i % len(EARLIER_TURNS)]
+        return [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}, user]
+    if form == "context":
+        return [{"role": "user", "content": f"{CONTEXT_SENTENCES[i % len(CONTEXT_SENTENCES)]} {question}"}]
+    raise ValueError(form)
+
+
+def statement(question: str, subject: str | None) -> str | None:
+    """The completions form: a question's statement, or the prompt itself where it already is one."""
+    return statement_form(question, subject) if question.rstrip().endswith("?") else question
+
+
+def unedited_subjects(paths: list[str], stored: list[Case]) -> list[str]:
+    """Subjects of the data files' records that no stored case is about: the siblings."""
+    taken = {c.subject.lower() for c in stored if c.subject}
+    pool = [c.subject for p in paths for c in load_cases(p) if c.subject and c.subject.lower() not in taken]
+    return list(dict.fromkeys(pool))
+
+
+def probes(cases: list[Case], others: list[str]) -> list[dict]:
+    """Every request to send: kind, form, the case it belongs to, and the prompt or messages."""
+    out = []
+    for i, c in enumerate(cases):
+        questions = [("question", c.prompt)] + [("paraphrase", r) for r in c.rephrases[:1]]
+        for kind, q in questions:
+            out += [{"kind": kind, "form": f, "case": i, "messages": chat_messages(f, q, i)} for f in CHAT_FORMS]
+            if s := statement(q, c.subject):
+                out.append({"kind": kind, "form": "statement", "case": i, "prompt": s})
+        if others and c.subject and c.subject in c.prompt:
+            sibling = c.prompt.replace(c.subject, others[i % len(others)])
+            out.append({"kind": "neighbour", "form": "bare", "case": i, "messages": chat_messages("bare", sibling, i)})
+            if s := statement(sibling, others[i % len(others)]):
+                out.append({"kind": "neighbour", "form": "statement", "case": i, "prompt": s})
+    return out
+
+
+async def ask(c: httpx.AsyncClient, probe: dict, tokens: int) -> tuple[str, dict]:
+    if "messages" in probe:
+        r = await c.post("/v1/chat/completions", json={"messages": probe["messages"], "max_tokens": tokens,
+                                                       "temperature": 0})
+        r.raise_for_status()
+        body = r.json()
+        return body["choices"][0]["message"]["content"] or "", body["memory"]
+    r = await c.post("/v1/completions", json={"prompt": probe["prompt"], "max_tokens": tokens, "temperature": 0})
+    r.raise_for_status()
+    body = r.json()
+    return body["choices"][0]["text"], body["memory"]
+
+
+def contains(answer: str, target: str) -> bool:
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    return norm(target) in norm(answer)
+
+
+async def run(url: str, cases: list[Case], others: list[str], args) -> dict:
+    async with httpx.AsyncClient(base_url=url, timeout=900) as c:
+        edits, t0 = [], time.perf_counter()
+        for i, case in enumerate(cases):
+            body = {"prompt": case.prompt, "target_new": case.target, "id": f"case-{i}"}
+            if args.subjects == "given" and case.subject:
+                body["subject"] = case.subject
+            r = await c.post("/edit", json=body)
+            r.raise_for_status()
+            edits.append(r.json()["edits"][0])
+            print(f"\r  edits {i + 1}/{len(cases)}", end="", file=sys.stderr, flush=True)
+        print(f"  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        todo = probes(cases, others)
+        gate, done = asyncio.Semaphore(args.concurrency), 0
+
+        async def one(p: dict) -> dict:
+            nonlocal done
+            async with gate:
+                answer, memory = await ask(c, p, args.tokens)
+            done += 1
+            print(f"\r  requests {done}/{len(todo)}", end="", file=sys.stderr, flush=True)
+            return {**p, "answer": answer, "on": memory["on"], "own": memory["edit_id"] == f"case-{p['case']}",
+                    "hit": contains(answer, cases[p["case"]].target)}
+
+        answered = await asyncio.gather(*(one(p) for p in todo))
+        print(file=sys.stderr)
+    # ZsRE edits the same fact of a subject several times with different targets: a paraphrase of
+    # one is a question of another, and no router can tell which answer it wants. Cases whose
+    # subject no other case shares are scored apart ("answer, sole"): the rate a router can reach.
+    per_subject = Counter(c.subject for c in cases)
+    sole = {i for i, c in enumerate(cases) if c.subject is None or per_subject[c.subject] == 1}
+    rows = []
+    for kind in ("question", "paraphrase", "neighbour"):
+        for form in (*CHAT_FORMS, "statement"):
+            got = [a for a in answered if a["kind"] == kind and a["form"] == form]
+            if got:
+                rows.append({"kind": kind, "form": form, "n": len(got),
+                             "on": statistics.fmean(a["on"] for a in got),
+                             "own": statistics.fmean(a["own"] for a in got),
+                             "answer": statistics.fmean(a["hit"] for a in got),
+                             "n sole": sum(a["case"] in sole for a in got),
+                             "answer, sole": statistics.fmean([a["hit"] for a in got if a["case"] in sole] or [0])})
+    seconds = [e["seconds"] for e in edits]
+    return {"rows": rows, "edits": len(edits), "unlearnt": sum(not e.get("learnt", True) for e in edits),
+            "edit_seconds": common.summary(seconds),
+            "subjects_inferred": sum(e.get("subject_source") == "inferred" for e in edits),
+            "misses": [{k: a[k] for k in ("kind", "form", "case", "answer", "on", "own")} | {
+                "prompt": a.get("prompt") or a["messages"][-1]["content"], "target": cases[a["case"]].target}
+                for a in answered if (a["kind"] == "neighbour") == a["on"] or
+                (a["kind"] != "neighbour" and not a["hit"])][: args.keep_misses]}
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    forms = [*CHAT_FORMS, "statement"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.27
+    for j, kind in enumerate(("question", "paraphrase", "neighbour")):
+        by_form = {r["form"]: r for r in rows if r["kind"] == kind}
+        metric = "on" if kind == "neighbour" else "answer"
+        xs = [i + (j - 1) * width for i, f in enumerate(forms) if f in by_form]
+        ax.bar(xs, [by_form[f][metric] for f in forms if f in by_form], width,
+               label=f"{kind} ({'memory on' if metric == 'on' else 'target answered'})")
+    ax.axhline(0.85, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(forms)), forms)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share")
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", help="a running server (its memory should hold no edits); default: start one")
+    ap.add_argument("--data", default=str(common.ZSRE_DEV))
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--neighbours-from", default=None,
+                    help="file whose subjects replace the edited ones (default: --data itself)")
+    ap.add_argument("--subjects", choices=("given", "inferred"), default="given")
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--threads", default=os.environ.get("MEMOIR_THREADS", "2"), help="torch threads of the server")
+    ap.add_argument("--keep-misses", type=int, default=200, help="misses written to the JSON, for reading")
+    ap.add_argument("--out")
+    ap.add_argument("--plot")
+    args = ap.parse_args(argv)
+    cases = load_cases(args.data, args.limit, args.offset)
+    others = unedited_subjects([args.neighbours_from or args.data], cases)
+    run_ = common.Run("chat_traffic", vars(args))
+    with tempfile.TemporaryDirectory(prefix="memoir-chat-traffic-") as state:
+        port = free_port()
+        server = None if args.url else Server(
+            ["-m", "memoir_cli.main", "serve", "--port", str(port), "--state-dir", state, "--threads", args.threads,
+             "--log-level", "warning"], {"MEMOIR_THREADS": args.threads}, port).start(900)
+        try:
+            report = asyncio.run(run(args.url or server.url, cases, others, args))
+        finally:
+            if server is not None:
+                server.stop()
+    print(f"{report['edits']} edits ({args.subjects} subjects; {report['subjects_inferred']} inferred), "
+          f"{report['unlearnt']} unlearnt, edit seconds median {report['edit_seconds'].get('median', 0):.2f}")
+    print(common.table(report["rows"], ["kind", "form", "n", "on", "own", "answer", "n sole", "answer, sole"]))
+    if args.plot:
+        plot(report["rows"], args.plot)
+    run_.finish(args.out, **report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
