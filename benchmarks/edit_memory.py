@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--edits", type=int, default=1000)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--every", type=int, default=50, help="read RSS every this many edits (the trace)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     cases = load_cases(args.data)
@@ -100,7 +101,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         try:
             ready = rss(proc.pid)
-            seconds = []
+            seconds, trace = [], []
             for i, case in enumerate(cases):
                 if i == args.warmup:
                     warm, warm_bytes = rss(proc.pid), metric(url, "memoir:edit_tensor_bytes")
@@ -109,6 +110,8 @@ def main() -> None:
                                timeout=600)
                 r.raise_for_status()
                 seconds.append(time.perf_counter() - t0)
+                if (i + 1 - args.warmup) % args.every == 0 and i + 1 > args.warmup:
+                    trace.append((i + 1 - args.warmup, rss(proc.pid)))
             end, end_bytes = rss(proc.pid), metric(url, "memoir:edit_tensor_bytes")
             per_edit_planned = metric(url, "memoir:edit_ram_bytes_per_edit")
         finally:
@@ -124,11 +127,13 @@ def main() -> None:
                "rss_growth_per_edit": growth, "edit_tensor_bytes_warm": warm_bytes, "edit_tensor_bytes_end": end_bytes,
                "edit_tensor_bytes_after_restart": restarted_bytes,
                "edit_tensor_bytes_per_edit": (end_bytes - warm_bytes) / args.edits,
-               "planned_ram_per_edit": per_edit_planned, "edit_seconds": common.summary(seconds)}
+               "planned_ram_per_edit": per_edit_planned, "edit_seconds": common.summary(seconds),
+               "rss_trace": trace}
     mb = 1 / 2**20
     print(f"RSS ready {ready * mb:.0f} MB, after {args.warmup} warm-up edits {warm * mb:.0f} MB, after "
           f"{args.edits} more {end * mb:.0f} MB: {growth / 1024:.1f} KB per edit (allocator noise: a few MB "
           f"either way); after a restart with {need} edits {restarted * mb:.0f} MB")
+    print("RSS after warm-up + n edits: " + ", ".join(f"{n}: {b * mb:.0f} MB" for n, b in trace))
     print(f"tensor bytes held per edit (metrics): {results['edit_tensor_bytes_per_edit']:.0f}; planned RAM per "
           f"edit: {per_edit_planned:.0f}")
     run.finish(args.out, **results)

@@ -15,6 +15,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .onednn import bound_caches
+
+bound_caches()  # before torch's first bf16 product: see onednn.py
+
 # public name -> (module, attribute)
 _PUBLIC = {
     "Memoir": ("memoir", "Memoir"),
