@@ -109,7 +109,7 @@ class Follower:
                 break
             self.head = max(self.head, entries[-1].version)
             try:
-                self.engine.submit(lambda memoir, e=entries: apply_entries(memoir, e)).result(60)
+                self.engine.submit(lambda memoir, e=entries: apply_entries(memoir.memory, e)).result(60)
                 for e in entries:  # applied: their deltas leave RAM (read back from the database)
                     if e.record is not None:
                         self.store.deltas.spill(e.record)
@@ -125,7 +125,7 @@ class Follower:
         self.status = "catching_up"
         log.warning("replication: %s; rebuilding the memory from the newest snapshot", gap)
         loaded = self.store.load_latest()
-        self.engine.submit(lambda memoir: reset(memoir, loaded) if loaded.version > memoir.version else None
+        self.engine.submit(lambda memoir: reset(memoir.memory, loaded) if loaded.version > memoir.version else None
                            ).result(300)
 
     def _report(self) -> None:

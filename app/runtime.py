@@ -131,7 +131,7 @@ class Runtime:
             if loaded is not None:
                 check_manifest(loaded.manifest, Manifest.of(memoir, self.model_name, fingerprint), where)
                 try:
-                    restore(memoir, loaded)
+                    restore(memoir.memory, loaded)
                 except Exception as error:
                     raise StateCorruptError(f"{where}: the stored memory cannot be applied to the model: "
                                             f"{type(error).__name__}: {error}") from error

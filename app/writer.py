@@ -122,7 +122,7 @@ class Writer:
             return False
         self.locked, self.waiting = True, False
         try:
-            apply_entries(self.memoir, entries)
+            apply_entries(self.memoir.memory, entries)
         except Exception:
             self._unlock()
             raise

@@ -14,8 +14,9 @@ How the engine uses a store (one writer thread):
   store = DirectoryStore(path)            # takes the directory's lock (StateLockedError)
   loaded = store.load(expect)             # None: empty; StateMismatchError / StateCorruptError
   if loaded is None: build the Memoir, store.create(Manifest.of(memoir, ...), memoir.basis)
-  else: build the Memoir with basis=loaded.basis, then restore(memoir, loaded)
+  else: build the Memoir with basis=loaded.basis, then restore(memoir.memory, loaded)
   per edit: set record.version = memoir.version + 1, store.log_edit(record), then memoir.commit
+  (memoir_core.commit does this, with a shared store's write lock)
   per rollback: store.log_removal(edit_id, memoir.version + 1), then memoir.remove(edit_id)
   DurabilityError from a log_* call: the change is not acknowledged and must not be applied;
   the store stays failed (store.ready is False) until the process restarts.
@@ -27,7 +28,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import torch
 
 from .basis import Basis
@@ -36,6 +36,7 @@ from .records import EditRecord
 
 if TYPE_CHECKING:
     from .memoir import Memoir
+    from .memorystate import Memory
 
 FORMAT_VERSION = 1
 # Config fields that change what a stored delta or mask means, each with the value a state written
@@ -178,28 +179,6 @@ class InMemoryStore:
         pass
 
 
-def restore(memoir: "Memoir", loaded: Loaded) -> None:
-    """Apply a stored memory to a Memoir built with `loaded.basis` and an empty memory."""
-    from .maskbank import MaskBank, pack
-
-    if memoir.edits or memoir.version:
-        raise ValueError("restore needs an empty memory")
-    if loaded.acc is None:
-        for rec in loaded.edits:
-            memoir.apply(rec)
-    else:
-        memoir.weights.load(loaded.acc.to(memoir.device))
-        memoir.edits = {rec.id: rec for rec in loaded.edits}
-        memoir.rebuild_guard()
-    if loaded.bank_order is not None or loaded.acc is not None:
-        order = loaded.bank_order if loaded.bank_order is not None else [r.id for r in loaded.edits]
-        k = memoir.config.k
-        masks = np.stack([memoir.edits[e].route_mask for e in order]) if order else []
-        bits = pack(masks, memoir.width) if order else None
-        memoir.bank = MaskBank.restore(memoir.width, k, order, bits) if order else MaskBank(memoir.width, k)
-        memoir.keybank = MaskBank(memoir.width, k)
-        for rec in loaded.edits:
-            if rec.keys:
-                memoir.keybank.add(rec.id, np.asarray(rec.keys))
-    memoir._routes.clear()
-    memoir.version = loaded.version
+def restore(memory: "Memory", loaded: Loaded) -> None:
+    """Apply a stored memory to an empty Memory (one built with `loaded.basis`)."""
+    memory.restore(loaded.edits, loaded.version, loaded.acc, loaded.bank_order)

@@ -20,7 +20,7 @@ from ..audit import audit_of
 from ..errors import ServiceError
 from ..import_rows import parse
 from .render import message, page
-from .session import Session, current
+from .session import Session, current, post_form
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 FORMATS = ("", "jsonl", "csv")
@@ -33,8 +33,6 @@ async def import_form(request: Request, session: Session = Depends(current)):
 
 @router.post("/import")
 async def import_file(request: Request, session: Session = Depends(current)):
-    from .views import post_form
-
     data = await post_form(request, session)
     body, fmt = data.get("body", ""), data.get("format", "")
     if not body.strip() or fmt not in FORMATS:

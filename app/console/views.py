@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
@@ -20,13 +20,13 @@ from memoir_core.errors import EditNotFoundError, MemoirError
 from memoir_core.preview import try_prompt
 
 from .. import audit, deps
-from ..auth import ForbiddenError, keys_of
+from ..auth import keys_of
 from ..errors import ServiceError
 from ..preview_protocol import PreviewOut, TryOut
 from ..writer import EditBatchError, EditSpec
 from .filters import Filters, select
 from .render import STATIC, form, message, page, static
-from .session import COOKIE, TTL, LoginRequired, Session, Sessions, check_csrf, current, sessions_of
+from .session import COOKIE, TTL, LoginRequired, Session, Sessions, current, post_form, sessions_of
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 MAX_TRY_CHARS = 2000
@@ -49,18 +49,6 @@ def install(app: FastAPI) -> None:
 
 def _redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
-
-
-def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    return not origin or urlsplit(origin).netloc == request.headers.get("host")
-
-
-async def post_form(request: Request, session: Session) -> dict[str, str]:
-    data = await form(request)
-    if not _same_origin(request) or not check_csrf(session, data):
-        raise ForbiddenError("the form is stale or came from another site; reload the page")
-    return data
 
 
 # -- sign in ------------------------------------------------------------------------------------

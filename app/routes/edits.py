@@ -81,6 +81,4 @@ async def delete_edit(edit_id: str, request: Request, engine: Engine = Depends(d
 async def state_digest(engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)) -> dict:
     """Two replicas (or one server before and after a restart) with equal digests hold bit-identical
     memories."""
-    from memoir_core.replica import digest
-
-    return await engine.call(digest)
+    return await engine.call(lambda memoir: memoir.memory.digest())
