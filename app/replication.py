@@ -17,6 +17,7 @@ import time
 
 from memoir_core.errors import StateError
 from memoir_core.replica import LogGapError, apply_entries, reset
+from memoir_core.state import SharedLog
 
 from .engine import Engine
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class Follower:
-    def __init__(self, store, engine: Engine, poll: float = 1.0, url: str | None = None):
+    def __init__(self, store: SharedLog, engine: Engine, poll: float = 1.0, url: str | None = None):
         self.store = store
         self.engine = engine
         self.poll = poll
