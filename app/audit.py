@@ -85,7 +85,7 @@ async def _answer(engine: Engine, prompt: str, tokens: int) -> str | None:
 async def roll_back(request: Request, engine: Engine, edit_id: str, author: str | None, source: str) -> Removal:
     """Roll an edit back and record who did it, with the greedy answer to its prompt before and after."""
     tokens = request.app.state.runtime.settings.preview_max_new_tokens
-    record = await engine.call(lambda m: m.edits.get(edit_id))
+    record = await engine.record(edit_id)
     before = await _answer(engine, record.prompt, tokens) if record is not None else None
     removal = await engine.remove(edit_id)
     after = await _answer(engine, removal.record.prompt, tokens)

@@ -46,7 +46,7 @@ class Follower:
 
     @property
     def version(self) -> int:
-        return self.engine.memoir.version
+        return self.engine.version
 
     def start(self) -> None:
         self._thread.start()

@@ -13,11 +13,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 
 from memoir_core.audit import KINDS, AuditQuery
-from memoir_core.errors import MemoirError
 
 from .. import deps
 from ..audit import audit_of
-from ..errors import ServiceError
+from ..errors import KNOWN
 from ..import_rows import parse
 from .render import message, page
 from .session import Session, current, post_form
@@ -41,7 +40,7 @@ async def import_file(request: Request, session: Session = Depends(current)):
     try:
         engine = deps.engine(request)
         rows = parse(body.encode("utf-8"), fmt or None, None, deps.settings(request).max_import_rows)
-    except (MemoirError, ServiceError) as error:
+    except KNOWN as error:
         status, text = message(error)
         return page(request, "import.html", status=status, session=session, jobs=[], error=text)
     job = request.app.state.imports.start(engine, rows, session.name)

@@ -23,7 +23,7 @@ async def replicas(runtime: Runtime = Depends(deps.runtime), _: str | None = Dep
     engine = runtime.ready_engine()
     store, follower = shared_log(runtime.store), runtime.follower
     if follower is None or store is None:
-        return {"shared": False, "version": engine.memoir.version, "replicas": []}
+        return {"shared": False, "version": engine.version, "replicas": []}
     found = await asyncio.to_thread(store.replicas)
-    return {"shared": True, "name": store.replica, "version": engine.memoir.version,
-            "head": max(follower.head, engine.memoir.version), "status": follower.status, "replicas": found}
+    return {"shared": True, "name": store.replica, "version": engine.version,
+            "head": max(follower.head, engine.version), "status": follower.status, "replicas": found}
