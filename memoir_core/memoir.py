@@ -26,19 +26,18 @@ from .contexts import ContextCache
 from .editor import Trainer, TrainOutcome
 from .rows import collate, edit_rows, neighbour_rows, training_contexts
 from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
-from .guard import KeyGuard, factor
+from .guard import factor
 from .generate import Decoder, SamplingParams, Sequence
 from . import maskbank
-from .maskbank import MaskBank
 from .memory import ResidualMemory
-from .memorystate import Memory
+from .memorystate import Memory, MemoryField
 from .precision import train_dtype, training_model
 from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
-from .residual import ResidualWeights, quantise
+from .residual import quantise
 from .routing import Routing
 from .forms import statement_form
-from .subjects import SubjectIndex, infer_subject, names, subject_words, words
+from .subjects import infer_subject, names, subject_words, words
 from .tophash import TopHash, random_permutation
 
 
@@ -62,6 +61,15 @@ def _normalise(text: str) -> str:
 
 
 class Memoir(Routing):
+    # The memory's state, read here and changed only through self.memory's methods.
+    weights = MemoryField()  # ResidualWeights: W_m
+    bank = MemoryField()  # MaskBank: each edit's routing mask
+    keybank = MemoryField()  # MaskBank: extra routing keys
+    edits = MemoryField()  # dict[str, EditRecord], in apply order
+    version = MemoryField()  # int: one more per commit and per removal
+    guard = MemoryField()  # KeyGuard
+    subjects = MemoryField()  # SubjectIndex of the live edits
+
     def __init__(self, model, tokenizer, config: MemoirConfig | None = None, *, basis: Basis | None = None,
                  background: Iterable[str] | None = None):
         spec = arch.spec_for(model)
@@ -159,35 +167,6 @@ class Memoir(Routing):
             return None, None
         inferred = infer_subject(prompt)
         return (inferred, "inferred") if inferred else (None, None)
-
-    # -- the memory (memorystate.Memory owns it; these read it) ---------------------------------
-    @property
-    def weights(self) -> ResidualWeights:
-        return self.memory.weights
-
-    @property
-    def bank(self) -> MaskBank:
-        return self.memory.bank
-
-    @property
-    def keybank(self) -> MaskBank:
-        return self.memory.keybank
-
-    @property
-    def edits(self) -> dict[str, EditRecord]:
-        return self.memory.edits
-
-    @property
-    def version(self) -> int:
-        return self.memory.version
-
-    @property
-    def guard(self) -> KeyGuard:
-        return self.memory.guard
-
-    @property
-    def subjects(self) -> SubjectIndex:
-        return self.memory.subjects
 
     def existing(self, edit_id: str, prompt: str, target: str) -> EditRecord | None:
         """The stored edit for an idempotent retry; a reused id with other content is a conflict."""

@@ -38,6 +38,20 @@ ROUTE_CACHE_BYTES = 1 << 30  # the frozen columns of recently routed edits kept 
 Offset = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
+class MemoryField:
+    """One of a Memory's fields, read through the object that holds the Memory (`.memory`), as
+    the Memoir does; assigning to it there is an error: the Memory's methods change it."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, holder, owner=None):
+        return self if holder is None else getattr(holder.memory, self.name)
+
+    def __set__(self, holder, value) -> None:
+        raise AttributeError(f"{self.name} belongs to the Memory (memorystate.py): change it through its methods")
+
+
 class Memory:
     def __init__(self, width: int, d_out: int, k: int, device: torch.device | str, *, guard: bool = True):
         self.width, self.d_out, self.k, self.device = width, d_out, k, device

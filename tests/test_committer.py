@@ -8,34 +8,14 @@ import pytest
 from memoir_core.committer import Committer
 from memoir_core.errors import DurabilityError, EditNotFoundError
 from memoir_core.replica import LogEntry
-from memoir_core.state import InMemoryStore
 
 from .conftest import make_memoir
+from .state_support import CheckingStore
 
 FAST = dict(max_steps=3, max_neighbours=0)
 
 
-class Watching(InMemoryStore):
-    """Checks that every write comes before the change it records is visible; can fail."""
-
-    def __init__(self, memoir):
-        super().__init__()
-        self.memoir, self.fail, self.writes = memoir, False, []
-
-    def log_edit(self, record):
-        assert record.id not in self.memoir.edits and record.version == self.memoir.version + 1
-        if self.fail:
-            raise OSError(28, "No space left on device")
-        self.writes.append(("edit", record.id, record.version))
-        super().log_edit(record)
-
-    def log_removal(self, edit_id, version):
-        assert edit_id in self.memoir.edits and version == self.memoir.version + 1
-        self.writes.append(("remove", edit_id, version))
-        super().log_removal(edit_id, version)
-
-
-class Shared(Watching):
+class Shared(CheckingStore):
     """A shared log: busy for the first `busy` tries; its lock hands over another replica's edit."""
 
     shared = True
@@ -58,7 +38,7 @@ class Shared(Watching):
 
 def test_an_edit_is_logged_before_it_is_applied_and_a_rollback_too():
     m = make_memoir(**FAST)
-    store = Watching(m)
+    store = CheckingStore(m)
     store.create(None, m.basis)
     c = Committer(m, store)
     rec = c.edit("the capital city of the country is", "paris", edit_id="a")
@@ -73,7 +53,7 @@ def test_an_edit_is_logged_before_it_is_applied_and_a_rollback_too():
 
 def test_an_edit_the_store_could_not_write_is_not_applied_and_stops_edits():
     m = make_memoir(**FAST)
-    store = Watching(m)
+    store = CheckingStore(m)
     store.create(None, m.basis)
     c = Committer(m, store)
     store.fail = True

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("memoir_core", "app", "memoir_cli", "benchmarks")
 OWNER = ROOT / "memoir_core" / "memorystate.py"
@@ -133,3 +135,22 @@ def test_the_check_sees_each_kind_of_write(tmp_path):
     found = writes(sample, "sample")
     assert len(found) == 9, found
     assert not any("rec.version" in f or "store.version" in f or "self.version = 1" in f for f in found)
+
+
+def test_the_facade_reads_the_memory_and_refuses_writes():
+    from memoir_core.memoir import Memoir
+    from memoir_core.memorystate import Memory, MemoryField
+
+    for name in ("weights", "bank", "keybank", "edits", "version", "guard", "subjects"):
+        assert isinstance(Memoir.__dict__[name], MemoryField), name
+
+    class Holder:
+        version = MemoryField()
+
+        def __init__(self):
+            self.memory = Memory(16, 4, 2, "cpu")
+
+    holder = Holder()
+    assert holder.version == 0
+    with pytest.raises(AttributeError, match="belongs to the Memory"):
+        holder.version = 3
