@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 
 from memoir_core.audit import AuditEvent, AuditLog, MemoryAudit
 from memoir_core.generate import SamplingParams
+from memoir_core.state import MemoryStore
 
 from .engine import Engine
 from .errors import NotReadyError
@@ -25,16 +26,15 @@ from .writer import Applied, Removal
 log = logging.getLogger(__name__)
 
 
-def open_audit(store: Any, settings: Any) -> AuditLog:
-    root = getattr(store, "root", None)
-    if root is not None:
+def open_audit(store: MemoryStore, settings: Any) -> AuditLog:
+    if store.root is not None:
         from memoir_core.store.audit_file import FileAudit
 
-        return FileAudit(str(root))
-    if getattr(store, "shared", False) and settings.state_url is not None:
+        return FileAudit(str(store.root))
+    if store.shared and settings.state_url is not None:
         from memoir_core.store.postgres.audit import PgAudit
 
-        return PgAudit(settings.state_url.get_secret_value(), getattr(store, "where", "PostgreSQL"))
+        return PgAudit(settings.state_url.get_secret_value(), store.where)
     return MemoryAudit()
 
 
@@ -85,7 +85,7 @@ async def _answer(engine: Engine, prompt: str, tokens: int) -> str | None:
 async def roll_back(request: Request, engine: Engine, edit_id: str, author: str | None, source: str) -> Removal:
     """Roll an edit back and record who did it, with the greedy answer to its prompt before and after."""
     tokens = request.app.state.runtime.settings.preview_max_new_tokens
-    record = await engine.call(lambda m: m.edits.get(edit_id))
+    record = await engine.record(edit_id)
     before = await _answer(engine, record.prompt, tokens) if record is not None else None
     removal = await engine.remove(edit_id)
     after = await _answer(engine, removal.record.prompt, tokens)

@@ -44,17 +44,17 @@ async def reach(runtime: Runtime, version: int | None) -> None:
     if version is None:
         return
     engine = runtime.ready_engine()
-    if engine.memoir.version >= version:
+    if engine.version >= version:
         return
     follower = runtime.follower
     if follower is None:  # one server: every version it has is already here
-        raise VersionAheadError(f"min_version {version}: the memory is at version {engine.memoir.version}")
+        raise VersionAheadError(f"min_version {version}: the memory is at version {engine.version}")
     if await follower.reach(version, runtime.settings.min_version_wait):
         return
     head = follower.head
     if version > head:
         raise VersionAheadError(f"min_version {version}: the edit log ends at version {head}")
-    raise VersionUnavailableError(f"min_version {version}: this replica is at version {engine.memoir.version} and "
+    raise VersionUnavailableError(f"min_version {version}: this replica is at version {engine.version} and "
                                   f"did not reach {version} within {runtime.settings.min_version_wait:g} s; "
                                   "retry, or ask another replica")
 

@@ -27,15 +27,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from memoir_core.errors import InvalidRequestError
+from memoir_core.errors import EditNotFoundError, InvalidRequestError
 from memoir_core.constraints import Matcher
 from memoir_core.generate import SamplingParams, Sequence
 from memoir_core.memoir import Memoir
 from memoir_core.preview import Preview
+from memoir_core.records import EditRecord
 from memoir_core.state import MemoryStore
 
 from . import limits, telemetry
-from .errors import EngineStoppedError, QueueFullError
+from .engine_errors import EngineStoppedError, QueueFullError
 from .logprobs import logprob_views, token_prompt
 from .settings import Settings
 from .streams import Chunk, Group, MemoryInfo, Prompt, Work, resolver
@@ -118,6 +119,38 @@ class Engine:
         future = loop.create_future()
         self._post(("call", fn, resolver(loop, future)))
         return await future
+
+    # -- named reads of the memory ------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """The memory version, read off the engine thread: a momentary value (one int, read whole)."""
+        return self.memoir.version
+
+    async def edits(self, offset: int = 0, limit: int | None = None) -> tuple[list[EditRecord], int, int]:
+        """A page of the registry in apply order, the number of live edits, and the version."""
+        def read(memoir: Memoir):
+            records = list(memoir.edits.values())
+            return records[offset: None if limit is None else offset + limit], len(records), memoir.version
+
+        return await self.call(read)
+
+    async def record(self, edit_id: str) -> EditRecord | None:
+        """One edit's record (None: no such edit)."""
+        return await self.call(lambda memoir: memoir.edits.get(edit_id))
+
+    async def detail(self, edit_id: str) -> tuple[EditRecord, dict[str, int]]:
+        """One edit and the edits that share columns with it, and how many (EditNotFoundError)."""
+        def read(memoir: Memoir):
+            record = memoir.edits.get(edit_id)
+            if record is None:
+                raise EditNotFoundError(f"no edit with id {edit_id!r}")
+            return record, memoir.shared_columns(edit_id)
+
+        return await self.call(read)
+
+    async def digest(self) -> dict:
+        """Memory.digest(): equal on two replicas that hold bit-identical memories."""
+        return await self.call(lambda memoir: memoir.memory.digest())
 
     def submit(self, fn: Callable[[Memoir], Any]) -> concurrent.futures.Future:
         """Run fn(memoir) on the engine thread, from any thread (the replica's follower)."""

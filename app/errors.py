@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memoir_core import errors as core
 
+from .engine_errors import EngineError, EngineStoppedError, QueueFullError
+
 log = logging.getLogger(__name__)
 
 
@@ -29,18 +31,6 @@ class ServiceError(Exception):
 
 class NotReadyError(ServiceError):
     status, code, retry_after = 503, "not_ready", 5
-
-
-class EngineStoppedError(ServiceError):
-    status, code = 503, "engine_stopped"
-
-
-class QueueFullError(ServiceError):
-    status, code = 429, "queue_full"
-
-    def __init__(self, message: str, retry_after: int):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class VersionUnavailableError(ServiceError):
@@ -74,6 +64,13 @@ class UnsupportedParameterError(ServiceError):
         self.param = param
 
 
+# the engine's errors (engine_errors.py), which carry no HTTP status: status and code here
+ENGINE_STATUS: list[tuple[type[Exception], int, str]] = [
+    (QueueFullError, 429, "queue_full"),
+    (EngineStoppedError, 503, "engine_stopped"),
+]
+KNOWN = (ServiceError, EngineError, core.MemoirError)  # errors whose message a client may read
+
 # memoir_core's typed errors; the first matching class wins (subclasses before bases)
 CORE_STATUS: list[tuple[type[Exception], int]] = [
     (core.InvalidRequestError, 400),
@@ -102,6 +99,9 @@ def envelope(status: int, message: str, code: str | None = None, param: str | No
 def status_of(error: BaseException) -> tuple[int, str]:
     if isinstance(error, ServiceError):
         return error.status, error.code
+    for cls, status, code in ENGINE_STATUS:
+        if isinstance(error, cls):
+            return status, code
     for cls, status in CORE_STATUS:
         if isinstance(error, cls):
             return status, getattr(error, "code", "error")
@@ -123,7 +123,7 @@ def response_for(error: BaseException, **extra: Any) -> JSONResponse:
 
 def response_for_plain(error: BaseException, prefix: str, **extra: Any) -> JSONResponse:
     status, code = status_of(error)
-    if status >= 500 and not isinstance(error, (ServiceError, core.MemoirError)):
+    if status >= 500 and not isinstance(error, KNOWN):
         log.error("internal error", exc_info=error)
         message = f"internal error ({type(error).__name__}); see the server log"
     else:
@@ -184,5 +184,5 @@ def install(app: FastAPI) -> None:
 
     # Known errors go through Starlette's exception middleware; the catch-all below is the
     # server-error middleware's, which also logs the traceback.
-    for cls in (core.MemoirError, ServiceError, EditBatchError, Exception):
+    for cls in (core.MemoirError, ServiceError, EngineError, EditBatchError, Exception):
         app.add_exception_handler(cls, _known)

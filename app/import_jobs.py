@@ -22,10 +22,10 @@ from typing import Any
 from memoir_core.errors import DurabilityError
 
 from .engine import Engine
-from .errors import EngineStoppedError, QueueFullError
+from .engine_errors import EngineStoppedError, QueueFullError
 from .import_rows import Row
 from .shared_state import SharedState
-from .writer import EditBatchError, EditSpec
+from .writer import EditBatchError
 
 log = logging.getLogger(__name__)
 MAX_KEPT = 100
@@ -162,9 +162,7 @@ class Imports:
             await self._save(job, force=True)
 
     async def _apply(self, engine: Engine, job: ImportJob, row: Row) -> None:
-        e = row.edit
-        spec = EditSpec(prompt=e.prompt, target_new=e.target_new, rephrase_prompts=list(e.rephrase_prompts),
-                        subject=e.subject, id=e.id, metadata=dict(e.metadata), author=job.author)
+        spec = row.edit.to_spec(job.author, probes=False)  # an import has never checked probe prompts
         while True:
             try:
                 applied, _ = await engine.edit([spec])

@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, *, builder: Builder | None = No
     logs.quiet_floods()  # whoever configured the log handlers (uvicorn, an embedding app)
     keys = Keys.from_settings(settings)  # a malformed key stops the start here, with its reason
     check_exposure(settings.host, keys, settings.allow_insecure)
-    runtime = Runtime(settings, builder, lambda s: metrics.instrument_store(store_factory(s)), on_fatal)
+    runtime = Runtime(settings, builder, lambda s: metrics.observe_store(store_factory(s)), on_fatal)
     metrics.SERVER.bind(runtime)
 
     @asynccontextmanager

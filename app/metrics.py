@@ -25,11 +25,11 @@ names of prometheus-fastapi-instrumentator, which vLLM's server also exposes.
                 (only with a shared store: the edit log in PostgreSQL, docs/replicas.md)
   store         memoir:snapshot_duration_seconds (histogram), memoir:snapshots_total{outcome},
                 memoir:snapshot_last_success_timestamp_seconds
-                memoir:store_<name> for every number in the store's `stats` mapping, if it has one
+                memoir:store_<name> for every number in the store's stats()
   process       process_* and python_* (prometheus_client's collectors)
 
-Snapshots are observed by wrapping the store's `snapshot()` method (instrument_store); a store
-that snapshots otherwise can call observe_snapshot(seconds, ok) itself. Gauges are read from the
+Snapshots are observed through the store's observer hook (MemoryStore.observe, given
+observe_snapshot by observe_store). Gauges are read from the
 running server when /metrics is scraped.
 """
 
@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -57,6 +57,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from memoir_core.capacity import estimate
+from memoir_core.state import MemoryStore
 
 from .auth import metrics_access
 
@@ -126,35 +127,16 @@ _last_snapshot = {"ok": 0.0}
 
 
 def observe_snapshot(seconds: float, ok: bool) -> None:
-    """For stores: report a snapshot (called by instrument_store's wrapper)."""
+    """A store's snapshot observer (MemoryStore.observe): one snapshot() call, ok or raised."""
     SNAPSHOTS.labels("ok" if ok else "failed").inc()
     if ok:
         SNAPSHOT_DURATION.observe(seconds)
         _last_snapshot["ok"] = time.time()
 
 
-def instrument_store(store: Any) -> Any:
-    """Observe every call of the store's snapshot() (its background thread calls it as
-    self.snapshot(), which finds the wrapper on the instance). Stores without one pass unchanged."""
-    snapshot = getattr(store, "snapshot", None)
-    if not callable(snapshot) or getattr(snapshot, "_memoir_observed", False):
-        return store
-
-    def observed(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            result = snapshot(*args, **kwargs)
-        except Exception:
-            observe_snapshot(time.perf_counter() - t0, False)
-            raise
-        observe_snapshot(time.perf_counter() - t0, True)
-        return result
-
-    observed._memoir_observed = True  # type: ignore[attr-defined]
-    try:
-        store.snapshot = observed
-    except AttributeError:  # __slots__ or a read-only attribute: leave it
-        pass
+def observe_store(store: MemoryStore) -> MemoryStore:
+    """Have the store report its snapshots here (its observer hook)."""
+    store.observe(observe_snapshot)
     return store
 
 
@@ -196,7 +178,7 @@ class ServerCollector:
             yield _gauge("memoir:writer_failed", "1 after a failed store write: edits are stopped until restart.",
                          bool(engine.writer.failed))
             yield _gauge("memoir:writer_paused", "1 while a passing fault (EMFILE, ENOSPC...) pauses edits; they "
-                         "resume by themselves.", bool(getattr(runtime.store, "transient", False)))
+                         "resume by themselves.", bool(runtime.store.transient))
             yield from _edit_bytes(memoir)
         follower = getattr(runtime, "follower", None)
         if follower is not None and engine is not None:
@@ -209,8 +191,7 @@ class ServerCollector:
                          "up, or cut off from the database).", follower.status == "ok")
         yield _gauge("memoir:snapshot_last_success_timestamp_seconds", "Unix time of the last snapshot that "
                      "succeeded in this process (0: none yet).", _last_snapshot["ok"])
-        store = getattr(runtime, "store", None)
-        yield from _store_stats(store)
+        yield from _store_stats(runtime.store)
 
 
 _per_edit: dict[tuple, int] = {}  # capacity estimate per memory shape (tracemalloc: once)
@@ -239,21 +220,12 @@ def _model_info(runtime: Any, engine: Any) -> dict[str, str]:
     return info
 
 
-def _store_stats(store: Any):
-    """memoir:store_<name> for each number in `store.stats` (a mapping, or a method returning
-    one); without it, the attributes a DirectoryStore has (snapshot_version, snapshot_error)."""
+def _store_stats(store: MemoryStore | None):
+    """memoir:store_<name> for each number in `store.stats()`."""
     if store is None:
         return
     try:
-        stats = getattr(store, "stats", None)
-        stats = stats() if callable(stats) else stats
-        if not isinstance(stats, Mapping):
-            stats = {}
-            if isinstance(getattr(store, "snapshot_version", None), int):
-                stats["snapshot_version"] = store.snapshot_version
-            if hasattr(store, "snapshot_error"):
-                stats["snapshot_failing"] = store.snapshot_error is not None
-        for name, value in sorted(stats.items()):
+        for name, value in sorted(store.stats().items()):
             if isinstance(value, (int, float)) and str(name).replace("_", "").isalnum():
                 yield _gauge(f"memoir:store_{name}", f"The memory store's {name} (from its stats).", value)
     except Exception:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 
+from .writer import EditSpec
+
 MAX_TEXT_CHARS = 200_000  # a generation prompt; the token limit is checked by the engine
 MAX_EDIT_CHARS = 10_000  # edit fields; the token limits of the memory's config apply too
 MAX_SEED = 2**63 - 1
@@ -75,6 +77,13 @@ class EditIn(Strict):
         "and after, and MEMOIR_MAX_BLAST_RADIUS counts those it would switch the memory on for")
     dry_run: bool = Field(False, description="preview only: train on a scratch copy and answer with the answers "
                           "before and after and the blast radius; nothing is applied (one edit per request)")
+
+    def to_spec(self, author: str | None, *, probes: bool = True) -> EditSpec:
+        """The writer's job item for this edit, by `author` (the routes, bulk import and the
+        console all convert here). `probes` False: leave probe_prompts out (a bulk import)."""
+        return EditSpec(prompt=self.prompt, target_new=self.target_new, rephrase_prompts=list(self.rephrase_prompts),
+                        subject=self.subject, id=self.id, metadata=dict(self.metadata), author=author,
+                        probe_prompts=list(self.probe_prompts) if probes else [])
 
 
 # One edit or a list. The discriminator picks the branch from the JSON type, so an error names

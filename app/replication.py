@@ -17,6 +17,7 @@ import time
 
 from memoir_core.errors import StateError
 from memoir_core.replica import LogGapError, apply_entries, reset
+from memoir_core.state import SharedLog
 
 from .engine import Engine
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class Follower:
-    def __init__(self, store, engine: Engine, poll: float = 1.0, url: str | None = None):
+    def __init__(self, store: SharedLog, engine: Engine, poll: float = 1.0, url: str | None = None):
         self.store = store
         self.engine = engine
         self.poll = poll
@@ -45,7 +46,7 @@ class Follower:
 
     @property
     def version(self) -> int:
-        return self.engine.memoir.version
+        return self.engine.version
 
     def start(self) -> None:
         self._thread.start()
@@ -109,7 +110,7 @@ class Follower:
                 break
             self.head = max(self.head, entries[-1].version)
             try:
-                self.engine.submit(lambda memoir, e=entries: apply_entries(memoir, e)).result(60)
+                self.engine.submit(lambda memoir, e=entries: apply_entries(memoir.memory, e)).result(60)
                 for e in entries:  # applied: their deltas leave RAM (read back from the database)
                     if e.record is not None:
                         self.store.deltas.spill(e.record)
@@ -125,7 +126,7 @@ class Follower:
         self.status = "catching_up"
         log.warning("replication: %s; rebuilding the memory from the newest snapshot", gap)
         loaded = self.store.load_latest()
-        self.engine.submit(lambda memoir: reset(memoir, loaded) if loaded.version > memoir.version else None
+        self.engine.submit(lambda memoir: reset(memoir.memory, loaded) if loaded.version > memoir.version else None
                            ).result(300)
 
     def _report(self) -> None:

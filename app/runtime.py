@@ -17,7 +17,7 @@ from memoir_core import model_source, models
 from memoir_core.config import MemoirConfig, checked
 from memoir_core.errors import DurabilityError, ModelLoadError, StateCorruptError, StateError, StateMismatchError
 from memoir_core.memoir import Memoir
-from memoir_core.state import Loaded, Manifest, MemoryStore, check_manifest, restore, stored_meaning
+from memoir_core.state import Loaded, Manifest, MemoryStore, check_manifest, restore, shared_log, stored_meaning
 
 from .engine import Engine
 from .errors import NotReadyError
@@ -126,12 +126,11 @@ class Runtime:
                 raise DurabilityError(f"cannot open the memory's state: {error}") from error
             memoir = self.builder(loaded)
             fingerprint = models.fingerprint(memoir.model)
-            root = getattr(self.store, "root", None)
-            where = f"state directory {root}" if root else "the stored memory"
+            where = f"state directory {self.store.root}" if self.store.root else "the stored memory"
             if loaded is not None:
                 check_manifest(loaded.manifest, Manifest.of(memoir, self.model_name, fingerprint), where)
                 try:
-                    restore(memoir, loaded)
+                    restore(memoir.memory, loaded)
                 except Exception as error:
                     raise StateCorruptError(f"{where}: the stored memory cannot be applied to the model: "
                                             f"{type(error).__name__}: {error}") from error
@@ -139,10 +138,11 @@ class Runtime:
                 self.store.create(Manifest.of(memoir, self.model_name, fingerprint), memoir.basis)
             engine = Engine(memoir, self.store, self.settings)
             engine.start()
-            if getattr(self.store, "shared", False):  # other replicas write too: follow the log
+            shared = shared_log(self.store)
+            if shared is not None:  # other replicas write too: follow the log
                 from .replication import Follower
 
-                self.follower = Follower(self.store, engine, self.settings.follow_poll_seconds,
+                self.follower = Follower(shared, engine, self.settings.follow_poll_seconds,
                                          self.settings.replica_url)
                 self.follower.start()
             self.engine = engine
@@ -166,7 +166,7 @@ class Runtime:
             else:
                 log.critical("start-up failed", exc_info=error)
             if self.on_fatal is None:  # in process: /ready reports it
-                if getattr(self.store, "shared", False):  # let go of the database's locks: other
+                if self.store is not None and self.store.shared:  # let go of the database's locks: other
                     self._close_store()  # replicas may be waiting for this one to create the memory
                 return
             # A process that cannot serve exits, so Docker's restart policy and a Kubernetes

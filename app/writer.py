@@ -1,27 +1,26 @@
-"""The one code path that changes the memory: train, make durable, commit — in that order.
+"""The server's edit jobs: the one code path that changes the memory, step by step.
 
 An edit request (one edit or a list) is a job that the engine advances a little per turn (one
 optimisation step, or one time slice of it: memoir_core/timeslice.py), so generation goes on
-while it trains. Before anything is trained the whole
-list is checked (texts, token limits, id conflicts), so bad input applies nothing. Each edit
-is then written to the store and only after that committed (a new memory version) — an edit
-the client hears about is durable, and one the store could not write never becomes visible.
+while it trains. Before anything is trained the whole list is checked (texts, token limits, id
+conflicts), so bad input applies nothing. Each trained edit passes the blast-radius check (or,
+in a dry run, is previewed) and is handed to memoir_core.committer.Committer, which keeps the
+commit rule: written to the store first, applied only after that (a new memory version), under
+a shared log's write lock. This module keeps the bookkeeping: jobs, their answers, retry hints.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from memoir_core.errors import (DurabilityError, EditConflictError, EditNotFoundError, MemoirError,
-                                TransientDurabilityError)
+from memoir_core.committer import Committer
+from memoir_core.errors import EditConflictError, MemoirError
 from memoir_core.memoir import Memoir
 from memoir_core.preview import Probes, check_blast_radius, preview
 from memoir_core.records import EditRecord
-from memoir_core.replica import apply_entries
 from memoir_core.state import MemoryStore
 from memoir_core.timeslice import Sliced
 
@@ -89,54 +88,21 @@ class Writer:
         self.max_blast_radius = max_blast_radius  # None: no limit
         self.preview_tokens = preview_tokens
         self.probes = Probes()  # background texts for the blast radius
-        self.failed: str | None = None  # set when the store failed: no more writes until restart
+        self.committer = Committer(memoir, store)  # the commit rule: train, log durably, apply
         self.seconds_per_edit = 1.0  # moving average, for Retry-After
-        # A shared store (PostgreSQL: many replicas) is written by one replica at a time: the
-        # writer takes the cluster's lock and catches up to the log's head *before* it trains,
-        # so every edit trains on the newest memory, and the commit that appends it lets go.
-        self.shared = bool(getattr(store, "shared", False))
-        self.locked = False  # this replica holds the cluster's write lock
-        self.waiting = False  # a job waits for the lock (the engine thread may sleep a little)
-        self._next_try = 0.0
 
-    # Replicas waiting for the lock try it every RETRY seconds; one that has just written waits
-    # COURTESY (> RETRY) before it takes the lock again, so a replica with a long queue of edits
-    # does not keep the others waiting until its queue is empty.
-    RETRY, COURTESY = 0.02, 0.05
+    @property
+    def failed(self) -> str | None:
+        """Set when the store failed: no more writes until restart."""
+        return self.committer.failed
 
-    def _released(self) -> None:
-        self.locked = False
-        self._next_try = time.monotonic() + self.COURTESY
-
-    def _lock(self) -> bool:
-        """Take the cluster's write lock and apply what other replicas wrote; False: busy, later."""
-        if not self.shared or self.locked:
-            return True
-        now = time.monotonic()
-        if now < self._next_try:
-            self.waiting = True
-            return False
-        entries = self.store.begin_write(self.memoir.version)
-        if entries is None:
-            self._next_try, self.waiting = now + self.RETRY, True
-            return False
-        self.locked, self.waiting = True, False
-        try:
-            apply_entries(self.memoir, entries)
-        except Exception:
-            self._unlock()
-            raise
-        return True
-
-    def _unlock(self) -> None:
-        self.waiting = False
-        if self.locked:
-            self.locked = False
-            self.store.abort_write()
+    @property
+    def waiting(self) -> bool:
+        """A job waits for another replica's write lock (the engine thread may sleep a little)."""
+        return self.committer.waiting
 
     def refuse_if_failed(self) -> None:
-        if self.failed:
-            raise DurabilityError(f"edits are stopped after a failed write ({self.failed}); restart the server")
+        self.committer.refuse_if_failed()
 
     # -- edits --------------------------------------------------------------------------------
     def step(self, job: EditJob) -> bool:
@@ -147,10 +113,10 @@ class Writer:
                 self._check(job.items)
                 job.checked = True
             if job.training is None:
-                if not self._lock():
+                if not self.committer.lock():
                     return False  # another replica writes: try again on a later turn
                 if not self._start_next(job):
-                    self._unlock()
+                    self.committer.unlock()
                     job.post((list(job.applied), self.memoir.version))
                     return True
             try:
@@ -166,11 +132,11 @@ class Writer:
                 job.index += 1
                 return False
         except EditBatchError as error:
-            self._unlock()
+            self.committer.unlock()
             job.post(error)
             return True
         except Exception as error:
-            self._unlock()
+            self.committer.unlock()
             if not isinstance(error, MemoirError):
                 log.exception("edit %d of a request failed", job.index)
             index = job.index if len(job.items) > 1 else None
@@ -215,15 +181,10 @@ class Writer:
         return False
 
     def _commit(self, proposal, probe_prompts=()) -> EditRecord:
-        record = proposal.record
         if self.max_blast_radius is not None:
             check_blast_radius(self.memoir, proposal, self.probes, self.max_blast_radius, "MEMOIR_MAX_BLAST_RADIUS",
                                given=probe_prompts)
-        record.version = self.memoir.version + 1  # what commit() will give it; the log needs it first
-        self._durable(self.store.log_edit, record)
-        if self.shared:
-            self._released()  # the commit released the cluster's lock
-        committed = self.memoir.commit(proposal)
+        committed = self.committer.commit(proposal)
         self.seconds_per_edit = 0.8 * self.seconds_per_edit + 0.2 * committed.seconds
         return committed
 
@@ -232,42 +193,14 @@ class Writer:
         """Roll one edit back; False while another replica holds the write lock (call again)."""
         try:
             self.refuse_if_failed()
-            if not self._lock():
+            if not self.committer.lock():
                 return False
-            if job.edit_id not in self.memoir.edits:
-                raise EditNotFoundError(f"no edit with id {job.edit_id!r}")
-            shared = self.memoir.shared_columns(job.edit_id)
-            version = self.memoir.version + 1
-            self._durable(self.store.log_removal, job.edit_id, version)
-            if self.shared:
-                self._released()
-            record = self.memoir.remove(job.edit_id)
+            shared = self.memoir.shared_columns(job.edit_id)  # EditNotFoundError: no such edit
+            record = self.committer.remove(job.edit_id)
             job.post(Removal(record, shared, self.memoir.version))
         except Exception as error:
-            self._unlock()
+            self.committer.unlock()
             if not isinstance(error, MemoirError):
                 log.exception("removing edit %s failed", job.edit_id)
             job.post(error)
         return True
-
-    def _durable(self, write, *args) -> None:
-        try:
-            write(*args)
-        except Exception as error:
-            self.locked = False
-            if self.shared:  # a failed transaction leaves nothing behind: the next edit may try again
-                self.store.abort_write()  # (the lock goes back, also when the write never began)
-                log.error("the memory store failed: %s", error)
-                if isinstance(error, MemoirError):
-                    raise
-                raise DurabilityError(f"the edit could not be made durable ({error}); it was not applied") \
-                    from error
-            if isinstance(error, TransientDurabilityError):  # the store pauses, checks and resumes itself
-                raise
-            # The store may hold a partial write: stop writing rather than build on it.
-            self.failed = f"{type(error).__name__}: {error}"
-            log.error("the memory store failed; edits are stopped: %s", self.failed)
-            if isinstance(error, DurabilityError):
-                raise
-            raise DurabilityError(f"the edit could not be made durable ({self.failed}); it was not applied") \
-                from error

@@ -36,7 +36,6 @@ from memoir_core import arch  # noqa: E402
 from memoir_core.datasets import load_cases  # noqa: E402
 from memoir_core.generate import Decoder, SamplingParams, Sequence  # noqa: E402
 from memoir_core.memory import Decision, ResidualMemory  # noqa: E402
-from memoir_core.maskbank import MaskBank, pack  # noqa: E402
 from memoir_core.records import EditRecord  # noqa: E402
 from memoir_core.residual import SCALE  # noqa: E402
 
@@ -81,26 +80,22 @@ class Bench:
         self.config = memoir.config
         gen = torch.Generator().manual_seed(0)
         acc = (torch.randn(memoir.d_out, memoir.width, generator=gen) * 1e-3 * SCALE).round().long()
-        memoir.weights.load(acc)
-        self._rebuild()
+        self._rebuild(acc)
 
     def _record(self, eid: str, idx: np.ndarray) -> EditRecord:
         return EditRecord(id=eid, prompt=eid, target_new="x", idx=torch.from_numpy(idx.astype(np.int64)),
                           delta=self.delta)
 
-    def _rebuild(self) -> None:
-        """Bank = the synthetic edits + one edit per prompt (its own mask)."""
+    def _rebuild(self, acc: torch.Tensor | None = None) -> None:
+        """Bank = the synthetic edits + one edit per prompt (its own mask); `acc`: a W_m to load."""
         m = self.m
         ids = [f"own-{i}" for i in range(len(self.prompts))]
         masks = [self.own[i] for i in range(len(self.prompts))]
         for eid, idx in self._synth.items() if hasattr(self, "_synth") else ():
             ids.append(eid)
             masks.append(idx)
-        m.bank = MaskBank.restore(m.width, m.config.k, ids, pack(np.stack(masks), m.width))
-        m.keybank = MaskBank(m.width, m.config.k)
-        m.edits = {eid: self._record(eid, idx) for eid, idx in zip(ids, masks)}
-        m.version += 1
-        m._routes.clear()
+        m.memory.load_bank(ids, np.stack(masks), {eid: self._record(eid, idx) for eid, idx in zip(ids, masks)},
+                           acc=acc)
 
     def grow(self, n: int) -> None:
         if not hasattr(self, "_synth"):

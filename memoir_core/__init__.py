@@ -6,6 +6,9 @@
     m = Memoir(model, tokenizer)
     m.edit("Who is the CEO of Zorblax Industries?", "Marta Quillon")
 
+Committer(m, store).edit(...) keeps the server's commit rule: each edit is written to a
+MemoryStore (memoir_core.store.DirectoryStore, or PostgreSQL) before it is applied.
+
 The names below load on first use: importing a light module (memoir_core.config) must not pull
 in torch and transformers.
 """
@@ -22,6 +25,7 @@ bound_caches()  # before torch's first bf16 product: see onednn.py
 # public name -> (module, attribute)
 _PUBLIC = {
     "Memoir": ("memoir", "Memoir"),
+    "Committer": ("committer", "Committer"),
     "MemoirConfig": ("config", "MemoirConfig"),
     "SamplingParams": ("generate", "SamplingParams"),
     "EditRecord": ("records", "EditRecord"),
@@ -29,9 +33,10 @@ _PUBLIC = {
     "MemoirError": ("errors", "MemoirError"),
     "load_model": ("models", "load"),
 }
-__all__ = ["EditRecord", "Memoir", "MemoirConfig", "MemoirError", "ResidualMemory", "SamplingParams", "load_model"]
+__all__ = ["Committer", "EditRecord", "Memoir", "MemoirConfig", "MemoirError", "ResidualMemory", "SamplingParams", "load_model"]
 
 if TYPE_CHECKING:
+    from .committer import Committer
     from .config import MemoirConfig
     from .errors import MemoirError
     from .generate import SamplingParams

@@ -1,7 +1,8 @@
 """Memoir: a Hugging Face causal LM with a residual memory that takes edits.
 
 The one object the rest of the project talks to. It wraps the edited block's projection,
-holds the memory (W_m, the mask bank, the edit registry, the version) and the fixed basis
+holds the memory (a memorystate.Memory: W_m, the mask banks, the edit registry, the version,
+which it reads through properties and changes only through its methods) and the fixed basis
 every stored mask depends on (permutation, background mean, training prefixes), and offers
 edit / remove / route / generate. It is not thread-safe: one thread owns it.
 """
@@ -25,18 +26,18 @@ from .contexts import ContextCache
 from .editor import Trainer, TrainOutcome
 from .rows import collate, edit_rows, neighbour_rows, training_contexts
 from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
-from .guard import KeyGuard, factor
+from .guard import factor
 from .generate import Decoder, SamplingParams, Sequence
 from . import maskbank
-from .maskbank import MaskBank
-from .memory import ResidualMemory, Route
+from .memory import ResidualMemory
+from .memorystate import Memory, MemoryField
 from .precision import train_dtype, training_model
 from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
-from .residual import ResidualWeights, quantise
+from .residual import quantise
 from .routing import Routing
 from .forms import statement_form
-from .subjects import SubjectIndex, infer_subject, names, subject_words
+from .subjects import infer_subject, names, subject_words
 from .tophash import TopHash, random_permutation
 
 
@@ -60,6 +61,15 @@ def _normalise(text: str) -> str:
 
 
 class Memoir(Routing):
+    # The memory's state, read here and changed only through self.memory's methods.
+    weights = MemoryField()  # ResidualWeights: W_m
+    bank = MemoryField()  # MaskBank: each edit's routing mask
+    keybank = MemoryField()  # MaskBank: extra routing keys
+    edits = MemoryField()  # dict[str, EditRecord], in apply order
+    version = MemoryField()  # int: one more per commit and per removal
+    guard = MemoryField()  # KeyGuard
+    subjects = MemoryField()  # SubjectIndex of the live edits
+
     def __init__(self, model, tokenizer, config: MemoirConfig | None = None, *, basis: Basis | None = None,
                  background: Iterable[str] | None = None):
         spec = arch.spec_for(model)
@@ -80,20 +90,13 @@ class Memoir(Routing):
         self.encoder = PromptEncoder(tokenizer)
         self.width, self.d_out = width, d_out
         self.device = down.base_layer.weight.device
-        self.weights = ResidualWeights(d_out, width, self.device)
-        self.bank = MaskBank(width, self.config.k)  # each edit's mask: the columns it trains
-        self.keybank = MaskBank(width, self.config.k)  # extra routing keys (chat form, paraphrases)
+        self.memory = Memory(width, d_out, self.config.k, self.device, guard=self.config.protect > 0)
         maskbank.warm_up()
-        self.edits: dict[str, EditRecord] = {}
-        self.version = 0
         # Edits train on a copy in the training dtype (the model itself when they match).
         self.train_model = training_model(model, train_dtype(model, self.config.train_dtype))
         train_blocks = arch.get_path(self.train_model, spec.blocks)
         self.trainer = Trainer(self.train_model, train_blocks, arch.get_path(self.train_model, down_path),
                                self.config.layer, self.config)
-        self._routes: dict[str, Route] = {}
-        self._subjects: SubjectIndex | None = None
-        self.guard = KeyGuard(width, self.config.k, enabled=self.config.protect > 0)
         self.basis: Basis | None = None  # while it is being made, routing features are plain means
         self.basis = basis or self._make_basis(list(background) if background is not None else background_texts())
         # Two hashes of the same prompt: the mask that routes (route_mean centres the
@@ -164,14 +167,6 @@ class Memoir(Routing):
             return None, None
         inferred = infer_subject(prompt)
         return (inferred, "inferred") if inferred else (None, None)
-
-    @property
-    def subjects(self) -> SubjectIndex:
-        """The live edits' subjects, filed for routing (rebuilt when the registry was replaced)."""
-        index = self._subjects
-        if index is None or index.source is not self.edits or index.size != len(self.edits):
-            index = self._subjects = SubjectIndex.of(self.edits)
-        return index
 
     def existing(self, edit_id: str, prompt: str, target: str) -> EditRecord | None:
         """The stored edit for an idempotent retry; a reused id with other content is a conflict."""
@@ -344,29 +339,11 @@ class Memoir(Routing):
 
     def commit(self, proposal: EditProposal) -> EditRecord:
         """Apply a trained edit: its delta joins W_m, its mask the bank; the version moves on."""
-        rec = proposal.record
-        if rec.id in self.edits:
-            raise EditConflictError(f"edit id {rec.id!r} already exists")
-        if rec.supersedes is not None and rec.supersedes in self.edits:
-            self._unapply(self.edits[rec.supersedes])
-            del self.edits[rec.supersedes]
-        self.version += 1
-        rec.version = self.version
-        self.apply(rec)
-        return rec
+        return self.memory.commit(proposal.record)
 
     def apply(self, rec: EditRecord) -> None:
         """Add a stored edit (replay): no training, no version change."""
-        self.weights.add(rec.idx.to(self.device), rec.delta)
-        self.bank.add(rec.id, rec.route_mask)
-        if rec.keys:
-            self.keybank.add(rec.id, np.asarray(rec.keys))
-        self.edits[rec.id] = rec
-        index = self._subjects
-        if index is not None and index.source is self.edits and index.size == len(self.edits) - 1:
-            index.add(rec)  # kept in step; otherwise rebuilt when next asked for
-        self.guard.add(rec)
-        self._routes.clear()
+        self.memory.apply(rec)
 
     def edit(self, prompt: str, target: str, **kwargs) -> EditRecord:
         edit_id = kwargs.get("edit_id")
@@ -387,38 +364,7 @@ class Memoir(Routing):
 
     def remove(self, edit_id: str) -> EditRecord:
         """Roll one edit back: its delta leaves W_m exactly, its mask leaves the bank."""
-        rec = self.edits.get(edit_id)
-        if rec is None:
-            raise EditNotFoundError(f"no edit with id {edit_id!r}")
-        self._unapply(rec)
-        del self.edits[edit_id]
-        self.version += 1
-        return rec
-
-    def rebuild_guard(self) -> None:
-        """The key guard from the live edits' stored inputs (after a restore that skipped apply)."""
-        self.guard = KeyGuard(self.width, self.config.k, enabled=self.config.protect > 0)
-        for rec in self.edits.values():
-            self.guard.add(rec)
-
-    def _unapply(self, rec: EditRecord) -> None:
-        """Undo apply() for a record already taken out of self.edits."""
-        # read from the store first: a damaged state file (StateCorruptError) changes nothing
-        delta, inputs = rec.delta, rec.inputs
-        index = self._subjects
-        if index is not None and index.source is self.edits and index.size == len(self.edits) + 1:
-            index.remove(rec)
-        self.guard.remove(rec, inputs)
-        self.weights.subtract(rec.idx.to(self.device), delta)
-        self.bank.remove(rec.id)
-        if rec.id in self.keybank:
-            # Its keys leave without a swap-remove: the others keep their apply order, which then
-            # depends only on the live edits, so a memory restored from a log or snapshot (and
-            # every replica) breaks overlap ties among routing keys exactly as this one does.
-            ids, bits = self.keybank.export()
-            keep = [i for i, e in enumerate(ids) if e != rec.id]
-            self.keybank = MaskBank.restore(self.width, self.config.k, [ids[i] for i in keep], bits[keep])
-        self._routes.clear()
+        return self.memory.remove(edit_id)
 
     def shared_columns(self, edit_id: str) -> dict[str, int]:
         """Other edits that share columns with this one, and how many."""

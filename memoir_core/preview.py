@@ -1,9 +1,8 @@
 """Preview of an edit before it is committed: its answers and its blast radius.
 
-A trained but uncommitted edit (an EditProposal) is tried on a trial copy of the memory: the
-registry, the mask banks and the route cache are swapped for copies, and the W_m columns the
-edit touches are saved and written back afterwards, so once `trial()` ends the memory is the
-same bit for bit (version, bank, W_m, registry). Nothing is written to any store.
+A trained but uncommitted edit (an EditProposal) is tried on a scratch copy of the memory
+(Memory.trial), so once `trial()` ends the memory is the same bit for bit (version, bank, W_m,
+registry). Nothing is written to any store.
 
 The blast radius is how many background (unrelated) texts would switch the memory on with
 this edit: their best match after the edit would be the edit itself, at an overlap >= tau that
@@ -13,13 +12,10 @@ It depends only on masks, so it is cheap enough to check before every committed 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from collections.abc import Sequence as Seq
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .errors import EditRejectedError, InvalidRequestError
 from .generate import SamplingParams
@@ -182,31 +178,10 @@ def check_blast_radius(memoir: Memoir, proposal: EditProposal, probes: Probes, l
     return blast
 
 
-@contextmanager
-def trial(memoir: Memoir, proposal: EditProposal) -> Iterator[None]:
-    """Commit the proposal for the length of the block; afterwards the memory is exactly as it was."""
-    rec = proposal.record
-    saved = (memoir.version, memoir.edits, memoir.bank, memoir.keybank, memoir._routes, memoir.guard)
-    saved_version = rec.version
-    cols = rec.idx
-    if rec.supersedes in memoir.edits:
-        cols = torch.cat([cols, memoir.edits[rec.supersedes].idx])
-    weights = memoir.weights
-    cols = torch.unique(cols).to(weights.acc.device)
-    acc, weight = weights.acc.index_select(1, cols), weights.weight.index_select(1, cols)
-    memoir.edits = dict(memoir.edits)
-    memoir.bank = MaskBank.restore(memoir.bank.width, memoir.bank.k, *memoir.bank.export())
-    memoir.keybank = MaskBank.restore(memoir.keybank.width, memoir.keybank.k, *memoir.keybank.export())
-    memoir._routes = {}
-    memoir.guard = memoir.guard.copy()
-    try:
-        memoir.commit(proposal)
-        yield
-    finally:
-        weights.acc.index_copy_(1, cols, acc)
-        weights.weight.index_copy_(1, cols, weight)
-        memoir.version, memoir.edits, memoir.bank, memoir.keybank, memoir._routes, memoir.guard = saved
-        rec.version = saved_version
+def trial(memoir: Memoir, proposal: EditProposal):
+    """Commit the proposal for the length of the block; afterwards the memory is exactly as it was
+    (Memory.trial: a scratch copy)."""
+    return memoir.memory.trial(proposal.record)
 
 
 def _greedy(memoir: Memoir, prompts: list[str], max_new_tokens: int) -> list[str]:

@@ -1,7 +1,8 @@
 """How a Memoir routes: the features of a prompt, its mask, the best stored match, the decision.
 
 A mixin of Memoir (memoir.py), kept apart because routing reads the memory and never changes
-it. It uses the Memoir's model, basis, hashes, banks, weights and edits.
+it. It uses the Memoir's model, basis, hashes and memory (memorystate.Memory: banks, weights,
+edits, the route cache).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from .maskbank import Match
 from .memory import Decision, Route
 from .prompts import Encoded
 from .tophash import span_mean
-
-ROUTE_CACHE_BYTES = 1 << 30  # the frozen columns of recently routed edits kept between requests
 
 
 class Routing:
@@ -153,17 +152,4 @@ class Routing:
         return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
 
     def _route(self, edit_id: str) -> Route:
-        route = self._routes.pop(edit_id, None)
-        if route is None:
-            rec = self.edits[edit_id]
-            idx = rec.idx.to(self.device)
-            cols = self.weights.columns(idx).T.contiguous()
-            route = Route(edit_id, self.version, idx, cols, self._offset(idx), rec.target_new)
-        self._routes[edit_id] = route  # the most recently used last
-        # A route holds k x d_out fp32 columns: 1 MB on the default model, 64 MB on an 8B one,
-        # where a cache of every edit ever routed to would fill a GPU. The least recently used
-        # go first; sequences still running keep theirs.
-        limit = max(1, ROUTE_CACHE_BYTES // max(1, route.cols.nbytes))
-        while len(self._routes) > limit:
-            del self._routes[next(iter(self._routes))]
-        return route
+        return self.memory.route(edit_id, self._offset)

@@ -1,4 +1,4 @@
-"""Persistence of the memory: the interface the service writes through, and an in-memory store.
+"""Persistence of the memory: the store protocols the service writes through, and an in-memory store.
 
 The durable implementation is memoir_core.store.DirectoryStore (a state directory with a
 write-ahead journal and snapshots). Everything that changes the memory goes through a
@@ -14,20 +14,26 @@ How the engine uses a store (one writer thread):
   store = DirectoryStore(path)            # takes the directory's lock (StateLockedError)
   loaded = store.load(expect)             # None: empty; StateMismatchError / StateCorruptError
   if loaded is None: build the Memoir, store.create(Manifest.of(memoir, ...), memoir.basis)
-  else: build the Memoir with basis=loaded.basis, then restore(memoir, loaded)
-  per edit: set record.version = memoir.version + 1, store.log_edit(record), then memoir.commit
-  per rollback: store.log_removal(edit_id, memoir.version + 1), then memoir.remove(edit_id)
+  else: build the Memoir with basis=loaded.basis, then restore(memoir.memory, loaded)
+  per edit and rollback: memoir_core.committer.Committer(memoir, store), which logs first
+  (store.log_edit / log_removal with the version the change will make) and applies after,
+  under a SharedLog's write lock
   DurabilityError from a log_* call: the change is not acknowledged and must not be applied;
   the store stays failed (store.ready is False) until the process restarts.
+
+MemoryStore names every member the service uses; a store many replicas write through is also a
+SharedLog (its `shared` flag says so; shared_log(store) gives it that type).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import numpy as np
 import torch
 
 from .basis import Basis
@@ -36,6 +42,8 @@ from .records import EditRecord
 
 if TYPE_CHECKING:
     from .memoir import Memoir
+    from .memorystate import Memory
+    from .replica import LogEntry
 
 FORMAT_VERSION = 1
 # Config fields that change what a stored delta or mask means, each with the value a state written
@@ -126,7 +134,17 @@ class Loaded:
     bank_order: list[str] | None = None  # mask bank slot order (ties in best match break by it)
 
 
+SnapshotObserver = Callable[[float, bool], None]  # (seconds, ok) after each snapshot() call
+
+
 class MemoryStore(Protocol):
+    """Every member the service (app/) uses on a store; it uses nothing else. `shared` says
+    whether the store is also a SharedLog (many replicas write through it)."""
+
+    shared: bool  # True: a SharedLog (the writer takes its lock; a follower applies its entries)
+    root: str | None  # the state directory (the audit trail lives beside it); None: not a directory
+    where: str  # where the memory is kept, for messages ("state directory /srv/memoir", ...)
+
     def load(self, expect: Manifest | None = None) -> Loaded | None:
         """The stored memory, or None for an empty store; with `expect`, StateMismatchError first
         if the state was made for another model, block, k or width."""
@@ -144,7 +162,84 @@ class MemoryStore(Protocol):
     def ready(self) -> bool:
         """False once a write failed: the store refuses every further write (DurabilityError)."""
 
+    @property
+    def failure(self) -> str | None:
+        """Why writes are refused (None: they are not)."""
+
+    @property
+    def transient(self) -> bool:
+        """The failure passes by itself (a full disk freed): writes resume without a restart."""
+
+    def stats(self) -> dict[str, float]:
+        """Numbers for /metrics (memoir:store_<name>); empty when the store has none."""
+
+    def observe(self, observer: SnapshotObserver) -> None:
+        """Call `observer(seconds, ok)` after each snapshot (once per observer however often given)."""
+
     def close(self) -> None: ...
+
+
+class SharedLog(MemoryStore, Protocol):
+    """A store many replicas write through (PostgreSQL): one writer at a time holds its lock,
+    and every replica follows its log of entries."""
+
+    replica: str  # this replica's name on the log
+    deltas: Any  # stored deltas read back on demand; spill(record) lets an applied one leave RAM
+
+    def begin_write(self, after: int) -> list[LogEntry] | None:
+        """Take the write lock and return the entries after `after` (None: another replica holds it)."""
+
+    def abort_write(self) -> None:
+        """Give the lock back without writing (also when no write began)."""
+
+    def head(self) -> int:
+        """The newest version in the log."""
+
+    def fetch_after(self, version: int) -> list[LogEntry]:
+        """The entries after `version`, in order (LogGapError: compacted past it)."""
+
+    def load_latest(self) -> Loaded:
+        """The newest snapshot with the log after it (a replica that fell behind a compaction)."""
+
+    def listener(self) -> Any:
+        """Announcements of new entries: wait(seconds) -> version or None; close()."""
+
+    def report(self, version: int, url: str | None = None) -> None:
+        """Say which version this replica has applied (GET /replicas lists them)."""
+
+    def replicas(self) -> list[dict]:
+        """Every replica's last report."""
+
+
+def shared_log(store: MemoryStore) -> SharedLog | None:
+    """The store as a SharedLog where it is one (its `shared` flag says so), else None."""
+    return cast("SharedLog", store) if store.shared else None
+
+
+class SnapshotObservers:
+    """A store's snapshot observers: `with observers.timed():` around a snapshot reports its
+    duration and whether it raised."""
+
+    def __init__(self) -> None:
+        self._observers: list[SnapshotObserver] = []
+
+    def add(self, observer: SnapshotObserver) -> None:
+        if observer not in self._observers:
+            self._observers.append(observer)
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self._tell(time.perf_counter() - t0, False)
+            raise
+        self._tell(time.perf_counter() - t0, True)
+
+    def _tell(self, seconds: float, ok: bool) -> None:
+        for observer in self._observers:
+            observer(seconds, ok)
 
 
 class InMemoryStore:
@@ -152,6 +247,10 @@ class InMemoryStore:
 
     ready = True
     failure: str | None = None
+    transient = False
+    shared = False
+    root: str | None = None
+    where = "this process's memory (RAM only)"
 
     def __init__(self) -> None:
         self._loaded: Loaded | None = None
@@ -174,32 +273,16 @@ class InMemoryStore:
         live = [r for r in self._loaded.edits if r.id != edit_id]
         self._loaded = dataclasses.replace(self._loaded, edits=live, version=version)
 
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def observe(self, observer: SnapshotObserver) -> None:
+        pass  # it never takes a snapshot
+
     def close(self) -> None:
         pass
 
 
-def restore(memoir: "Memoir", loaded: Loaded) -> None:
-    """Apply a stored memory to a Memoir built with `loaded.basis` and an empty memory."""
-    from .maskbank import MaskBank, pack
-
-    if memoir.edits or memoir.version:
-        raise ValueError("restore needs an empty memory")
-    if loaded.acc is None:
-        for rec in loaded.edits:
-            memoir.apply(rec)
-    else:
-        memoir.weights.load(loaded.acc.to(memoir.device))
-        memoir.edits = {rec.id: rec for rec in loaded.edits}
-        memoir.rebuild_guard()
-    if loaded.bank_order is not None or loaded.acc is not None:
-        order = loaded.bank_order if loaded.bank_order is not None else [r.id for r in loaded.edits]
-        k = memoir.config.k
-        masks = np.stack([memoir.edits[e].route_mask for e in order]) if order else []
-        bits = pack(masks, memoir.width) if order else None
-        memoir.bank = MaskBank.restore(memoir.width, k, order, bits) if order else MaskBank(memoir.width, k)
-        memoir.keybank = MaskBank(memoir.width, k)
-        for rec in loaded.edits:
-            if rec.keys:
-                memoir.keybank.add(rec.id, np.asarray(rec.keys))
-    memoir._routes.clear()
-    memoir.version = loaded.version
+def restore(memory: "Memory", loaded: Loaded) -> None:
+    """Apply a stored memory to an empty Memory (one built with `loaded.basis`)."""
+    memory.restore(loaded.edits, loaded.version, loaded.acc, loaded.bank_order)

@@ -1,5 +1,6 @@
 """Synthetic edits for the state-store tests: deterministic from the version they create,
-so a crash-test child and the checking parent agree on every operation without talking."""
+so a crash-test child and the checking parent agree on every operation without talking; and a
+store that checks the commit rule."""
 
 from __future__ import annotations
 
@@ -8,11 +9,34 @@ import torch
 
 from memoir_core.basis import Basis
 from memoir_core.records import EditRecord
-from memoir_core.state import Manifest
+from memoir_core.state import InMemoryStore, Manifest
 
 D_OUT, WIDTH, K = 8, 64, 16
 SMALL = (D_OUT, WIDTH, K)
 LARGER = (128, 2048, 256)  # 128 KB deltas: snapshots take long enough to be killed in
+
+
+class CheckingStore(InMemoryStore):
+    """Checks that each write comes before the change it records is visible (the commit rule);
+    can be told to fail (`fail`: ENOSPC). `memoir`: the Memoir whose writes it takes."""
+
+    def __init__(self, memoir=None):
+        super().__init__()
+        self.memoir = memoir
+        self.fail = False
+        self.writes: list[tuple] = []
+
+    def log_edit(self, record):
+        assert record.id not in self.memoir.edits and record.version == self.memoir.version + 1
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.writes.append(("edit", record.id, record.version))
+        super().log_edit(record)
+
+    def log_removal(self, edit_id, version):
+        assert edit_id in self.memoir.edits and version == self.memoir.version + 1
+        self.writes.append(("remove", edit_id, version))
+        super().log_removal(edit_id, version)
 
 
 def manifest(dims=SMALL, **over) -> Manifest:

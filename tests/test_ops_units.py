@@ -16,6 +16,7 @@ from app import auth, logs, metrics
 from app.auth import ConfigError, Keys, LoopbackOnly, check_exposure
 from app.main import create_app
 from app.settings import Settings
+from memoir_core.state import InMemoryStore, SnapshotObservers
 
 from .conftest import make_memoir
 from .server_utils import THREADS
@@ -107,19 +108,27 @@ def test_json_log_lines_carry_the_request_id_and_event_fields():
 
 
 def test_snapshots_are_observed_through_the_store():
-    class Store:
+    class Store(InMemoryStore):  # a store that snapshots, with the observer hook every store has
         fail = False
 
+        def __init__(self):
+            super().__init__()
+            self.observers = SnapshotObservers()
+
+        def observe(self, observer):
+            self.observers.add(observer)
+
         def snapshot(self):
-            if self.fail:
-                raise OSError("disk full")
-            return 7
+            with self.observers.timed():
+                if self.fail:
+                    raise OSError("disk full")
+                return 7
 
     def count(outcome):
         return metrics.REGISTRY.get_sample_value("memoir:snapshots_total", {"outcome": outcome}) or 0.0
 
-    store = metrics.instrument_store(Store())
-    assert metrics.instrument_store(store) is store  # wrapped once
+    store = metrics.observe_store(Store())
+    assert metrics.observe_store(store) is store  # observed once however often given
     ok, failed = count("ok"), count("failed")
     assert store.snapshot() == 7
     store.fail = True
@@ -129,7 +138,7 @@ def test_snapshots_are_observed_through_the_store():
     stamp = metrics.REGISTRY.get_sample_value("memoir:snapshot_last_success_timestamp_seconds")
     assert stamp is None or stamp <= time.time()  # gauges come from a bound server only
     stats = {"snapshot_version": 3, "journal_bytes": 10, "name": "x"}
-    assert {m.name: m.samples[0].value for m in metrics._store_stats(type("S", (), {"stats": stats})())} == {
+    assert {m.name: m.samples[0].value for m in metrics._store_stats(type("S", (), {"stats": lambda _: stats})())} == {
         "memoir:store_journal_bytes": 10.0, "memoir:store_snapshot_version": 3.0}
 
 

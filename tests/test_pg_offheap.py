@@ -41,7 +41,7 @@ def test_a_postgres_memory_holds_no_delta_in_ram_and_rolls_back_exactly(pg_url):
     k = m.config.k
     assert all(r.held_bytes() == 2 * k + 2 * 4 * k for r in loaded.edits)  # mask and guard inputs, no delta
     fresh = make_memoir()
-    restore(fresh, loaded)
+    restore(fresh.memory, loaded)
     assert_same_memory(fresh, m)
     assert again.deltas.fetched == 0  # W_m came from the sum made while reading
     again.log_removal("e0", fresh.version + 1)

@@ -34,7 +34,7 @@ def follower(url: str):
     store = PostgresStore(url, replica="follower")
     loaded = store.load()
     memoir = make_memoir()
-    restore(memoir, loaded)
+    restore(memoir.memory, loaded)
     return store, memoir
 
 
@@ -62,13 +62,13 @@ def test_the_memory_read_back_is_bit_identical_and_followers_apply_the_log(pg_ur
         edit(store, memoir, "who is the chief executive of the company", "jane roe", "a")
         edit(store, memoir, "what is the capital city of the country", "paris", "b")
         other, replica = follower(pg_url)
-        assert digest(replica) == digest(memoir)
+        assert digest(replica.memory) == digest(memoir.memory)
         edit(store, memoir, "the quick brown fox jumps", "alice bob", "c")
         remove(store, memoir, "a")
         entries = other.fetch_after(replica.version)
         assert [(e.version, e.kind, e.edit_id) for e in entries] == [(3, "edit", "c"), (4, "rollback", "a")]
-        assert apply_entries(replica, entries) == 2
-        assert digest(replica) == digest(memoir)
+        assert apply_entries(replica.memory, entries) == 2
+        assert digest(replica.memory) == digest(memoir.memory)
         assert torch.equal(replica.weights.acc, memoir.weights.acc)
         other.close()
     finally:
@@ -119,10 +119,10 @@ def test_compaction_keeps_catch_up_exact_and_a_replica_behind_it_rebuilds(pg_url
         assert (objects, inline) == ((4, 0) if large == 0 else (0, 4))
         with pytest.raises(LogGapError):
             other.fetch_after(behind.version)
-        reset(behind, other.load_latest())
-        assert digest(behind) == digest(memoir)
+        reset(behind.memory, other.load_latest())
+        assert digest(behind.memory) == digest(memoir.memory)
         _, fresh_replica = follower(pg_url)  # a new replica starts from the snapshot
-        assert digest(fresh_replica) == digest(memoir)
+        assert digest(fresh_replica.memory) == digest(memoir.memory)
         other.close()
     finally:
         store.close()
@@ -162,7 +162,7 @@ def test_a_follower_behind_the_compaction_horizon_rebuilds_on_its_engine(pg_url,
         lagging = Follower(other, engine)
         edit(store, memoir, "who is the chief executive of the company", "jane roe", "a")
         lagging.sync()  # the plain path: fetch and apply in order
-        assert lagging.status == "ok" and digest(replica) == digest(memoir)
+        assert lagging.status == "ok" and digest(replica.memory) == digest(memoir.memory)
         edit(store, memoir, "what is the capital city of the country", "paris", "b")
         remove(store, memoir, "b")
         store.snapshot(every=1)
@@ -171,7 +171,7 @@ def test_a_follower_behind_the_compaction_horizon_rebuilds_on_its_engine(pg_url,
         with caplog.at_level("WARNING", logger="app.replication"):
             lagging.sync()
         assert "rebuilding the memory from the newest snapshot" in caplog.text
-        assert engine.submit(digest).result(10) == digest(memoir)
+        assert engine.submit(lambda m: digest(m.memory)).result(10) == digest(memoir.memory)
         assert lagging.status == "ok" and lagging.head == memoir.version
     finally:
         engine.stop()

@@ -16,7 +16,7 @@ from app.replication import Follower
 
 
 def runtime(version: int, head: int | None, wait: float = 0.05):
-    engine = SimpleNamespace(memoir=SimpleNamespace(version=version))
+    engine = SimpleNamespace(version=version)
     follower = None
     if head is not None:
         follower = Follower(store=None, engine=engine)
@@ -54,7 +54,7 @@ def test_the_request_waits_for_the_follower_and_kicks_it():
     def apply_later():
         assert rt.follower._kick.wait(1.0), "the waiting request asks the follower to look now"
         time.sleep(0.05)
-        engine.memoir.version = 5
+        engine.version = 5
 
     t = threading.Thread(target=apply_later)
     t.start()

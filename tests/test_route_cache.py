@@ -4,7 +4,7 @@ of GPU memory, and a cache of every edit ever routed to would fill the card."""
 import numpy as np
 import torch
 
-from memoir_core import routing
+from memoir_core import memorystate
 from memoir_core.generate import SamplingParams
 from memoir_core.records import EditRecord
 from memoir_core.residual import quantise
@@ -24,19 +24,19 @@ def test_the_least_recently_routed_edit_leaves_first_and_comes_back_the_same(mon
     m = make_memoir()
     ids = stored(m, 5)
     one = m._route(ids[0]).cols.nbytes
-    monkeypatch.setattr(routing, "ROUTE_CACHE_BYTES", 3 * one)
+    monkeypatch.setattr(memorystate, "ROUTE_CACHE_BYTES", 3 * one)
     first = m._route(ids[0])
     for edit_id in ids[1:3]:
         m._route(edit_id)
     assert m._route(ids[0]) is first  # a hit makes it the most recent
     for edit_id in ids[3:]:
         m._route(edit_id)
-    assert list(m._routes) == [ids[0], ids[3], ids[4]]
+    assert list(m.memory.routes) == [ids[0], ids[3], ids[4]]
     again = m._route(ids[1])  # evicted: rebuilt from W_m, the same columns
-    assert torch.equal(again.cols, m.weights.columns(again.idx).T) and len(m._routes) == 3
-    monkeypatch.setattr(routing, "ROUTE_CACHE_BYTES", 0)  # a route bigger than the budget is still kept alone
+    assert torch.equal(again.cols, m.weights.columns(again.idx).T) and len(m.memory.routes) == 3
+    monkeypatch.setattr(memorystate, "ROUTE_CACHE_BYTES", 0)  # a route bigger than the budget is still kept alone
     m._route(ids[2])
-    assert list(m._routes) == [ids[2]]
+    assert list(m.memory.routes) == [ids[2]]
 
 
 def test_a_batch_routed_to_more_edits_than_the_cache_holds_decodes_as_with_a_big_cache(monkeypatch):
@@ -46,8 +46,8 @@ def test_a_batch_routed_to_more_edits_than_the_cache_holds_decodes_as_with_a_big
                "who is the chief executive", "what is the capital city"]
     params = SamplingParams(max_new_tokens=6)
     big = m.generate(prompts, params, max_batch=6)
-    m._routes.clear()
-    monkeypatch.setattr(routing, "ROUTE_CACHE_BYTES", 1)
+    m.memory.routes.clear()
+    monkeypatch.setattr(memorystate, "ROUTE_CACHE_BYTES", 1)
     small = m.generate(prompts, params, max_batch=6)
     assert len({s.decision.best_edit_id for s in big}) >= 2 and all(s.decision.route is not None for s in big)
-    assert [s.out_ids for s in small] == [s.out_ids for s in big] and len(m._routes) == 1
+    assert [s.out_ids for s in small] == [s.out_ids for s in big] and len(m.memory.routes) == 1

@@ -15,10 +15,10 @@ from app.main import create_app
 from app.settings import Settings
 from memoir_core.config import MemoirConfig
 from memoir_core.memoir import Memoir
-from memoir_core.state import InMemoryStore
 
 from .conftest import make_memoir, tiny_model, tiny_tokenizer
 from .server_utils import THREADS
+from .state_support import CheckingStore
 
 pytestmark = pytest.mark.timeout(120)
 PROMPT = "who is the chief executive of the company"
@@ -33,28 +33,6 @@ def one_thread():
     torch.set_num_threads(int(THREADS))
     yield
     torch.set_num_threads(before)
-
-
-class CheckingStore(InMemoryStore):
-    """Checks that each write comes before the change is visible; can be told to fail."""
-
-    def __init__(self):
-        super().__init__()
-        self.memoir: Memoir | None = None
-        self.fail = False
-        self.writes: list[tuple] = []
-
-    def log_edit(self, record):
-        assert record.id not in self.memoir.edits and record.version == self.memoir.version + 1
-        if self.fail:
-            raise OSError(28, "No space left on device")
-        self.writes.append(("edit", record.id, record.version))
-        super().log_edit(record)
-
-    def log_removal(self, edit_id, version):
-        assert edit_id in self.memoir.edits and version == self.memoir.version + 1
-        self.writes.append(("remove", edit_id, version))
-        super().log_removal(edit_id, version)
 
 
 def serve(store: CheckingStore, seed: int = 0, gate: threading.Event | None = None, wait: bool = True):

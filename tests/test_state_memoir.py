@@ -95,7 +95,7 @@ def test_restart_restores_the_memory_bit_for_bit(edited, with_acc):
     try:
         if not with_acc:  # the replay path: every delta re-added
             loaded.acc = None
-        restore(m2, loaded)
+        restore(m2.memory, loaded)
         assert m2.version == m.version == 20
         assert torch.equal(m2.weights.acc, m.weights.acc)
         assert torch.equal(m2.weights.weight, m.weights.weight)
@@ -123,7 +123,7 @@ def test_rollback_after_restart_matches_a_memory_that_never_had_the_edit(edited)
     root, m, *_ = edited
     store, loaded, m2 = fresh(root)
     try:
-        restore(m2, loaded)
+        restore(m2.memory, loaded)
         oldest = next(iter(m2.edits))
         remove(m2, store, oldest)
         expected = torch.zeros_like(m2.weights.acc)
@@ -134,7 +134,7 @@ def test_rollback_after_restart_matches_a_memory_that_never_had_the_edit(edited)
         store.close()
     store, loaded, m3 = fresh(root)
     try:
-        restore(m3, loaded)
+        restore(m3.memory, loaded)
         assert torch.equal(m3.weights.weight, m2.weights.weight) and m3.version == 21
     finally:
         store.close()

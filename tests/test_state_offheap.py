@@ -94,7 +94,7 @@ def test_a_restart_reads_no_delta_and_restores_the_memory_and_guard_exactly(stor
         held = sum(rec.held_bytes() for rec in loaded.edits)
         assert held == len(loaded.edits) * m.config.k * 2  # masks only: 200 deltas stay on disk
         assert all(not isinstance(rec.stored(t), torch.Tensor) for rec in loaded.edits for t in ("delta", "inputs"))
-        restore(fresh, loaded)
+        restore(fresh.memory, loaded)
         assert_same_memory(fresh, m)
         # another old edit leaves the restored memory exactly as a replay without it
         again.log_removal("e1", fresh.version + 1)

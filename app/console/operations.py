@@ -13,14 +13,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 
 from memoir_core.audit import KINDS, AuditQuery
-from memoir_core.errors import MemoirError
 
 from .. import deps
 from ..audit import audit_of
-from ..errors import ServiceError
+from ..errors import KNOWN
 from ..import_rows import parse
 from .render import message, page
-from .session import Session, current
+from .session import Session, current, post_form
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 FORMATS = ("", "jsonl", "csv")
@@ -33,8 +32,6 @@ async def import_form(request: Request, session: Session = Depends(current)):
 
 @router.post("/import")
 async def import_file(request: Request, session: Session = Depends(current)):
-    from .views import post_form
-
     data = await post_form(request, session)
     body, fmt = data.get("body", ""), data.get("format", "")
     if not body.strip() or fmt not in FORMATS:
@@ -43,7 +40,7 @@ async def import_file(request: Request, session: Session = Depends(current)):
     try:
         engine = deps.engine(request)
         rows = parse(body.encode("utf-8"), fmt or None, None, deps.settings(request).max_import_rows)
-    except (MemoirError, ServiceError) as error:
+    except KNOWN as error:
         status, text = message(error)
         return page(request, "import.html", status=status, session=session, jobs=[], error=text)
     job = request.app.state.imports.start(engine, rows, session.name)

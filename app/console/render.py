@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from ..errors import status_of
+from ..errors import KNOWN, status_of
 from ..writer import EditBatchError
 
 HERE = Path(__file__).parent
@@ -53,6 +53,6 @@ def message(error: BaseException) -> tuple[int, str]:
     """The HTTP status and the message to show for an error raised by the engine or the writer."""
     inner = error.error if isinstance(error, EditBatchError) else error
     status, _ = status_of(inner)
-    if status >= 500 and not hasattr(inner, "code"):
+    if status >= 500 and not isinstance(inner, KNOWN):
         return status, f"internal error ({type(inner).__name__}); see the server log"
     return status, str(inner)

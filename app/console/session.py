@@ -13,12 +13,14 @@ import asyncio
 import hmac
 import secrets
 import time
+from urllib.parse import urlsplit
 from dataclasses import asdict, dataclass, field
 
 from fastapi import Request
 
-from ..auth import Keys
+from ..auth import ForbiddenError, Keys
 from ..shared_state import SharedState
+from .render import form
 
 COOKIE = "memoir_console"
 TTL = 12 * 3600.0
@@ -103,3 +105,16 @@ async def current(request: Request) -> Session:
 
 def check_csrf(session: Session, form: dict[str, str]) -> bool:
     return hmac.compare_digest(session.csrf.encode(), form.get("csrf", "").encode())
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    return not origin or urlsplit(origin).netloc == request.headers.get("host")
+
+
+async def post_form(request: Request, session: Session) -> dict[str, str]:
+    """A form this session posted: same origin, with the session's CSRF token (ForbiddenError)."""
+    data = await form(request)
+    if not _same_origin(request) or not check_csrf(session, data):
+        raise ForbiddenError("the form is stale or came from another site; reload the page")
+    return data

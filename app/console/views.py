@@ -11,26 +11,27 @@
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-from memoir_core.errors import EditNotFoundError, MemoirError
+from memoir_core.errors import EditNotFoundError
 from memoir_core.preview import try_prompt
 
 from .. import audit, deps
-from ..auth import ForbiddenError, keys_of
-from ..errors import ServiceError
+from ..auth import keys_of
+from ..errors import KNOWN as SERVICE_KNOWN
 from ..preview_protocol import PreviewOut, TryOut
+from ..protocol import EditIn
 from ..writer import EditBatchError, EditSpec
 from .filters import Filters, select
 from .render import STATIC, form, message, page, static
-from .session import COOKIE, TTL, LoginRequired, Session, Sessions, check_csrf, current, sessions_of
+from .session import COOKIE, TTL, LoginRequired, Session, Sessions, current, post_form, sessions_of
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 MAX_TRY_CHARS = 2000
-KNOWN = (MemoirError, ServiceError, EditBatchError)
+KNOWN = (*SERVICE_KNOWN, EditBatchError)
 
 
 def install(app: FastAPI) -> None:
@@ -49,18 +50,6 @@ def install(app: FastAPI) -> None:
 
 def _redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
-
-
-def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin")
-    return not origin or urlsplit(origin).netloc == request.headers.get("host")
-
-
-async def post_form(request: Request, session: Session) -> dict[str, str]:
-    data = await form(request)
-    if not _same_origin(request) or not check_csrf(session, data):
-        raise ForbiddenError("the form is stale or came from another site; reload the page")
-    return data
 
 
 # -- sign in ------------------------------------------------------------------------------------
@@ -108,7 +97,7 @@ async def static_file(name: str):
 @router.get("")
 async def edit_list(request: Request, session: Session = Depends(current)):
     engine = deps.engine(request)
-    records, version = await engine.call(lambda m: (list(m.edits.values()), m.version))
+    records, _, version = await engine.edits()
     filters = Filters.of(request.query_params)
     shown, matched = select(records, filters)
     authors = sorted({r.author for r in records if r.author})
@@ -119,19 +108,12 @@ async def edit_list(request: Request, session: Session = Depends(current)):
 @router.get("/edits/{edit_id}")
 async def edit_detail(edit_id: str, request: Request, session: Session = Depends(current)):
     engine = deps.engine(request)
-
-    def read(memoir):
-        record = memoir.edits.get(edit_id)
-        if record is None:
-            raise EditNotFoundError(f"no edit with id {edit_id!r}")
-        shared = memoir.shared_columns(edit_id)
-        return record, sorted(shared.items(), key=lambda kv: -kv[1]), memoir.config.k
-
     try:
-        record, shared, k = await engine.call(read)
+        record, shared = await engine.detail(edit_id)
     except EditNotFoundError as error:
         return page(request, "error.html", status=404, session=session, error=str(error))
-    return page(request, "detail.html", session=session, e=record, shared=shared, k=k)
+    return page(request, "detail.html", session=session, e=record, shared=sorted(shared.items(), key=lambda kv: -kv[1]),
+                k=engine.memoir.config.k)
 
 
 @router.post("/edits/{edit_id}/rollback")
@@ -150,9 +132,12 @@ def _spec(data: dict[str, str], author: str | None) -> EditSpec:
     lines = [p.strip() for p in data.get("paraphrases", "").splitlines() if p.strip()]
     probes = [p.strip() for p in data.get("probes", "").splitlines() if p.strip()]
     metadata = {k: data[k].strip() for k in ("ticket", "reason") if data.get(k, "").strip()}
-    return EditSpec(prompt=data.get("prompt", "").strip(), target_new=data.get("target_new", "").strip(),
-                    rephrase_prompts=lines, subject=data.get("subject", "").strip() or None,
-                    metadata=metadata, author=author, probe_prompts=probes)
+    # A form is checked by the engine as it is (an empty prompt gets the form's own message):
+    # the model is built without pydantic's validation, then converted as the API's edits are.
+    edit = EditIn.model_construct(prompt=data.get("prompt", "").strip(), target_new=data.get("target_new", "").strip(),
+                                  rephrase_prompts=lines, subject=data.get("subject", "").strip() or None, id=None,
+                                  metadata=metadata, probe_prompts=probes, dry_run=False)
+    return edit.to_spec(author)
 
 
 @router.get("/new")

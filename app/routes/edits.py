@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from memoir_core.errors import EditNotFoundError, InvalidRequestError
+from memoir_core.errors import InvalidRequestError
 
 from .. import audit, deps
 from ..auth import admin_access
@@ -12,7 +12,6 @@ from ..engine import Engine
 from ..preview_protocol import PreviewOut
 from ..protocol import EditBody, EditDetail, EditInfo, EditList, EditOut, EditsOut, RemovalOut
 from ..settings import Settings
-from ..writer import EditSpec
 
 router = APIRouter(tags=["edits"])
 
@@ -31,9 +30,7 @@ async def post_edit(body: EditBody, request: Request, engine: Engine = Depends(d
         raise InvalidRequestError("dry_run previews one edit: send a single edit, not a list")
     if len(items) > settings.max_edits_per_request:
         raise InvalidRequestError(f"{len(items)} edits in one request; the limit is {settings.max_edits_per_request}")
-    specs = [EditSpec(prompt=e.prompt, target_new=e.target_new, rephrase_prompts=list(e.rephrase_prompts),
-                      subject=e.subject, id=e.id, metadata=dict(e.metadata), author=author,
-                      probe_prompts=list(e.probe_prompts)) for e in items]
+    specs = [e.to_spec(author) for e in items]
     if not isinstance(body, list) and body.dry_run:
         return PreviewOut.of(await engine.preview(specs[0]), settings.max_blast_radius)
     applied, version = await engine.edit(specs)
@@ -45,24 +42,14 @@ async def post_edit(body: EditBody, request: Request, engine: Engine = Depends(d
             dependencies=[Depends(deps.min_version)])
 async def list_edits(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
                      engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)):
-    def read(memoir):
-        records = list(memoir.edits.values())
-        return records[offset: offset + limit], len(records), memoir.version
-
-    records, count, version = await engine.call(read)
+    records, count, version = await engine.edits(offset, limit)
     return EditList(edits=[EditInfo.of(r) for r in records], count=count, version=version)
 
 
 @router.get("/edits/{edit_id}", response_model=EditDetail, summary="one edit, with the edits sharing its columns",
             dependencies=[Depends(deps.min_version)])
 async def get_edit(edit_id: str, engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)):
-    def read(memoir):
-        record = memoir.edits.get(edit_id)
-        if record is None:
-            raise EditNotFoundError(f"no edit with id {edit_id!r}")
-        return record, memoir.shared_columns(edit_id)
-
-    record, shared = await engine.call(read)
+    record, shared = await engine.detail(edit_id)
     return EditDetail.of(record, shared_columns=shared)
 
 
@@ -81,6 +68,4 @@ async def delete_edit(edit_id: str, request: Request, engine: Engine = Depends(d
 async def state_digest(engine: Engine = Depends(deps.engine), _: str | None = Depends(admin_access)) -> dict:
     """Two replicas (or one server before and after a restart) with equal digests hold bit-identical
     memories."""
-    from memoir_core.replica import digest
-
-    return await engine.call(digest)
+    return await engine.digest()

@@ -26,10 +26,10 @@ async def health(runtime: Runtime = Depends(deps.runtime)):
     engine = runtime.engine
     if engine is None or runtime._stopping:
         return Health(status="ok")
-    failed = engine.writer.failed or getattr(runtime.store, "failure", None)
+    failed = engine.writer.failed or runtime.store.failure
     if not engine.alive:
         failed = failed or runtime.error or "the engine thread stopped"
-    elif failed and getattr(runtime.store, "transient", False) and not engine.writer.failed:
+    elif failed and runtime.store.transient and not engine.writer.failed:
         return Health(status="ok", writer="paused", restart_helps=False, error=failed)
     if failed:
         body = Health(status="failed", writer="failed", restart_helps=True, error=failed)
@@ -58,9 +58,9 @@ async def ready(runtime: Runtime = Depends(deps.runtime)):
                      error=follower.error or f"catching up with the edit log: version {memoir.version} of "
                      f"{follower.head}")
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
-    failed = engine.writer.failed or getattr(runtime.store, "failure", None)
+    failed = engine.writer.failed or runtime.store.failure
     note = None
-    if failed and getattr(runtime.store, "transient", False) and not engine.writer.failed:
+    if failed and runtime.store.transient and not engine.writer.failed:
         note = f"a passing fault paused edits; they resume by themselves once the store checks sound again: {failed}"
     elif failed:
         note = f"the memory store failed, edits are stopped until a restart: {failed}"

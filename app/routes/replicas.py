@@ -6,6 +6,8 @@ import asyncio
 
 from fastapi import APIRouter, Depends
 
+from memoir_core.state import shared_log
+
 from .. import deps
 from ..auth import admin_access
 from ..runtime import Runtime
@@ -19,9 +21,9 @@ async def replicas(runtime: Runtime = Depends(deps.runtime), _: str | None = Dep
     head, and every replica's applied version as last reported (about once per new version, and
     every 10 s). With a state directory the list is empty (`shared` false)."""
     engine = runtime.ready_engine()
-    store, follower = runtime.store, runtime.follower
-    if follower is None or not hasattr(store, "replicas"):
-        return {"shared": False, "version": engine.memoir.version, "replicas": []}
+    store, follower = shared_log(runtime.store), runtime.follower
+    if follower is None or store is None:
+        return {"shared": False, "version": engine.version, "replicas": []}
     found = await asyncio.to_thread(store.replicas)
-    return {"shared": True, "name": store.replica, "version": engine.memoir.version,
-            "head": max(follower.head, engine.memoir.version), "status": follower.status, "replicas": found}
+    return {"shared": True, "name": store.replica, "version": engine.version,
+            "head": max(follower.head, engine.version), "status": follower.status, "replicas": found}

@@ -19,7 +19,7 @@ import time
 from ..basis import Basis
 from ..errors import DurabilityError, StateError, TransientDurabilityError
 from ..records import EditRecord
-from ..state import Loaded, Manifest, check_manifest
+from ..state import Loaded, Manifest, SnapshotObserver, SnapshotObservers, check_manifest
 from . import commit, fsio, healing, journal, ondisk, reader, snapshot, tensorfile
 from .layout import (BASIS, JOURNAL, LOCK, MANIFEST, SEGMENT_SUFFIX, SNAPSHOTS, TMP_MARK, checked_json, corrupt,
                      parse_version, sha256)
@@ -36,6 +36,8 @@ class DirectoryStore:
     max(snapshot_min_bytes, snapshot_ratio x the last snapshot's size): replay at start-up
     stays bounded and each edit is rewritten a bounded number of times on average.
     """
+
+    shared = False  # this process is the only writer (the directory's lock)
 
     def __init__(self, path: str, *, snapshot_min_bytes: int = 64 << 20, snapshot_ratio: float = 1.0,
                  background: bool = True, accept_loss: bool = False):
@@ -63,6 +65,7 @@ class DirectoryStore:
         self._journal_bytes = 0  # written since the last snapshot
         self._retry_at = 0
         self.notes: list[str] = []  # what start-up repaired
+        self._observers = SnapshotObservers()
 
     # -- status -----------------------------------------------------------------------------
     @property
@@ -82,6 +85,13 @@ class DirectoryStore:
     @property
     def version(self) -> int:
         return self._registry.version if self._registry is not None else 0
+
+    @property
+    def where(self) -> str:
+        return f"state directory {self.root}"
+
+    def stats(self) -> dict[str, float]:
+        return {"snapshot_version": self.snapshot_version, "snapshot_failing": self.snapshot_error is not None}
 
     def manifest(self) -> Manifest | None:
         found = reader.read_manifest(self.root)
@@ -289,8 +299,15 @@ class DirectoryStore:
         """Write a snapshot of the live memory now (if anything changed) and compact the journal.
 
         Returns the snapshot's version. A failed snapshot raises StateError but leaves the store
-        writable: the journal still holds everything.
+        writable: the journal still holds everything. Observers (observe()) hear of each call.
         """
+        with self._observers.timed():
+            return self._snapshot()
+
+    def observe(self, observer: SnapshotObserver) -> None:
+        self._observers.add(observer)
+
+    def _snapshot(self) -> int:
         with self._snap_mu:
             with self._mu:
                 self._writable()

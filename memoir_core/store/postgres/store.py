@@ -31,7 +31,7 @@ from ...basis import Basis
 from ...errors import DurabilityError, StateError
 from ...records import EditRecord
 from ...replica import LogEntry
-from ...state import Loaded, Manifest, check_manifest
+from ...state import Loaded, Manifest, SnapshotObserver, SnapshotObservers, check_manifest
 from ..layout import sha256
 from ..registry import Accumulator, Registry, RegistryError
 from . import log as logrows
@@ -55,6 +55,8 @@ def redact(url: str) -> str:
 
 class PostgresStore:
     shared = True  # many replicas write through it: the writer takes the lock before training
+    root: str | None = None  # no state directory: the audit trail is a table (memoir_audit)
+    transient = False  # a failure here is never sticky (see the module's docstring)
 
     def __init__(self, url: str, *, replica: str | None = None, snapshot_every: int = 100,
                  connect_timeout: float = 10.0, write_idle_timeout: float = 600.0, large_delta: int = 16 << 20):
@@ -76,6 +78,7 @@ class PostgresStore:
         self.failure: str | None = None  # never sticky here (see the module's docstring)
         self.version = 0  # the newest version this store appended or loaded
         self.deltas = Fetcher(self)  # stored edits' deltas, read back on demand
+        self._observers = SnapshotObservers()
 
     # -- connections ------------------------------------------------------------------------
     def connect(self, autocommit: bool = True) -> psycopg.Connection:
@@ -359,7 +362,18 @@ class PostgresStore:
         self._snap_thread.start()
 
     def snapshot(self, every: int | None = None) -> int | None:
-        """Write a snapshot at the head (when `every` entries came since the last) and compact."""
+        """Write a snapshot at the head (when `every` entries came since the last) and compact.
+        Observers (observe()) hear of each call."""
+        with self._observers.timed():
+            return self._snapshot(every)
+
+    def observe(self, observer: SnapshotObserver) -> None:
+        self._observers.add(observer)
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def _snapshot(self, every: int | None) -> int | None:
         try:
             with self.connect() as conn:
                 version = snapshots.write(conn, self.snapshot_every if every is None else every)
