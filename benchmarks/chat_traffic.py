@@ -44,7 +44,7 @@ import common
 sys.path.insert(0, str(common.REPO))
 from tests.server_utils import Server, free_port
 
-from memoir_core.datasets import Case, load_cases
+from memoir_core.datasets import Case, load_cases, sibling, unedited_subjects
 from memoir_core.forms import statement_form
 
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a concise assistant. Answer in a few words.",
@@ -77,13 +77,6 @@ def statement(question: str, subject: str | None) -> str | None:
     return statement_form(question, subject) if question.rstrip().endswith("?") else question
 
 
-def unedited_subjects(paths: list[str], stored: list[Case]) -> list[str]:
-    """Subjects of the data files' records that no stored case is about: the siblings."""
-    taken = {c.subject.lower() for c in stored if c.subject}
-    pool = [c.subject for p in paths for c in load_cases(p) if c.subject and c.subject.lower() not in taken]
-    return list(dict.fromkeys(pool))
-
-
 def probes(cases: list[Case], others: list[str]) -> list[dict]:
     """Every request to send: kind, form, the case it belongs to, and the prompt or messages."""
     out = []
@@ -93,10 +86,10 @@ def probes(cases: list[Case], others: list[str]) -> list[dict]:
             out += [{"kind": kind, "form": f, "case": i, "messages": chat_messages(f, q, i)} for f in CHAT_FORMS]
             if s := statement(q, c.subject):
                 out.append({"kind": kind, "form": "statement", "case": i, "prompt": s})
-        if others and c.subject and c.subject in c.prompt:
-            sibling = c.prompt.replace(c.subject, others[i % len(others)])
-            out.append({"kind": "neighbour", "form": "bare", "case": i, "messages": chat_messages("bare", sibling, i)})
-            if s := statement(sibling, others[i % len(others)]):
+        other = others[i % len(others)] if others else None
+        if other and (asked := sibling(c, other)):
+            out.append({"kind": "neighbour", "form": "bare", "case": i, "messages": chat_messages("bare", asked, i)})
+            if s := statement(asked, other):
                 out.append({"kind": "neighbour", "form": "statement", "case": i, "prompt": s})
     return out
 

@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
-from memoir_core.datasets import load_cases
+from memoir_core.datasets import load_cases, sibling, unedited_subjects
 from memoir_core.records import EditRecord
 from memoir_core.subjects import SubjectIndex, infer_subject, same_word, subject_words, words
 
@@ -38,11 +38,8 @@ def loose(subject_words_: list[str], text: str) -> bool:
 
 
 def measure(cases, paths: list[str]) -> list[dict]:
-    taken = {c.subject.lower() for c in cases if c.subject}
-    others = list(dict.fromkeys(c.subject for p in paths for c in load_cases(p)
-                                if c.subject and c.subject.lower() not in taken))
-    siblings = [c.prompt.replace(c.subject, others[i % len(others)]) for i, c in enumerate(cases)
-                if c.subject and c.subject in c.prompt]
+    others = unedited_subjects(paths, cases)
+    siblings = [q for i, c in enumerate(cases) if (q := sibling(c, others[i % len(others)])) is not None]
     rows = []
     for source in ("given", "inferred"):
         subjects = [c.subject if source == "given" else infer_subject(c.prompt) for c in cases]

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 from routing_study import stream_parser, stream_setup
 
-from memoir_core.datasets import load_cases
+from memoir_core.datasets import sibling, unedited_subjects
 from memoir_core.neighbours import builtin_names
 from memoir_core.records import EditRecord
 from memoir_core.subjects import names, subject_words
@@ -65,21 +65,15 @@ def store(memoir, cases, masks: dict, subjects: str) -> list[str]:
 
 
 def unstored_subjects(paths: list[str], stored) -> list[str]:
-    """Subjects of the records in these files that no stored case is about (the siblings: entities
-    nobody edited), in file order; the built-in names where there are none."""
-    taken = {c.subject.lower() for c in stored if c.subject}
-    pool = [c.subject for p in paths if p for c in load_cases(p) if c.subject and c.subject.lower() not in taken]
-    return list(dict.fromkeys(pool)) or builtin_names()
+    """The siblings (datasets.unedited_subjects); the built-in names where the files have none."""
+    return unedited_subjects(paths, stored) or builtin_names()
 
 
 def swapped(cases, others: list[str]) -> list[tuple[str, int]]:
     """Each prompt with its subject replaced by an entity no edit is about, with its case: the
     same question about an unedited sibling must leave the memory off."""
-    out = []
-    for i, c in enumerate(cases):
-        if c.subject and c.subject in c.prompt:
-            out.append((c.prompt.replace(c.subject, others[i % len(others)]), i))
-    return out
+    asked = ((sibling(c, others[i % len(others)]), i) for i, c in enumerate(cases))
+    return [(prompt, i) for prompt, i in asked if prompt is not None]
 
 
 def prompt_features(memoir, texts: list[str], chat: bool = False) -> list[tuple]:

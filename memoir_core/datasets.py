@@ -69,3 +69,16 @@ def load_cases(path: str | Path, limit: int | None = None, offset: int = 0) -> l
         except ValueError as exc:
             log.warning("skipping %s: %s", Path(path).name, exc)
     return cases
+
+
+def unedited_subjects(paths: list[str | Path], stored: list[Case]) -> list[str]:
+    """Subjects of the records in these files that no stored case is about (the siblings: entities
+    nobody edited), in file order."""
+    taken = {c.subject.lower() for c in stored if c.subject}
+    pool = [c.subject for p in paths if p for c in load_cases(p) if c.subject and c.subject.lower() not in taken]
+    return list(dict.fromkeys(pool))
+
+
+def sibling(case: Case, subject: str) -> str | None:
+    """The case's prompt asked about another subject (None: its prompt does not name its own)."""
+    return case.prompt.replace(case.subject, subject) if case.subject and case.subject in case.prompt else None

@@ -103,10 +103,12 @@ def read(text: str) -> list[Word]:
     """A text's words with what naming needs to know of their writing."""
     found = list(_RAW_WORD.finditer(text))
     out = []
+    before = text[: found[0].start()] if found else ""  # what precedes each word since the last one
     for k, m in enumerate(found):
         raw = m.group(0)
         bare = raw.rstrip(".")
-        sentence_start = m.start() == 0 or text[: m.start()].rstrip()[-1:] in ".?!:"
+        last = before.rstrip()[-1:] or (found[k - 1].group(0)[-1:] if k else "")
+        sentence_start = m.start() == 0 or last in ".?!:"
         head = re.split(r"['’]", bare.lower())[0]  # "How'd" is "how"
         name = _name_like(raw) and not sentence_start
         gap = text[m.end() : found[k + 1].start()] if k + 1 < len(found) else "\n"
@@ -118,6 +120,7 @@ def read(text: str) -> list[Word]:
         acronym = len(bare) > 1 and bare.isupper()
         out += [Word(w, name and head not in _FUNCTION_WORDS, joined if j == len(parts) - 1 else True, acronym)
                 for j, w in enumerate(parts)]
+        before = gap
     return out
 
 
@@ -155,18 +158,19 @@ def names(subject_words_: list[str], text: str | list[Word], whole: bool = True)
     typo = n > 1
     for i in range(len(text) - n + 1):
         pairs = list(zip(subject_words_, (w.text for w in text[i : i + n]), strict=True))
-        if not all(same_word(s, t, typo) for s, t in pairs) or sum(not same_word(s, t) for s, t in pairs) > 1:
+        off = [(s, t) for s, t in pairs if not same_word(s, t)]
+        if len(off) > int(typo) or not all(same_word(s, t, typo=True) for s, t in off):
             continue
         if not whole or not (_name_goes_on(text, i - 1, -1) or _name_goes_on(text, i + n, 1)):
             return True
     return False
 
 
-def _keys(word: str) -> set[str]:
+def _keys(word: str, typos: bool = True) -> set[str]:
     """Index keys of a word: its stem, and its one-letter deletions where typos count (6+ letters)."""
     stem = _stem(word)
     keys = {word, stem}
-    if len(word) >= 6:
+    if typos and len(word) >= 6:
         keys.update(word[:i] + word[i + 1 :] for i in range(len(word)))
     return keys
 
@@ -197,7 +201,7 @@ class SubjectIndex:
             return
         self._words[rec.id] = found
         self._whole[rec.id] = names(found, rec.prompt)
-        for key in _keys(max(found, key=len)):
+        for key in _keys(max(found, key=len), typos=len(found) > 1):  # names() takes none in one word
             self._table.setdefault(key, set()).add(rec.id)
 
     def remove(self, rec) -> None:
@@ -206,7 +210,7 @@ class SubjectIndex:
         self._whole.pop(rec.id, None)
         if found is None:
             return
-        for key in _keys(max(found, key=len)):
+        for key in _keys(max(found, key=len), typos=len(found) > 1):
             ids = self._table.get(key)
             if ids is not None:
                 ids.discard(rec.id)
