@@ -29,7 +29,7 @@ from typing import Any
 
 from memoir_core.errors import EditNotFoundError, InvalidRequestError
 from memoir_core.constraints import Matcher
-from memoir_core.generate import SamplingParams, Sequence
+from memoir_core.generate import GenSequence, SamplingParams
 from memoir_core.memoir import Memoir
 from memoir_core.preview import Preview
 from memoir_core.records import EditRecord
@@ -247,7 +247,7 @@ class Engine:
             self._jobs.append(command[1])
 
     def _admit(self) -> None:
-        batch: list[Sequence] = []
+        batch: list[GenSequence] = []
         room = self.decoder.room
         last = None
         while self._waiting and len(batch) < room:
@@ -270,7 +270,7 @@ class Engine:
                 for seq in batch:
                     self._fail(seq.tag, error)
 
-    def _sequence(self, work: Work) -> Sequence:
+    def _sequence(self, work: Work) -> GenSequence:
         encoder = self.memoir.encoder
         prompt = work.prompt
         if prompt.messages is not None:
@@ -291,7 +291,7 @@ class Engine:
             raise InvalidRequestError(f"the prompt ({n} tokens) plus max_new_tokens ({work.params.max_new_tokens}) "
                                       f"exceeds the model's context of {self.context} tokens")
         work.params.validate()
-        seq = Sequence(enc.ids, enc.span, work.params, tag=work, tail=enc.tail)
+        seq = GenSequence(enc.ids, enc.span, work.params, tag=work, tail=enc.tail)
         if work.params.constraint is not None:
             seq.matcher = Matcher(work.params.constraint, encoder.tokenizer, self.memoir.encoder.tokenizer.eos_token_id,
                                   self.memoir.model.config.vocab_size)

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (sets the thread environment before torch loads)
 
 from memoir_core.constraints import Matcher  # noqa: E402
-from memoir_core.generate import Sequence  # noqa: E402
+from memoir_core.generate import GenSequence  # noqa: E402
 from memoir_core.sampling import OutputConstraint, SamplingParams  # noqa: E402
 
 QUESTIONS = ["Describe the city of Paris.", "Explain how a bicycle works.", "What do cats eat?",
@@ -42,7 +42,7 @@ def run(memoir, condition: str, batch: int, tokens: int) -> tuple[int, float, fl
     seqs = []
     for q in QUESTIONS:
         enc = memoir.encoder.chat([{"role": "user", "content": q}])
-        seq = Sequence(enc.ids, enc.span, params, tail=enc.tail)
+        seq = GenSequence(enc.ids, enc.span, params, tail=enc.tail)
         if constraint is not None:
             seq.matcher = Matcher(constraint, memoir.tokenizer, memoir.tokenizer.eos_token_id,
                                   memoir.model.config.vocab_size)

@@ -14,9 +14,9 @@ import torch
 
 from memoir_core import arch
 from memoir_core.devicebank import DeviceMaskBank
-from memoir_core.generate import SamplingParams, Sequence
+from memoir_core.generate import GenSequence, SamplingParams
 from memoir_core.maskbank import MaskBank
-from memoir_core.memory import Decision, Routing
+from memoir_core.memory_layer import BatchRouting, Decision
 from memoir_core.records import EditRecord
 from memoir_core.residual import quantise
 
@@ -80,7 +80,7 @@ def exactness(m, ref: torch.Tensor, prompts: list[str]) -> dict:
                          torch.zeros(m.d_out, m.config.k, dtype=torch.int32))
         m.apply(zero)
         route = m._route(zero.id)
-        with m.layer.use(Routing.fixed([Decision(route, zero.id, 1.0, m.version)] * ids.shape[0])):
+        with m.layer.use(BatchRouting.fixed([Decision(route, zero.id, 1.0, m.version)] * ids.shape[0])):
             out["memory_zero_exact"] = bool(torch.equal(_logits(m.model, ids, mask), ref))
         m.remove(zero.id)
     return out
@@ -133,7 +133,8 @@ def _cache_vs_recompute(m, prompts: list[str], n: int = 8) -> dict:
     same routing: each token must be the recomputed argmax, within a dtype's rounding."""
     dec = m.decoder(len(prompts))
     dec.eos = set()
-    seqs = [Sequence(e.ids, e.span, SamplingParams(max_new_tokens=n), tail=e.tail) for e in map(m.encode, prompts)]
+    seqs = [GenSequence(e.ids, e.span, SamplingParams(max_new_tokens=n), tail=e.tail)
+            for e in map(m.encode, prompts)]
     dec.run(seqs)
     tol = 1e-3 if m.model.dtype == torch.float32 else 0.125
     worst, exact = 0.0, 0
@@ -144,7 +145,8 @@ def _cache_vs_recompute(m, prompts: list[str], n: int = 8) -> dict:
             span[0, s.span[0]:s.span[1]] = True
             active = torch.zeros(ids.shape, dtype=torch.bool)
             active[0, s.span[0]:] = True
-            routing = Routing(decide=lambda *_a, d=s.decision, **_k: [d], span=span, active=active, centre=m.pool_centre)
+            routing = BatchRouting(decide=lambda *_a, d=s.decision, **_k: [d], span=span, active=active,
+                                   centre=m.pool_centre)
             with m.layer.use(routing):
                 logits = m.model(input_ids=ids, use_cache=False).logits[0, len(s.prompt_ids) - 1:].float()
             got = logits.gather(1, torch.tensor(s.out_ids, device=m.device)[:, None])[:, 0]
@@ -242,7 +244,7 @@ def _decode(m, mode: str, prompts, tokens: int) -> dict:
     dec.eos = set()  # random weights emit an end token anywhere: every sequence runs its full length
     if mode == "base":
         dec.layer = _Unwrapped()
-    seqs = [Sequence(e.ids, e.span, SamplingParams(max_new_tokens=tokens), tail=e.tail) for e in prompts]
+    seqs = [GenSequence(e.ids, e.span, SamplingParams(max_new_tokens=tokens), tail=e.tail) for e in prompts]
     sync(m.device)
     t0 = time.perf_counter()
     dec.add(seqs)

@@ -34,8 +34,8 @@ import torch  # noqa: E402
 
 from memoir_core import arch  # noqa: E402
 from memoir_core.datasets import load_cases  # noqa: E402
-from memoir_core.generate import Decoder, SamplingParams, Sequence  # noqa: E402
-from memoir_core.memory import Decision, ResidualMemory  # noqa: E402
+from memoir_core.generate import Decoder, GenSequence, SamplingParams  # noqa: E402
+from memoir_core.memory_layer import Decision, ResidualMemory  # noqa: E402
 from memoir_core.records import EditRecord  # noqa: E402
 from memoir_core.residual import SCALE  # noqa: E402
 
@@ -58,9 +58,10 @@ class BaseLayer(torch.nn.Module):
     use = ResidualMemory.use
 
 
-def decode(memoir, layer, decide, prompts: list[str], params: SamplingParams, batch: int) -> list[Sequence]:
+def decode(memoir, layer, decide, prompts: list[str], params: SamplingParams,
+           batch: int) -> list[GenSequence]:
     """Memoir._run with a given layer: continuous batching, up to `batch` sequences at once."""
-    seqs = [Sequence(e.ids, e.span, params) for e in map(memoir.encode, prompts)]
+    seqs = [GenSequence(e.ids, e.span, params) for e in map(memoir.encode, prompts)]
     decoder = Decoder(memoir.model, layer, decide, memoir.encoder, batch, centre=memoir.pool_centre)
     decoder.eos = set()  # every sequence makes exactly max_new_tokens: the same work in every condition
     decoder.run(seqs)

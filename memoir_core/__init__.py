@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .errors import MemoirError
     from .generate import SamplingParams
     from .memoir import Memoir
-    from .memory import ResidualMemory
+    from .memory_layer import ResidualMemory
     from .models import load as load_model
     from .records import EditRecord
 

@@ -19,7 +19,7 @@ from .datasets import Case
 from .errors import InvalidRequestError
 from .generate import SamplingParams
 from .memoir import Memoir
-from .memory import Decision, Routing
+from .memory_layer import BatchRouting, Decision
 from .prompts import Encoded
 
 
@@ -65,7 +65,7 @@ def teacher_forced(memoir: Memoir, contexts: list[Encoded], targets: list[list[i
             at_row += [i] * (len(s) - len(c.ids))
             at_pos += range(off + len(c.ids) - 1, off + len(s) - 1)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
-        routing = Routing(decide=decide, span=span, active=active, centre=memoir.pool_centre,
+        routing = BatchRouting(decide=decide, span=span, active=active, centre=memoir.pool_centre,
                           tail=tail if any(c.tail is not None for c in ctxs) else None,
                           texts=[memoir.encoder.span_text(c.ids, c.span) for c in ctxs])
         with memoir.layer.use(routing):
@@ -97,7 +97,7 @@ def _mean(values) -> float:
 
 
 @dataclass
-class Probe:
+class EvalSet:
     """The fixed inputs of an evaluation: encoded prompts, targets, and the base model's locality answers."""
 
     cases: list[Case]
@@ -112,7 +112,7 @@ class Probe:
     rephrase_texts: list[str] = field(default_factory=list)
 
 
-def make_probe(memoir: Memoir, cases: list[Case]) -> Probe:
+def make_eval_set(memoir: Memoir, cases: list[Case]) -> EvalSet:
     enc = memoir.encoder
     rephrases, rephrase_case, loc, loc_targets, loc_case = [], [], [], [], []
     for i, c in enumerate(cases):
@@ -123,11 +123,11 @@ def make_probe(memoir: Memoir, cases: list[Case]) -> Probe:
             loc.append(enc.plain(c.loc_prompt))
             loc_targets.append(enc.target(c.loc_answer))
             loc_case.append(i)
-    probe = Probe(cases, [enc.plain(c.prompt) for c in cases], rephrases, rephrase_case,
+    evalset = EvalSet(cases, [enc.plain(c.prompt) for c in cases], rephrases, rephrase_case,
                   [enc.target(c.target) for c in cases], loc, loc_targets, loc_case)
-    probe.loc_base = teacher_forced(memoir, loc, loc_targets, memory=False).predictions
-    probe.rephrase_texts = [r for c in cases for r in c.rephrases]
-    return probe
+    evalset.loc_base = teacher_forced(memoir, loc, loc_targets, memory=False).predictions
+    evalset.rephrase_texts = [r for c in cases for r in c.rephrases]
+    return evalset
 
 
 def spread(n: int, sample: int | None) -> list[int]:
@@ -140,24 +140,26 @@ def spread(n: int, sample: int | None) -> list[int]:
     return sorted({(j * (n - 1)) // (sample - 1) for j in range(sample)})
 
 
-def score(memoir: Memoir, probe: Probe, upto: int | None = None, greedy: bool = False,
+def score(memoir: Memoir, evalset: EvalSet, upto: int | None = None, greedy: bool = False,
           edit_ids: list[str] | None = None, sample: int | None = None) -> dict[str, float]:
     """Metrics over the first `upto` cases on the model as it is now, or over `sample` of them
     spread evenly (the routing figures still know every stored edit's subject)."""
-    n = len(probe.cases) if upto is None else upto
+    n = len(evalset.cases) if upto is None else upto
     idx = spread(n, sample)
     chosen = set(idx)
-    tg = probe.targets
-    rel = teacher_forced(memoir, [probe.prompts[i] for i in idx], [tg[i] for i in idx])
-    sel = [j for j, i in enumerate(probe.rephrase_case) if i in chosen]
-    gen = teacher_forced(memoir, [probe.rephrases[j] for j in sel], [tg[probe.rephrase_case[j]] for j in sel])
-    lsel = [j for j, i in enumerate(probe.loc_case) if i in chosen]
-    loc = teacher_forced(memoir, [probe.loc[j] for j in lsel], [probe.loc_targets[j] for j in lsel])
+    tg = evalset.targets
+    rel = teacher_forced(memoir, [evalset.prompts[i] for i in idx], [tg[i] for i in idx])
+    sel = [j for j, i in enumerate(evalset.rephrase_case) if i in chosen]
+    gen = teacher_forced(memoir, [evalset.rephrases[j] for j in sel],
+                         [tg[evalset.rephrase_case[j]] for j in sel])
+    lsel = [j for j, i in enumerate(evalset.loc_case) if i in chosen]
+    loc = teacher_forced(memoir, [evalset.loc[j] for j in lsel], [evalset.loc_targets[j] for j in lsel])
     out = {
         "scored_cases": len(idx),
         "reliability": _mean(token_accuracy(p, tg[i]) for p, i in zip(rel.predictions, idx)),
-        "generalization": _mean(token_accuracy(p, tg[probe.rephrase_case[j]]) for p, j in zip(gen.predictions, sel)),
-        "locality": _mean(token_accuracy(p, probe.loc_base[j]) for p, j in zip(loc.predictions, lsel)),
+        "generalization": _mean(token_accuracy(p, tg[evalset.rephrase_case[j]])
+                                for p, j in zip(gen.predictions, sel)),
+        "locality": _mean(token_accuracy(p, evalset.loc_base[j]) for p, j in zip(loc.predictions, lsel)),
         "target_perplexity": _mean(math.exp(v) for v in rel.nll),
         # the mean is the paper's figure, but past 1,000 CounterFact edits a few edits that never
         # converged put it in the thousands; the median says what a typical edit's target costs
@@ -165,8 +167,8 @@ def score(memoir: Memoir, probe: Probe, upto: int | None = None, greedy: bool = 
         "false_activation_rate": _mean(d.route is not None for d in loc.decisions),
     }
     if edit_ids is not None:
-        own = [edit_ids[probe.rephrase_case[j]] for j in sel]
-        subjects = {eid: probe.cases[i].subject for i, eid in enumerate(edit_ids[:n])}
+        own = [edit_ids[evalset.rephrase_case[j]] for j in sel]
+        subjects = {eid: evalset.cases[i].subject for i, eid in enumerate(edit_ids[:n])}
         routed = [d.best_edit_id if d.route is not None else None for d in gen.decisions]
         out["routing_accuracy"] = _mean(r == o for r, o in zip(routed, own))
         out["routing_accuracy_subject"] = _mean(
@@ -179,15 +181,15 @@ def score(memoir: Memoir, probe: Probe, upto: int | None = None, greedy: bool = 
         out["routing_accuracy_unique"] = _mean(
             r == o for r, o in zip(routed, own) if subjects.get(o) is not None and per_subject[subjects[o]] == 1)
     if greedy:
-        cases = [probe.cases[i] for i in idx]
-        para_cases = [probe.cases[probe.rephrase_case[j]] for j in sel]
-        out["greedy_reliability"] = _greedy(memoir, [probe.prompts[i] for i in idx], cases)
-        out["greedy_generalization"] = _greedy(memoir, [probe.rephrases[j] for j in sel], para_cases)
+        cases = [evalset.cases[i] for i in idx]
+        para_cases = [evalset.cases[evalset.rephrase_case[j]] for j in sel]
+        out["greedy_reliability"] = _greedy(memoir, [evalset.prompts[i] for i in idx], cases)
+        out["greedy_generalization"] = _greedy(memoir, [evalset.rephrases[j] for j in sel], para_cases)
         if memoir.encoder.has_chat:  # the same questions asked through the chat template
             chat = lambda text: memoir.encoder.chat([{"role": "user", "content": text}])  # noqa: E731
             out["chat_reliability"] = _greedy(memoir, [chat(c.prompt) for c in cases], cases)
             out["chat_generalization"] = _greedy(
-                memoir, [chat(probe.rephrase_texts[j]) for j in sel], para_cases)
+                memoir, [chat(evalset.rephrase_texts[j]) for j in sel], para_cases)
     return out
 
 
@@ -245,7 +247,7 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, gree
     if checkpoint_sample is not None and checkpoint_sample < 2:
         raise InvalidRequestError(f"checkpoint_sample must be 2 or more, got {checkpoint_sample}")
     check_cases(memoir, cases)
-    probe = make_probe(memoir, cases)
+    evalset = make_eval_set(memoir, cases)
     marks = sorted({max(1, round(len(cases) * (i + 1) / checkpoints)) for i in range(checkpoints)}) if checkpoints else []
     ids, stats, curve = [], [], []
     successor: dict[str, str] = {}  # superseded edit -> the edit that replaced it
@@ -273,12 +275,12 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, gree
         if progress:
             progress(i + 1, stats[-1])
         if i + 1 in marks and i + 1 < len(cases):
-            point = score(memoir, probe, upto=i + 1, greedy=greedy_checkpoints, edit_ids=[live(e) for e in ids],
-                          sample=checkpoint_sample)
+            point = score(memoir, evalset, upto=i + 1, greedy=greedy_checkpoints,
+                          edit_ids=[live(e) for e in ids], sample=checkpoint_sample)
             curve.append({"edits": i + 1, **point, "unlearnt": unlearnt(stats)})
             if on_checkpoint:
                 on_checkpoint(curve)
-    final = score(memoir, probe, greedy=True, edit_ids=[live(e) for e in ids])
+    final = score(memoir, evalset, greedy=True, edit_ids=[live(e) for e in ids])
     final["unlearnt"] = unlearnt(stats)
     curve.append({"edits": len(cases), **final})
     secs = sorted(s["seconds"] for s in stats)

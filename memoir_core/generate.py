@@ -16,15 +16,17 @@ import torch
 from transformers import DynamicCache
 
 from . import kvcache
-from .memory import Decide, Decision, ResidualMemory, Routing
+from .memory_layer import BatchRouting, Decide, Decision, ResidualMemory
 from .sampling import SamplingParams, TokenLogprob
 from .tokens import choose, prompt_scores
 
-__all__ = ["Decoder", "Event", "SamplingParams", "Sequence"]
+__all__ = ["Decoder", "Event", "GenSequence", "SamplingParams"]
 
 
 @dataclass
-class Sequence:
+class GenSequence:
+    """One prompt being generated in the running batch (named apart from typing.Sequence)."""
+
     prompt_ids: list[int]
     span: tuple[int, int]
     params: SamplingParams
@@ -47,7 +49,7 @@ class Sequence:
 
 @dataclass
 class Event:
-    sequence: Sequence
+    sequence: GenSequence
     piece: str  # new text since the last event
     finished: bool
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens since the last event
@@ -65,18 +67,18 @@ class Decoder:
         # Once a sequence's output holds its edit's answer, the memory lets go of it and the base
         # model writes the rest: past the target, the memory's pull repeats it ("Jane Roe, Jane Roe").
         self.release_after_answer = release_after_answer
-        self.centre = centre  # routing features' pooling (Routing.centre)
+        self.centre = centre  # routing features' pooling (BatchRouting.centre)
         self.layer = layer
         self.decide = decide
         self.encoder = encoder
         self.max_batch = max_batch
         self.device = next(model.parameters()).device
         self.eos = encoder.eos_ids
-        self.running: list[Sequence] = []
+        self.running: list[GenSequence] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
         self._positions: torch.Tensor | None = None
-        self._routing = Routing()
+        self._routing = BatchRouting()
 
     # -- scheduling -----------------------------------------------------------------------
     @property
@@ -86,7 +88,7 @@ class Decoder:
         return self.max_batch - len(self.running)
 
     @torch.inference_mode()
-    def add(self, sequences: list[Sequence]) -> list[Event]:
+    def add(self, sequences: list[GenSequence]) -> list[Event]:
         """Prefill `sequences` together, route each, sample its first token and join the batch."""
         if not sequences:
             return []
@@ -114,7 +116,7 @@ class Decoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         cache = DynamicCache(config=self.model.config)
-        routing = Routing(decide=self.decide, span=span, active=active, centre=self.centre,
+        routing = BatchRouting(decide=self.decide, span=span, active=active, centre=self.centre,
                           tail=tail if any(s.tail is not None for s in sequences) else None,
                           texts=[self.encoder.span_text(s.prompt_ids, s.span) for s in sequences])
         with self.layer.use(routing):
@@ -140,7 +142,7 @@ class Decoder:
         return events
 
     @torch.inference_mode()
-    def run(self, sequences: list[Sequence]) -> None:
+    def run(self, sequences: list[GenSequence]) -> None:
         """Decode all of them to the end, admitting new ones as room frees (offline use)."""
         pending = list(sequences)
         while pending or self.running:
@@ -178,7 +180,7 @@ class Decoder:
         self._drop_finished()
 
     # -- internals ------------------------------------------------------------------------
-    def _emit(self, sequences: list[Sequence], logits: torch.Tensor) -> list[Event]:
+    def _emit(self, sequences: list[GenSequence], logits: torch.Tensor) -> list[Event]:
         events = []
         for seq, (tok, logprob) in zip(sequences, choose(logits, sequences, self.eos)):
             if tok is None:  # max_new_tokens 0: the prompt was only scored
@@ -193,7 +195,7 @@ class Decoder:
             events.append(event)
         return events
 
-    def _advance(self, seq: Sequence, tok: int) -> Event:
+    def _advance(self, seq: GenSequence, tok: int) -> Event:
         if (tok in self.eos and not seq.params.ignore_eos) or tok in seq.params.stop_token_ids:
             seq.out_ids.pop()
             seq.finish_reason = "stop"
@@ -238,7 +240,7 @@ class Decoder:
         self.running = [self.running[i] for i in keep]
         if not keep:
             self._cache = self._mask = self._positions = None
-            self._routing = Routing()
+            self._routing = BatchRouting()
             return
         rows = torch.tensor(keep, device=self.device)
         self._cache, self._mask = kvcache.select(self._cache, self._mask, rows)

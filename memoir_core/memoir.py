@@ -27,9 +27,9 @@ from .editor import Trainer, TrainOutcome
 from .rows import collate, edit_rows, neighbour_rows, training_contexts
 from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
 from .guard import factor
-from .generate import Decoder, SamplingParams, Sequence
+from .generate import Decoder, GenSequence, SamplingParams
 from . import maskbank
-from .memory import ResidualMemory
+from .memory_layer import ResidualMemory
 from .memorystate import Memory, MemoryField
 from .precision import train_dtype, training_model
 from .prompts import Encoded, PromptEncoder
@@ -126,7 +126,7 @@ class Memoir(Routing):
         """Short texts the base model writes once from fixed seeds; reused by every edit."""
         cfg = self.config
         seqs = [
-            Sequence(self.encoder.plain(seed).ids, (0, 0),
+            GenSequence(self.encoder.plain(seed).ids, (0, 0),
                      SamplingParams(max_new_tokens=n, temperature=1.0, top_p=0.9, seed=cfg.seed + i))
             for i, (seed, n) in enumerate((s, n) for n in cfg.prefix_lengths for s in cfg.prefix_seeds)
         ]
@@ -383,18 +383,18 @@ class Memoir(Routing):
         return prompt if isinstance(prompt, Encoded) else self.encoder.plain(prompt)
 
     def generate(self, prompts: list[str | Encoded], params: SamplingParams | list[SamplingParams] | None = None,
-                 *, memory: bool = True, max_batch: int = 16) -> list[Sequence]:
+                 *, memory: bool = True, max_batch: int = 16) -> list[GenSequence]:
         """Run the prompts to the end, in batches of up to max_batch (params: one for all, or one each)."""
         params = params or SamplingParams()
         each = params if isinstance(params, list) else [params] * len(prompts)
         if len(each) != len(prompts):
             raise ValueError(f"{len(each)} sampling params for {len(prompts)} prompts")
-        seqs = [Sequence(e.ids, e.span, p, tail=e.tail) for e, p in zip(map(self.encode, prompts), each)]
+        seqs = [GenSequence(e.ids, e.span, p, tail=e.tail) for e, p in zip(map(self.encode, prompts), each)]
         for s in seqs:
             if not s.prompt_ids:
                 raise InvalidRequestError("prompt must not be empty")
         self._run(seqs, memory=memory, max_batch=max_batch)
         return seqs
 
-    def _run(self, seqs: list[Sequence], memory: bool = True, max_batch: int = 16) -> None:
+    def _run(self, seqs: list[GenSequence], memory: bool = True, max_batch: int = 16) -> None:
         self.decoder(max_batch, memory).run(seqs)

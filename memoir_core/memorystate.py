@@ -28,7 +28,7 @@ import torch
 from .errors import EditConflictError, EditNotFoundError, StateError
 from .guard import KeyGuard
 from .maskbank import MaskBank, pack
-from .memory import Route
+from .memory_layer import Route
 from .records import EditRecord
 from .residual import ResidualWeights
 from .subjects import SubjectIndex

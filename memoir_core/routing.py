@@ -11,7 +11,7 @@ import torch
 
 from .blockrun import capture
 from .maskbank import Match
-from .memory import Decision, Route
+from .memory_layer import Decision, Route
 from .prompts import Encoded
 from .tophash import span_mean
 

@@ -7,7 +7,8 @@ import pytest
 
 from memoir_core.datasets import Case, load_cases
 from memoir_core.errors import InvalidRequestError
-from memoir_core.evaluate import _greedy, make_probe, run_stream, score, spread, teacher_forced, token_accuracy
+from memoir_core.evaluate import (_greedy, make_eval_set, run_stream, score, spread, teacher_forced,
+                                  token_accuracy)
 from memoir_core.generate import SamplingParams
 
 from .conftest import make_memoir
@@ -105,13 +106,13 @@ def test_spread_keeps_the_first_and_newest_edits_and_every_index_once():
 def test_a_sampled_checkpoint_scores_exactly_the_sampled_cases():
     m = make_memoir("llama", max_steps=60, stop_loss=0.05)
     ids = [m.edit(c.prompt, c.target, subject=c.subject).id for c in CASES]
-    sampled = score(m, make_probe(m, CASES), edit_ids=ids, sample=2)  # cases 0 and 2
-    direct = score(m, make_probe(m, [CASES[0], CASES[2]]), edit_ids=[ids[0], ids[2]])
+    sampled = score(m, make_eval_set(m, CASES), edit_ids=ids, sample=2)  # cases 0 and 2
+    direct = score(m, make_eval_set(m, [CASES[0], CASES[2]]), edit_ids=[ids[0], ids[2]])
     assert sampled["scored_cases"] == 2 and direct["scored_cases"] == 2
     for key in ("reliability", "generalization", "locality", "target_perplexity", "routing_accuracy",
                 "false_activation_rate"):
         assert sampled[key] == pytest.approx(direct[key], abs=1e-6), key
-    full = score(m, make_probe(m, CASES), edit_ids=ids)
+    full = score(m, make_eval_set(m, CASES), edit_ids=ids)
     assert full["scored_cases"] == 3
     result = run_stream(make_memoir("llama", max_steps=60, stop_loss=0.05), CASES, checkpoints=3,
                         checkpoint_sample=2)

@@ -8,8 +8,8 @@ import torch
 
 from memoir_core.errors import InvalidRequestError, UnsupportedArchitectureError
 from memoir_core.evaluate import teacher_forced
-from memoir_core.generate import SamplingParams, Sequence
-from memoir_core.memory import Decision, Route, Routing
+from memoir_core.generate import GenSequence, SamplingParams
+from memoir_core.memory_layer import BatchRouting, Decision, Route
 from memoir_core.tophash import span_mean
 
 from .conftest import make_memoir, tiny_model, tiny_tokenizer
@@ -41,7 +41,7 @@ def test_memory_off_and_zero_memory_are_bit_identical_to_base(kind):
     # Memory on with all-zero columns adds exactly nothing.
     idx = torch.arange(32)
     zero = Route("zero", 0, idx, torch.zeros(32, m.d_out), m._offset(idx))
-    with m.layer.use(Routing.fixed([Decision(zero, "zero", 1.0, 0)])), torch.inference_mode():
+    with m.layer.use(BatchRouting.fixed([Decision(zero, "zero", 1.0, 0)])), torch.inference_mode():
         on = m.model(input_ids=torch.tensor([ids])).logits
     assert torch.equal(on, expected)
 
@@ -90,14 +90,15 @@ def _recompute_greedy(m, seq, until: int | None = None):
     """Greedy continuation without any KV cache: one full forward per new token, routing fixed;
     the memory acts on the positions before `until` (None: all of them)."""
     ids = list(seq.prompt_ids)
-    routing = Routing.fixed([seq.decision])
+    routing = BatchRouting.fixed([seq.decision])
     out = []
     for _ in range(len(seq.out_ids)):
         active = torch.ones(1, len(ids), dtype=torch.bool)
         if until is not None:
             active[0, until:] = False
-        with m.layer.use(Routing(decide=lambda f, **_: [seq.decision], span=torch.ones(1, len(ids), dtype=torch.bool),
-                                 active=active)), torch.inference_mode():
+        span = torch.ones(1, len(ids), dtype=torch.bool)
+        with m.layer.use(BatchRouting(decide=lambda f, **_: [seq.decision], span=span, active=active)), \
+                torch.inference_mode():
             logits = m.model(input_ids=torch.tensor([ids])).logits
         tok = int(logits[0, -1].argmax())
         out.append(tok)
@@ -141,7 +142,7 @@ def test_sequences_joining_a_running_batch_decode_as_if_alone():
     prompts = ["paris london", "who is the chief executive of the company", "the quick brown fox jumps"]
     alone = [m.generate([p], params)[0].out_ids for p in prompts]
     dec = m.decoder()
-    seqs = [Sequence(m.encoder.plain(p).ids, (0, len(m.encoder.plain(p).ids)), params) for p in prompts]
+    seqs = [GenSequence(m.encoder.plain(p).ids, (0, len(m.encoder.plain(p).ids)), params) for p in prompts]
     dec.add([seqs[0]])
     dec.step()
     dec.step()

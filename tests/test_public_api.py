@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from memoir_core import arch
-from memoir_core.memory import Routing
+from memoir_core.memory_layer import BatchRouting
 
 from .conftest import CORPUS, tiny_model, tiny_tokenizer
 from .server_utils import REPO
@@ -52,16 +52,16 @@ def test_the_memory_layer_disables_and_detaches_to_the_original_module():
     params = SamplingParams(max_new_tokens=3)
     edited = m.generate([prompt], params)[0]
     assert edited.decision.route is not None
-    routed = Routing.fixed([edited.decision])
+    routed = BatchRouting.fixed([edited.decision])
     with m.layer.use(routed):
         on = logits(model, ids)
     assert not torch.equal(on, expected)
     m.layer.disable()  # routed, but nothing is added: the base model's logits, bit for bit
-    with m.layer.use(Routing.fixed([edited.decision])):
+    with m.layer.use(BatchRouting.fixed([edited.decision])):
         assert torch.equal(logits(model, ids), expected)
     assert m.generate([prompt], params)[0].decision.route is not None  # decisions still made
     m.layer.enable()
-    with m.layer.use(Routing.fixed([edited.decision])):
+    with m.layer.use(BatchRouting.fixed([edited.decision])):
         assert torch.equal(logits(model, ids), on)
     assert m.generate([prompt], params)[0].text == edited.text
 

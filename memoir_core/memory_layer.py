@@ -4,7 +4,7 @@
     out = base_layer(a)                            otherwise (bit-identical: nothing is added)
 
 The layer holds no memory and no per-request state of its own. For the length of one batch a
-`Routing` is attached to it: at prefill the layer reports each sequence's mean activation
+`BatchRouting` is attached to it: at prefill the layer reports each sequence's mean activation
 over its prompt span to the routing's decide function (the mask of a text is read from the
 very activations the forward pass computes, so routing costs no extra pass), and from then on
 it applies the routes that came back, with the columns they froze at prefill.
@@ -52,7 +52,7 @@ Decide = Callable[..., list[Decision]]
 
 
 @dataclass
-class Routing:
+class BatchRouting:
     """Per-row memory decisions of one running batch."""
 
     decide: Decide | None = None  # called once, at prefill, with features [B, D]
@@ -67,7 +67,7 @@ class Routing:
     _groups: list[tuple] | None = None
 
     @classmethod
-    def fixed(cls, decisions: Sequence[Decision]) -> "Routing":
+    def fixed(cls, decisions: Sequence[Decision]) -> "BatchRouting":
         return cls(decisions=list(decisions))
 
     @property
@@ -89,17 +89,17 @@ class Routing:
         self._groups = None
         return active
 
-    def select(self, rows: Sequence[int]) -> "Routing":
-        return Routing.fixed([self.decisions[i] for i in rows])
+    def select(self, rows: Sequence[int]) -> "BatchRouting":
+        return BatchRouting.fixed([self.decisions[i] for i in rows])
 
-    def released(self, rows: Sequence[int]) -> Routing:
+    def released(self, rows: Sequence[int]) -> BatchRouting:
         """The same decisions with the memory off from now on for these rows (their answer is out)."""
         rows = set(rows)
-        return Routing.fixed([dataclasses.replace(d, route=None) if i in rows else d
+        return BatchRouting.fixed([dataclasses.replace(d, route=None) if i in rows else d
                               for i, d in enumerate(self.decisions)])
 
-    def extend(self, other: "Routing") -> "Routing":
-        return Routing.fixed(self.decisions + other.decisions)
+    def extend(self, other: "BatchRouting") -> "BatchRouting":
+        return BatchRouting.fixed(self.decisions + other.decisions)
 
     def groups(self, device: torch.device):
         """(rows or None for all, idx, cols, offset) per distinct route: rows that share a route share one gather."""
@@ -129,7 +129,7 @@ class ResidualMemory(nn.Module):
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         self.base_layer = base_layer
-        self.routing: Routing | None = None
+        self.routing: BatchRouting | None = None
         self.enabled = True
 
     def enable(self) -> None:
@@ -174,7 +174,7 @@ class ResidualMemory(nn.Module):
         return out
 
     @contextmanager
-    def use(self, routing: Routing | None):
+    def use(self, routing: BatchRouting | None):
         previous, self.routing = self.routing, routing
         try:
             yield routing
