@@ -32,12 +32,12 @@ class Settings(BaseSettings):
     dtype: str = Field("auto", description="auto, float32, bfloat16, float16")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's (one per core). "
                                 "On a CPU shared with other work, fewer threads than cores is often much faster")
-    # MemoirConfig fields for a fresh memory (a stored memory keeps its layout, app/runtime.py):
+    # MemoirConfig fields for a fresh memory (a stored memory keeps its layout, app/service/runtime.py):
     # MEMOIR_CONFIG='{"tau": 0.45}', or the path of a JSON file (what `memoir calibrate` writes)
     config: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict, description="a JSON file of "
                                                         "MemoirConfig fields for a new memory, e.g. calibrate's")
 
-    # where the memory lives (app/stores.py): a state directory, MEMOIR_STATE_DIR or by default
+    # where the memory lives (app/service/stores.py): a state directory, MEMOIR_STATE_DIR or by default
     # ~/.local/share/memoir/state/<model>; MEMOIR_STORE=memory keeps it in RAM only (lost on exit)
     state_dir: Path | None = Field(None, description="where the memory is kept across restarts; default: "
                                    "~/.local/share/memoir/state/<model>")
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     # limits on input
     max_body_bytes: int = Field(1 << 20, ge=1024)
-    # slow clients (app/slowclients.py, under `memoir serve`); 0 turns one off
+    # slow clients (app/http/slowclients.py, under `memoir serve`); 0 turns one off
     header_timeout: float = Field(10.0, ge=0, description="seconds a request's headers may take to arrive")
     body_timeout: float = Field(60.0, ge=0, description="seconds a request's body may take, after its headers")
     max_connections_per_ip: int = Field(128, ge=0, description="open connections from one client address")

@@ -46,7 +46,7 @@ import gpu_measure as gm  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(common.REPO))
-from app.hostmem import pin_mmap_threshold  # noqa: E402
+from app.service.hostmem import pin_mmap_threshold  # noqa: E402
 from memoir_core.config import MemoirConfig, default_k  # noqa: E402
 from memoir_core.memoir import Memoir  # noqa: E402
 from tests.conftest import CORPUS, tiny_tokenizer  # noqa: E402

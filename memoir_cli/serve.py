@@ -78,8 +78,8 @@ def settings_from(args) -> Any:
 def run_serve(args) -> int:
     from pydantic import ValidationError
 
-    from app.main import create_app
-    from app.server import serve
+    from app.http.main import create_app
+    from app.http.server import serve
     from app.settings import PREFIX, warn_unknown_variables
 
     warn_unknown_variables(os.environ)

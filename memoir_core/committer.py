@@ -6,7 +6,7 @@ write lock: `lock()` takes it and first applies what other replicas wrote, so th
 on the newest memory, and the write that appends the edit lets the lock go.
 
 Two ways to drive it:
-  - step by step, as the server's writer does between decode steps (app/writer.py):
+  - step by step, as the server's writer does between decode steps (app/service/writer.py):
     lock() (False: another replica writes; try later), train with memoir.propose, commit(),
     or unlock() if the edit is dropped;
   - in one call, for a program using the library: edit(prompt, target) and rollback(edit_id)

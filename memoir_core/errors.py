@@ -1,4 +1,4 @@
-"""Typed errors. The service maps each class to one HTTP status in one place (app/errors.py)."""
+"""Typed errors. The service maps each class to one HTTP status in one place (app/http/errors.py)."""
 
 
 class MemoirError(Exception):

@@ -49,7 +49,7 @@ def main() -> None:
     import uvicorn  # noqa: F401
     from transformers.models.llama import modeling_llama  # noqa: F401
 
-    import app.main  # noqa: F401
+    import app.http.main  # noqa: F401
     import memoir_core.memoir  # noqa: F401
     import memoir_core.store  # noqa: F401
     import tests.tiny_server  # noqa: F401

@@ -1,4 +1,4 @@
-"""A tiny-model server run the way `memoir serve` runs one (app.server.serve: the key and address
+"""A tiny-model server run the way `memoir serve` runs one (app.http.server.serve: the key and address
 checks, structured logs, the orderly stop on SIGTERM), for the operations tests:
 
     python -m tests.ops_server
@@ -13,8 +13,8 @@ import json
 import os
 import sys
 
-from app import stores
-from app.server import serve
+from app.service import stores
+from app.http.server import serve
 from app.settings import Settings
 from memoir_core.config import MemoirConfig
 from memoir_core.memoir import Memoir
@@ -31,7 +31,7 @@ def build(loaded):
 
 
 def make_app(settings: Settings):
-    from app.main import create_app
+    from app.http.main import create_app
 
     return create_app(settings, builder=build)
 

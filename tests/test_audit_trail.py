@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from app.auth import Keys
-from app.import_jobs import Imports
-from app.console.session import Sessions
+from app.http.auth import Keys
+from app.service.import_jobs import Imports
+from app.http.console.session import Sessions
 from app.settings import Settings
-from app.shared_state import SharedState
+from app.service.shared_state import SharedState
 from memoir_core.audit import AuditEvent, AuditQuery
 from memoir_core.store.audit_file import FileAudit
 

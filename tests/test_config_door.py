@@ -13,7 +13,7 @@ import sys
 import httpx
 import pytest
 
-from app import limits
+from app.service import limits
 from app.settings import Settings, unknown_variables
 from memoir_cli import serve as serve_cmd
 from memoir_cli.evaluation import add_model_args, build_config

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from pydantic import SecretStr
 
-from app.auth import Keys
-from app.console.filters import Filters, select
-from app.console.session import Sessions
-from app.import_rows import parse
+from app.http.auth import Keys
+from app.http.console.filters import Filters, select
+from app.http.console.session import Sessions
+from app.http.import_rows import parse
 from app.settings import Settings
 from memoir_core.errors import InvalidRequestError
 

@@ -131,8 +131,8 @@ def test_compose_wires_memoir_prometheus_and_grafana():
 
 
 def exported_metric_names() -> set[str]:
-    """The names app/metrics.py defines (and the series Prometheus derives from them)."""
-    source = (REPO / "app" / "metrics.py").read_text()
+    """The names app/service/metrics.py defines (and the series Prometheus derives from them)."""
+    source = (REPO / "app" / "service" / "metrics.py").read_text()
     names = set(re.findall(r'"((?:memoir:|http_)[a-z_:]+)"', source))
     derived = set()
     for n in names:
@@ -162,7 +162,7 @@ def test_metrics_pass_promtool_but_for_the_vllm_style_colons():
     promtool = tool("promtool", "Debian's prometheus package")
     from prometheus_client import generate_latest
 
-    from app import metrics
+    from app.service import metrics
 
     p = run([promtool, "check", "metrics"], input=generate_latest(metrics.REGISTRY).decode())
     complaints = [line for line in (p.stdout + p.stderr).splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""A serving process's RSS does not grow by freed tensors per stored edit (app/hostmem.py)."""
+"""A serving process's RSS does not grow by freed tensors per stored edit (app/service/hostmem.py)."""
 
 import subprocess
 import sys
@@ -12,7 +12,7 @@ SCRIPT = r"""
 import gc, os, sys
 import numpy as np, torch
 from transformers import AutoModelForCausalLM, LlamaConfig
-from app.hostmem import pin_mmap_threshold
+from app.service.hostmem import pin_mmap_threshold
 from memoir_core.config import MemoirConfig
 from memoir_core.memoir import Memoir
 from memoir_core.records import EditRecord

@@ -3,7 +3,8 @@
 Every import counts, at module level or inside a function (a lazy import is still an edge);
 imports under `if TYPE_CHECKING:` do not (they never run), nor do packages' __init__ files
 (front doors that load their modules lazily). Layers: memoir_core imports neither
-app nor memoir_cli; app does not import memoir_cli.
+app nor memoir_cli; app does not import memoir_cli; inside app, the service (app.service) never
+imports the HTTP shell (app.http), and app.settings, read by both, imports neither.
 """
 
 from __future__ import annotations
@@ -116,3 +117,25 @@ def test_the_memory_sits_below_the_facade():
                 reach.add(t)
                 todo.append(t)
     assert "memoir_core.memoir" not in reach
+
+
+def test_the_service_never_imports_the_http_shell():
+    edges = graph()
+    service = [m for m in edges if m.startswith("app.service.")]
+    assert "app.service.engine" in service and "app.http.main" in edges  # the split is there to check
+    wrong = [(m, t) for m in service for t in edges[m] if t.startswith("app.http")]
+    assert wrong == []
+    assert not {t for t in edges["app.settings"] if t.startswith(("app.service", "app.http"))}
+
+
+def test_the_server_does_not_import_the_app():
+    """app.http.server runs whatever app factory it is given: importing app.http.main there would
+    close the main <-> server cycle again."""
+    edges = graph()
+    reach, todo = set(), ["app.http.server"]
+    while todo:
+        for t in edges[todo.pop()]:
+            if t not in reach:
+                reach.add(t)
+                todo.append(t)
+    assert "app.http.main" not in reach

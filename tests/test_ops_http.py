@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.auth import PUBLIC_PATHS
+from app.http.auth import PUBLIC_PATHS
 
 from .server_utils import THREADS, Server, free_port
 

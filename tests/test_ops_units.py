@@ -12,9 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from app import auth, logs, metrics
-from app.auth import ConfigError, Keys, LoopbackOnly, check_exposure
-from app.main import create_app
+from app.http import auth
+from app.http.auth import ConfigError, Keys, LoopbackOnly, check_exposure
+from app.http.main import create_app
+from app.service import logs, metrics
 from app.settings import Settings
 from memoir_core.state import InMemoryStore, SnapshotObservers
 

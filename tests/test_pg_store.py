@@ -150,8 +150,8 @@ def test_replicas_starting_together_agree_on_one_memory(pg_url):  # noqa: F811
 
 
 def test_a_follower_behind_the_compaction_horizon_rebuilds_on_its_engine(pg_url, caplog):  # noqa: F811
-    from app.engine import Engine
-    from app.replication import Follower
+    from app.service.engine import Engine
+    from app.service.replication import Follower
     from app.settings import Settings
 
     store, memoir = fresh(pg_url)
@@ -168,7 +168,7 @@ def test_a_follower_behind_the_compaction_horizon_rebuilds_on_its_engine(pg_url,
         store.snapshot(every=1)
         edit(store, memoir, "numbers one two three", "madrid lisbon", "c")
         store.snapshot(every=1)  # "b"'s delta is compacted: the follower cannot replay version 2
-        with caplog.at_level("WARNING", logger="app.replication"):
+        with caplog.at_level("WARNING", logger="app.service.replication"):
             lagging.sync()
         assert "rebuilding the memory from the newest snapshot" in caplog.text
         assert engine.submit(lambda m: digest(m.memory)).result(10) == digest(memoir.memory)

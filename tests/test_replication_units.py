@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from app import deps
-from app.errors import VersionAheadError, VersionUnavailableError
-from app.replication import Follower
+from app.http import deps
+from app.http.errors import VersionAheadError, VersionUnavailableError
+from app.service.replication import Follower
 
 
 def runtime(version: int, head: int | None, wait: float = 0.05):
@@ -65,7 +65,7 @@ def test_the_request_waits_for_the_follower_and_kicks_it():
 
 
 def test_ready_while_catching_up_and_once_cut_off_for_longer_than_the_grace():
-    from app.routes.health import ready
+    from app.http.routes.health import ready
 
     engine = SimpleNamespace(alive=True, memoir=SimpleNamespace(version=3, edits={}),
                              writer=SimpleNamespace(failed=None))
@@ -91,7 +91,7 @@ def test_ready_while_catching_up_and_once_cut_off_for_longer_than_the_grace():
 
 
 def test_the_state_url_chooses_postgres_and_contradictions_are_refused(monkeypatch):
-    from app import stores
+    from app.service import stores
     from app.settings import Settings
     from memoir_core.errors import StateError
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error
 
-from app.main import create_app
+from app.http.main import create_app
 from app.settings import Settings
 
 from .server_utils import tiny

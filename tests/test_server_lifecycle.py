@@ -11,7 +11,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
+from app.http.main import create_app
 from app.settings import Settings
 from memoir_core.config import MemoirConfig
 from memoir_core.memoir import Memoir

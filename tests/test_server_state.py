@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-from app.runtime import stored_config
+from app.http.main import create_app
+from app.service.runtime import stored_config
 from app.settings import Settings
-from app.stores import default_state_dir, open_store
+from app.service.stores import default_state_dir, open_store
 from memoir_core.errors import StateError
 from memoir_core.store import DirectoryStore
 

@@ -1,11 +1,11 @@
 """`python -m tests.tiny_serve`: the tiny random model served the way `memoir serve` serves
-(app/server.py: its protocol with the slow-client deadlines, its shutdown), configured by
+(app/http/server.py: its protocol with the slow-client deadlines, its shutdown), configured by
 MEMOIR_* variables."""
 
 from __future__ import annotations
 
-from app.main import create_app
-from app.server import serve
+from app.http.main import create_app
+from app.http.server import serve
 from app.settings import Settings
 
 from .tiny_server import builder

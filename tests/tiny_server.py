@@ -12,8 +12,8 @@ import json
 import os
 import time
 
-from app.main import create_app
-from app.runtime import exit_process
+from app.http.main import create_app
+from app.service.runtime import exit_process
 from app.settings import Settings
 
 from .conftest import make_memoir, tiny_model, tiny_tokenizer

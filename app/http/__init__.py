@@ -1,0 +1,3 @@
+"""The HTTP shell over app.service: the FastAPI app, routes, request models, auth, errors mapped
+to statuses, SSE and the console.
+"""
