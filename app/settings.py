@@ -17,7 +17,7 @@ from memoir_core.config import checked, read_file
 log = logging.getLogger(__name__)
 PREFIX = "MEMOIR_"
 # MEMOIR_* variables that are not settings: the client's server URL, the model cache, the
-# PostgreSQL password of deploy/, and the tiny test server's hooks (tests/tiny_server.py)
+# PostgreSQL password of deploy/, and the tiny test server's hooks (tests/support/tiny_server.py)
 OTHER_VARIABLES = ("MEMOIR_URL", "MEMOIR_CACHE_DIR", "MEMOIR_PG_PASSWORD")
 OTHER_PREFIXES = ("MEMOIR_TINY_",)
 

@@ -25,7 +25,7 @@ fi
 
 spec="."
 [ "$extra" = "test" ] && spec=".[test]"
-# The deployment checks (tests/test_deploy.py) run `docker-compose config`: Debian's package
+# The deployment checks (tests/ops/test_deploy.py) run `docker-compose config`: Debian's package
 # (no Docker engine needed, so none is installed). Only as root; elsewhere that test skips.
 if [ "$extra" = "test" ] && ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
         && command -v apt-get >/dev/null 2>&1; then
@@ -33,7 +33,7 @@ if [ "$extra" = "test" ] && ! command -v docker-compose >/dev/null 2>&1 && [ "$(
         docker-compose >/dev/null; } || echo "setup.sh: docker-compose could not be installed; its test will skip" >&2
 fi
 # promtool checks the Prometheus config and metric names, kubectl renders the GPU overlay
-# (tests/test_deploy.py): Debian's prometheus and kubernetes-client. Only as root; else they skip.
+# (tests/ops/test_deploy.py): Debian's prometheus and kubernetes-client. Only as root; else they skip.
 tools=""
 command -v promtool >/dev/null 2>&1 || tools="$tools prometheus"
 command -v kubectl >/dev/null 2>&1 || tools="$tools kubernetes-client"
@@ -42,7 +42,7 @@ if [ "$extra" = "test" ] && [ -n "$tools" ] && [ "$(id -u)" = 0 ] && command -v 
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         $tools >/dev/null; } || echo "setup.sh:$tools could not be installed; their tests will skip" >&2
 fi
-# The console's browser test (tests/test_console_browser.py) drives Debian's chromium with
+# The console's browser test (tests/ops/test_console_browser.py) drives Debian's chromium with
 # Playwright (never `playwright install`: no downloads). Only as root; elsewhere that test skips.
 if [ "$extra" = "test" ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
         && command -v apt-get >/dev/null 2>&1; then

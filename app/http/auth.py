@@ -42,7 +42,7 @@ KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what fits in 
 MIN_KEY_CHARS = 16
 # Routes that need no key, by decision: liveness, readiness, /version, and /metrics (which takes the admin
 # key when MEMOIR_METRICS_AUTH=1). Every other route depends on client_access or admin_access;
-# tests/test_ops_http.py fails for a route that does neither and is not listed here.
+# tests/ops/test_ops_http.py fails for a route that does neither and is not listed here.
 PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/version"}
 
 

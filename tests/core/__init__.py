@@ -1,0 +1,1 @@
+"""memoir_core, the library: the method, its parts, its public surface and import graph."""

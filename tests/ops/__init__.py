@@ -1,0 +1,2 @@
+"""Operating it: keys, logs, metrics, shutdown, the console, replicas, the CLI, deployment files,
+benchmarks."""

@@ -1,0 +1,1 @@
+"""The server (app/): its HTTP API in and out of process, errors, crashes, state on restart."""
