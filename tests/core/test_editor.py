@@ -1,0 +1,56 @@
+"""One edit's optimisation (memoir_core/editor.py) on a tiny model: the loss on the target falls,
+only the given columns are trained, and the step, loss and time limits stop it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from memoir_core.editor import Trainer
+from memoir_core.rows import collate, edit_rows
+from tests.support.tiny import make_memoir
+
+PROMPT, TARGET = "who is the chief executive of the company", "jane roe"
+
+
+def run(m, config=None, deadline=None):
+    trainer = m.trainer if config is None else Trainer(m.train_model, m.trainer.blocks, m.trainer.down,
+                                                       m.trainer.layer, config)
+    rows = edit_rows(m.encoder, m.contexts, PROMPT, TARGET, 2, chat=False)
+    prepared = trainer.prepare(collate(rows, m.contexts, m.encoder.pad_id, m.device))
+    idx = torch.arange(m.config.k)
+    start = torch.zeros(m.d_out, m.config.k)
+    steps = trainer.optimise(prepared, idx, start, deadline=deadline)
+    yields = 0
+    try:
+        while True:
+            next(steps)
+            yields += 1
+    except StopIteration as done:
+        return done.value, yields
+
+
+def test_the_loss_falls_until_the_stop_loss():
+    m = make_memoir()
+    outcome, yields = run(m)
+    assert outcome.columns.shape == (m.d_out, m.config.k)
+    assert outcome.losses[0] > outcome.loss and outcome.loss == min(outcome.losses)
+    assert outcome.converged and outcome.loss <= m.config.settle_ratio * m.config.stop_loss
+    assert yields == outcome.steps <= m.config.max_steps  # one yield per step: the caller may decode between
+
+
+def test_max_steps_and_the_deadline_stop_it():
+    m = make_memoir()
+    capped, _ = run(m, replace(m.config, max_steps=3, stop_loss=-1.0))
+    assert capped.steps == 3 and len(capped.losses) == 4 and not capped.converged
+    late, _ = run(m, replace(m.config, stop_loss=-1.0), deadline=time.perf_counter() - 1)
+    assert late.steps == 0 and len(late.losses) == 1  # scored once, then out of time
+
+
+def test_an_unknown_optimiser_is_refused():
+    m = make_memoir()
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        run(m, replace(m.config, optimizer="lbfgs"))
