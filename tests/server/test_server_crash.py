@@ -16,9 +16,9 @@ GET /edits and the memory version equal the directory's, and greedy answers seen
 memory version before the kill come back the same (they answer as trained).
 
 MEMOIR_KILL_ROUNDS (20) rounds on the tiny model; MEMOIR_KILL_ROUNDS_REAL (4) on the default model.
-The tiny model's servers are forked from a process that has done the imports (tests/support/forkserver.py):
-a restart then takes about 2 s instead of about 15 s on a busy 2-core machine. The default
-model's are started as `memoir serve` processes.
+The tiny model's servers are forked from a process that has done the imports
+(tests/support/forkserver.py): a restart then takes about 2 s instead of about 15 s on a busy
+2-core machine. The default model's are started as `memoir serve` processes.
 """
 
 from __future__ import annotations
@@ -379,8 +379,8 @@ def report(name: str, figures: Figures) -> None:
 @pytest.fixture
 def zygote():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.forkserver"], cwd=REPO, env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.forkserver"], cwd=REPO, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert json.loads(proc.stdout.readline())["ready"]
         yield proc

@@ -38,7 +38,8 @@ def _child(request: dict) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.environ.update(request["env"])
-    uvicorn.run("tests.support.tiny_server:app", factory=True, host="127.0.0.1", port=request["port"], log_level="warning")
+    uvicorn.run("tests.support.tiny_server:app", factory=True, host="127.0.0.1", port=request["port"],
+                log_level="warning")
 
 
 def main() -> None:
