@@ -28,7 +28,7 @@ def test_a_row_on_a_cached_context_matches_the_whole_text():
         cached = model(input_ids=torch.tensor([own]), attention_mask=torch.ones(1, p + t, dtype=torch.long),
                        position_ids=torch.arange(p, p + t)[None],
                        **{CACHE_KW: DynamicCache(ddp_cache_data=layers)}, use_cache=True).logits[0]
-    assert torch.allclose(cached, whole, atol=1e-5)
+    assert torch.allclose(cached, whole, atol=1e-4)
 
 
 def test_a_batch_left_pads_contexts_of_different_lengths():

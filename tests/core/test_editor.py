@@ -1,5 +1,5 @@
-"""One edit's optimisation (memoir_core/editor.py) on a tiny model: the loss on the target falls,
-only the given columns are trained, and the step, loss and time limits stop it."""
+"""One edit's optimisation (memoir_core/editor.py) on a tiny model: the loss on the target falls
+and the best columns are kept; the step limit and the deadline stop it; one yield per step."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def run(m, config=None, deadline=None):
                                                        m.trainer.layer, config)
     rows = edit_rows(m.encoder, m.contexts, PROMPT, TARGET, 2, chat=False)
     prepared = trainer.prepare(collate(rows, m.contexts, m.encoder.pad_id, m.device))
-    idx = torch.arange(m.config.k)
+    # the columns an edit of this prompt trains (Memoir.propose), starting from an empty memory
+    idx = m.colhash.masks(prepared.features(0, rows[0].key)[None])[0]
     start = torch.zeros(m.d_out, m.config.k)
-    steps = trainer.optimise(prepared, idx, start, deadline=deadline)
+    steps = trainer.optimise(prepared, idx, start, m._offset(idx), deadline)
     yields = 0
     try:
         while True:
@@ -33,12 +34,12 @@ def run(m, config=None, deadline=None):
         return done.value, yields
 
 
-def test_the_loss_falls_until_the_stop_loss():
+def test_the_loss_falls():
     m = make_memoir()
     outcome, yields = run(m)
     assert outcome.columns.shape == (m.d_out, m.config.k)
-    assert outcome.losses[0] > outcome.loss and outcome.loss == min(outcome.losses)
-    assert outcome.converged and outcome.loss <= m.config.settle_ratio * m.config.stop_loss
+    assert outcome.loss < outcome.losses[0] / 2 and outcome.loss == min(outcome.losses)  # the best is kept
+    assert not torch.equal(outcome.columns, torch.zeros_like(outcome.columns))
     assert yields == outcome.steps <= m.config.max_steps  # one yield per step: the caller may decode between
 
 
