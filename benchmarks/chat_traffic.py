@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
 sys.path.insert(0, str(common.REPO))
-from tests.server_utils import Server, free_port
+from tests.support.server_utils import Server, free_port
 
 from memoir_core.datasets import Case, load_cases, sibling, unedited_subjects
 from memoir_core.forms import statement_form

@@ -134,7 +134,7 @@ def load_memoir(model: str = "default", config=None):
         import sys
 
         sys.path.insert(0, str(REPO))
-        from tests.conftest import CORPUS, tiny_model, tiny_tokenizer
+        from tests.support.tiny import CORPUS, tiny_model, tiny_tokenizer
 
         from memoir_core.config import MemoirConfig
 

@@ -49,7 +49,7 @@ sys.path.insert(0, str(common.REPO))
 from app.service.hostmem import pin_mmap_threshold  # noqa: E402
 from memoir_core.config import MemoirConfig, default_k  # noqa: E402
 from memoir_core.memoir import Memoir  # noqa: E402
-from tests.conftest import CORPUS, tiny_tokenizer  # noqa: E402
+from tests.support.tiny import CORPUS, tiny_tokenizer  # noqa: E402
 
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,

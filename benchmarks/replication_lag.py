@@ -31,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.server_utils import Server, free_port, start_all, tiny  # noqa: E402
+from tests.support.server_utils import Server, free_port, start_all, tiny  # noqa: E402
 
 ADMIN_URL = os.environ.get("MEMOIR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

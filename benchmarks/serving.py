@@ -46,8 +46,8 @@ class Server:
         env = {**os.environ, "PYTHONPATH": str(common.REPO), "MEMOIR_STORE": "memory", "MEMOIR_THREADS": str(threads),
                "MEMOIR_LOG_LEVEL": "warning"}
         if model == "tiny":  # the tests' random model: a smoke run only
-            args = ["-m", "uvicorn", "tests.tiny_server:app", "--factory", "--host", "127.0.0.1", "--port",
-                    str(self.port), "--log-level", "warning"]
+            args = ["-m", "uvicorn", "tests.support.tiny_server:app", "--factory", "--host", "127.0.0.1",
+                    "--port", str(self.port), "--log-level", "warning"]
         else:
             args = ["-m", "memoir_cli.main", "serve", "--port", str(self.port), "--threads", str(threads),
                     "--log-level", "warning"] + ([] if model == "default" else ["--model", model])

@@ -19,7 +19,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.server_utils import Server, free_port  # noqa: E402
+from tests.support.server_utils import Server, free_port  # noqa: E402
 
 KEY = "docs-admin-key-" + "d" * 20
 IMPORT = "\n".join([
