@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/chat_traffic.py --limit 100                 # ZsRE dev, subjects given
     PYTHONPATH=. python benchmarks/chat_traffic.py --limit 100 --subjects inferred
+    PYTHONPATH=. python benchmarks/chat_traffic.py --limit 100 --distinct       # one edit per subject
     PYTHONPATH=. python benchmarks/chat_traffic.py --url http://127.0.0.1:8000 --limit 50
 
 Starts `memoir serve` on a fresh state directory (or uses --url), applies the first N cases of
@@ -55,6 +56,19 @@ EARLIER_TURNS = (("What is the capital of France?", "The capital of France is Pa
 CONTEXT_SENTENCES = ("I am studying for a quiz.", "Quick question for you.",
                      "My friend and I were arguing about this.")
 CHAT_FORMS = ("bare", "system", "earlier turn", "context")
+
+
+def distinct(cases: list[Case], limit: int) -> list[Case]:
+    """The first `limit` cases whose subjects differ from every earlier pick's."""
+    seen, out = set(), []
+    for c in cases:
+        key = (c.subject or c.prompt).lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+            if len(out) == limit:
+                break
+    return out
 
 
 def chat_messages(form: str, question: str, i: int) -> list[dict]:
@@ -197,6 +211,9 @@ def main(argv=None) -> int:
     ap.add_argument("--neighbours-from", default=None,
                     help="file whose subjects replace the edited ones (default: --data itself)")
     ap.add_argument("--subjects", choices=("given", "inferred"), default="given")
+    ap.add_argument("--distinct", action="store_true",
+                    help="take the first N cases whose subjects differ (one current answer per fact, as a "
+                         "deployment holds), skipping ZsRE's repeated edits of the same fact")
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--threads", default=os.environ.get("MEMOIR_THREADS", "2"), help="torch threads of the server")
@@ -204,7 +221,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out")
     ap.add_argument("--plot")
     args = ap.parse_args(argv)
-    cases = load_cases(args.data, args.limit, args.offset)
+    cases = distinct(load_cases(args.data, None, args.offset), args.limit) if args.distinct else \
+        load_cases(args.data, args.limit, args.offset)
     others = unedited_subjects([args.neighbours_from or args.data], cases)
     run_ = common.Run("chat_traffic", vars(args))
     with tempfile.TemporaryDirectory(prefix="memoir-chat-traffic-") as state:

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SHARED = Path(os.environ.get("MEMOIR_SHARED", "/work/shared"))
 ZSRE_DEV = SHARED / "data" / "zsre" / "zsre_edit_dev_500.json"
+COUNTERFACT_TRAIN = SHARED / "data" / "counterfact" / "counterfact_train_10k.json"
 
 
 def threads() -> int:

@@ -8,12 +8,16 @@ loop (prefill with per-sequence routing, then greedy decoding, EOS ignored so th
 makes --tokens new tokens; continuous batching):
   base        the memory layer unwired: the block's plain projection (the base model)
   memory off  the memory wired, routing done at prefill for every sequence (features, TopHash,
-              a scan of the whole bank), no stored mask reaches tau (tau set above 1 for the run)
+              a scan of the whole bank, the subject lookup), no stored mask reaches tau
+              (tau and subject_tau set above 1 for the run)
   memory on   the same, every prompt routed to an edit (its own mask is in the bank): the
               k-column gather runs at every position and token
 Bank: synthetic edits inserted directly (not trained): random k-subsets of the D columns as
 masks, and random W_m values (normal, std 1e-3, on the int64 grid) as the memory, plus one edit
-per benchmark prompt whose mask is that prompt's own. Per bank size, the conditions are
+per benchmark prompt whose mask is that prompt's own. Every edit has a subject, as edits made
+today do (the prompts' own from the data file; the synthetic ones named after the subjects of
+--subjects-from, numbered past its end), so each prompt is also looked up in the subject index;
+`--no-subjects` routes on masks alone. Per bank size, the conditions are
 interleaved, round-robin, for --reps repetitions; tokens/s is total new tokens / total wall
 time, and tokens per CPU-second (this process's CPU time) is given too: on a shared machine it
 is the steadier figure (other processes take wall time, not this process's CPU time).
@@ -33,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from memoir_core import arch  # noqa: E402
-from memoir_core.datasets import load_cases  # noqa: E402
+from memoir_core.datasets import load_cases, unedited_subjects  # noqa: E402
 from memoir_core.generate import Decoder, GenSequence, SamplingParams  # noqa: E402
 from memoir_core.memory_layer import Decision, ResidualMemory  # noqa: E402
 from memoir_core.records import EditRecord  # noqa: E402
@@ -69,12 +73,14 @@ def decode(memoir, layer, decide, prompts: list[str], params: SamplingParams,
 
 
 class Bench:
-    def __init__(self, memoir, prompts: list[str]):
+    def __init__(self, memoir, cases, names: list[str]):
         self.m = memoir
-        self.prompts = prompts
+        self.prompts = [c.prompt for c in cases]
+        self.subjects = [c.subject for c in cases]
+        self.names = names
         spec = arch.spec_for(memoir.model)
         self.down_path = f"{spec.blocks}.{memoir.config.layer}.{spec.down}"
-        self.own = memoir.masks([memoir.encoder.plain(p) for p in prompts]).numpy()
+        self.own = memoir.masks([memoir.encoder.plain(p) for p in self.prompts]).numpy()
         self.delta = torch.zeros(memoir.d_out, memoir.config.k, dtype=torch.int32)  # shared: records keep idx only
         self.rng = np.random.default_rng(0)
         self.synthetic = 0
@@ -83,20 +89,26 @@ class Bench:
         acc = (torch.randn(memoir.d_out, memoir.width, generator=gen) * 1e-3 * SCALE).round().long()
         self._rebuild(acc)
 
-    def _record(self, eid: str, idx: np.ndarray) -> EditRecord:
+    def _record(self, eid: str, idx: np.ndarray, subject: str | None) -> EditRecord:
         return EditRecord(id=eid, prompt=eid, target_new="x", idx=torch.from_numpy(idx.astype(np.int64)),
-                          delta=self.delta)
+                          delta=self.delta, subject=subject, subject_source=subject and "given")
 
     def _rebuild(self, acc: torch.Tensor | None = None) -> None:
         """Bank = the synthetic edits + one edit per prompt (its own mask); `acc`: a W_m to load."""
         m = self.m
         ids = [f"own-{i}" for i in range(len(self.prompts))]
         masks = [self.own[i] for i in range(len(self.prompts))]
-        for eid, idx in self._synth.items() if hasattr(self, "_synth") else ():
+        subjects = list(self.subjects) if self.names else [None] * len(ids)
+        for j, (eid, idx) in enumerate(self._synth.items() if hasattr(self, "_synth") else ()):
             ids.append(eid)
             masks.append(idx)
-        m.memory.load_bank(ids, np.stack(masks), {eid: self._record(eid, idx) for eid, idx in zip(ids, masks)},
-                           acc=acc)
+            if self.names:
+                name = self.names[j % len(self.names)]
+                subjects.append(name if j < len(self.names) else f"{name} {j // len(self.names)}")
+            else:
+                subjects.append(None)
+        m.memory.load_bank(ids, np.stack(masks), {eid: self._record(eid, idx, s)
+                                                   for eid, idx, s in zip(ids, masks, subjects)}, acc=acc)
 
     def grow(self, n: int) -> None:
         if not hasattr(self, "_synth"):
@@ -118,7 +130,7 @@ class Bench:
         if condition == "base":
             used = BaseLayer(layer.base_layer)
             arch.set_path(m.model, self.down_path, used)
-        m.config = dataclasses.replace(self.config, tau=2.0) if condition == "off" else self.config
+        m.config = dataclasses.replace(self.config, tau=2.0, subject_tau=2.0) if condition == "off" else self.config
         try:
             t0, c0 = time.perf_counter(), time.process_time()
             seqs = decode(m, used, m.decide, self.prompts, params, batch)
@@ -144,6 +156,9 @@ def targets_of(rows: list[dict]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(common.ZSRE_DEV))
+    ap.add_argument("--subjects-from", default=str(common.COUNTERFACT_TRAIN),
+                    help="the synthetic edits' subjects: this file's, other than the prompts' own")
+    ap.add_argument("--no-subjects", action="store_true", help="edits without subjects: masks alone route")
     ap.add_argument("--sizes", default="0,1000,10000", help="synthetic edits in the bank")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--tokens", type=int, default=24, help="new tokens per sequence (greedy, EOS ignored)")
@@ -158,8 +173,10 @@ def main(argv=None) -> int:
     common.set_torch_threads()
     run = common.Run("inference" + ("_quick" if args.quick else ""), vars(args))
     memoir = common.load_memoir(args.model)
-    prompts = [c.prompt for c in load_cases(args.data, limit=8)]
-    bench = Bench(memoir, prompts)
+    cases = load_cases(args.data, limit=8)
+    prompts = [c.prompt for c in cases]
+    names = [] if args.no_subjects else unedited_subjects([args.subjects_from], cases)
+    bench = Bench(memoir, cases, names)
     conditions = ["base", "off", "on"]
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
@@ -177,7 +194,7 @@ def main(argv=None) -> int:
                     tally[c][3] += cpu
             tps = {c: tally[c][0] / tally[c][1] for c in conditions}
             cps = {c: tally[c][0] / tally[c][3] for c in conditions}  # tokens per CPU-second
-            row = {"edits": n, "bank": len(memoir.bank), "batch": batch,
+            row = {"edits": n, "bank": len(memoir.bank), "batch": batch, "subjects": not args.no_subjects,
                    "base_tok_s": tps["base"], "off_tok_s": tps["off"], "on_tok_s": tps["on"],
                    "off_vs_base": tps["off"] / tps["base"], "on_vs_base": tps["on"] / tps["base"],
                    "off_vs_base_cpu": cps["off"] / cps["base"], "on_vs_base_cpu": cps["on"] / cps["base"],

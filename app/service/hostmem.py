@@ -7,6 +7,9 @@ they come from the heap, where the long-lived small blocks keep the freed pages 
 grew by 2 MB per stored edit on the default model (benchmarks/gpu_check.py's memory part). A
 fixed threshold keeps large blocks in mmap, returned to the system when freed: about 5 KB per
 stored edit then, the routing data alone.
+
+What the heap still strands between edits (freed blocks below a live one, in the engine thread's
+arena) goes back with `trim()`, glibc's malloc_trim, once an edit job has answered.
 """
 
 from __future__ import annotations
@@ -21,13 +24,26 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter; setting it turns off the dyn
 THRESHOLD = 128 * 1024  # glibc's own starting value
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def pin_mmap_threshold(nbytes: int = THRESHOLD) -> bool:
     """Fix glibc's mmap threshold for this process; False where there is no glibc (musl, macOS)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         log.debug("no glibc mallopt here; the mmap threshold stays dynamic")
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, nbytes))
+
+
+def trim() -> bool:
+    """Give the free pages of every malloc arena back to the system; False where there is no glibc."""
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    if malloc_trim is None:
+        return False
+    malloc_trim(0)
+    return True

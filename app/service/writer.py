@@ -24,6 +24,8 @@ from memoir_core.records import EditRecord
 from memoir_core.state import MemoryStore
 from memoir_core.timeslice import Sliced
 
+from .hostmem import trim
+
 log = logging.getLogger(__name__)
 
 Post = Callable[[Any], None]  # hands a result (or an exception) back to the event loop
@@ -118,6 +120,7 @@ class Writer:
                 if not self._start_next(job):
                     self.committer.unlock()
                     job.post((list(job.applied), self.memoir.version))
+                    trim()  # training's freed buffers would otherwise stay resident, per edit
                     return True
             try:
                 next(job.training)
