@@ -108,7 +108,7 @@ class Bench:
             else:
                 subjects.append(None)
         m.memory.load_bank(ids, np.stack(masks), {eid: self._record(eid, idx, s)
-                                                   for eid, idx, s in zip(ids, masks, subjects)}, acc=acc)
+                                                   for eid, idx, s in zip(ids, masks, subjects, strict=True)}, acc=acc)
 
     def grow(self, n: int) -> None:
         if not hasattr(self, "_synth"):
