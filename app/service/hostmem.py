@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter; setting it turns off the dyn
 THRESHOLD = 128 * 1024  # glibc's own starting value
 
 
+@functools.cache
 def _libc():
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
