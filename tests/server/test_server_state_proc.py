@@ -17,6 +17,7 @@ import pytest
 
 from memoir_core.store.portable import verify
 from tests.support.server_utils import REPO, THREADS, Server, free_port, tiny
+from tests.support.tmpfs import mount_tmpfs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,16 +57,6 @@ def test_a_second_server_on_the_same_directory_exits_naming_the_holder(tmp_path)
         first.stop()
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir()
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                           timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
-
-
 def _fill(folder: Path) -> Path:
     """Take every free byte of the file system."""
     filler = folder / "filler"
@@ -88,7 +79,7 @@ PROMPTS = ["who is the chief executive of the company", "what is the capital cit
 
 def test_a_full_disk_pauses_edits_not_generation_and_heals_once_space_is_freed(tmp_path):
     mnt = tmp_path / "small"
-    if os.geteuid() != 0 or not _mount_tmpfs(mnt, "1m"):
+    if os.geteuid() != 0 or not mount_tmpfs(mnt, "1m"):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     state = mnt / "state"
     try:

@@ -17,6 +17,7 @@ from memoir_core.store import DirectoryStore, fsio, journal
 from tests.store.test_state_store import build, reload, segments
 from tests.support.state_support import (LARGER, Expected, apply, assert_matches, basis, expected_at,
                                          manifest, record)
+from tests.support.tmpfs import mount_tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,19 +149,9 @@ def test_damage_found_before_resuming_stops_writes_for_good(tmp_path, monkeypatc
     store.close()
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir()
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                           timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
-
-
 def test_full_disk_on_a_small_tmpfs(tmp_path):
     mnt = tmp_path / "small"
-    if not _mount_tmpfs(mnt, "1m"):
+    if not mount_tmpfs(mnt, "1m"):
         pytest.skip("cannot mount a tmpfs here (needs root); the patched ENOSPC test covers the logic")
     try:
         exp = Expected(LARGER)  # 128 KB deltas: a few fill the disk
