@@ -34,3 +34,14 @@ def statement_form(prompt: str, subject: str | None) -> str | None:
             return None  # "Who is Marta?": the statement "Marta is" asks for anything
         return f"{rest[0].upper()}{rest[1:]} {verb}"
     return None
+
+
+def alias_forms(prompt: str, subject: str | None, aliases) -> tuple[str, ...]:
+    """The prompt with each alias in its subject's place (where the prompt writes the subject
+    as given, up to case): "Who is the CEO of IBM?" for the alias "IBM"."""
+    if not subject or not aliases:
+        return ()
+    at = prompt.lower().find(subject.lower())
+    if at < 0:
+        return ()
+    return tuple(prompt[:at] + alias + prompt[at + len(subject):] for alias in aliases)

@@ -36,9 +36,11 @@ from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
 from .residual import quantise
 from .routing import Routing
-from .forms import statement_form
-from .subjects import infer_subject, names, subject_words
+from .forms import alias_forms, statement_form
+from .subjects import infer_aliases, infer_subject, name_of, names, subject_words
 from .tophash import TopHash, random_permutation
+
+MAX_ALIASES = 8  # other names per edit: each trains one more row
 
 
 def background_texts() -> list[str]:
@@ -168,6 +170,28 @@ class Memoir(Routing):
         inferred = infer_subject(prompt)
         return (inferred, "inferred") if inferred else (None, None)
 
+    def aliases_of(self, subject: str | None, aliases) -> tuple[list[str], str | None]:
+        """The other names an edit routes on, and where they came from ("given", "inferred").
+        None asks for inference (an acronym); an empty list for none."""
+        if subject is None:
+            if aliases:
+                raise InvalidRequestError("aliases need a subject: give `subject` with them")
+            return [], None
+        if aliases is None:
+            inferred = [a for a in infer_aliases(subject) if not names(subject_words(a), subject)]
+            return (inferred, "inferred") if inferred else ([], None)
+        if isinstance(aliases, str) or len(aliases) > MAX_ALIASES:
+            raise InvalidRequestError(f"aliases must be a list of at most {MAX_ALIASES} names")
+        out: list[str] = []
+        own = name_of(subject)
+        for alias in aliases:
+            if not isinstance(alias, str) or name_of(alias) is None or len(alias) > 200:
+                raise InvalidRequestError(f"alias {alias!r} is not a name: a few words, up to 200 characters")
+            alias = " ".join(alias.split())
+            if name_of(alias).words != own.words and alias not in out:
+                out.append(alias)
+        return out, ("given" if out else None)
+
     def existing(self, edit_id: str, prompt: str, target: str) -> EditRecord | None:
         """The stored edit for an idempotent retry; a reused id with other content is a conflict."""
         rec = self.edits.get(edit_id)
@@ -178,7 +202,8 @@ class Memoir(Routing):
         return rec
 
     def propose(self, prompt: str, target: str, *, edit_id: str | None = None, rephrases=(), subject=None,
-                metadata=None, author=None, deadline: float | None = None) -> Generator[None, None, EditProposal]:
+                aliases=None, metadata=None, author=None,
+                deadline: float | None = None) -> Generator[None, None, EditProposal]:
         """Train an edit step by step (a generator: one yield per optimisation step); nothing is applied."""
         t0 = time.perf_counter()
         prompt, target = self.validate(prompt, target)
@@ -187,13 +212,15 @@ class Memoir(Routing):
             self.validate(p, target)
         edit_id = edit_id or uuid.uuid4().hex[:16]
         subject, subject_source = self.subject_of(prompt, subject)
+        aliases, aliases_source = self.aliases_of(subject if subject_source else None, aliases)
         n_prefixes = len(self.basis.prefixes)
         if self.config.prefix_rows is not None:
             n_prefixes = min(n_prefixes, self.config.prefix_rows)
         statement = statement_form(prompt, subject) if self.config.statement_rows else None
         statements = (statement,) if statement is not None and statement not in rephrases else ()
+        named = alias_forms(prompt, subject, aliases) if self.config.alias_rows else ()
         rows = edit_rows(self.encoder, self.contexts, prompt, target, n_prefixes, chat=self.config.chat_rows,
-                         rephrases=rephrases, statements=statements, after=self.config.continuation_weight > 0)
+                         rephrases=rephrases + tuple(p for p in named if p not in rephrases), statements=statements, after=self.config.continuation_weight > 0)
         prepared = self.trainer.prepare(collate(rows, self.contexts, self.encoder.pad_id, self.device))
         # Row 0 is the plain prompt followed by the target: its prompt positions give the mask;
         # the chat row and given paraphrases give extra routing keys.
@@ -240,7 +267,7 @@ class Memoir(Routing):
             other_id, other_overlap = self._best_other(route, superseded)
         record = EditRecord(
             id=edit_id, prompt=prompt, target_new=target, rephrase_prompts=list(rephrases), subject=subject,
-            subject_source=subject_source, metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
+            subject_source=subject_source, aliases=aliases, aliases_source=aliases_source, metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
             best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)],
             learnt=bool(outcome.loss <= self.config.settle_ratio * self.config.stop_loss),

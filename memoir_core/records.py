@@ -28,6 +28,10 @@ class EditRecord:
     # "given" or "inferred" (subjects.infer_subject): the edit switches the memory on only for
     # prompts that name its subject. None: stored before subject routing, masks alone route it.
     subject_source: str | None = None
+    # Other names of the subject that route the edit too ("IBM"), and where they came from:
+    # "given" by the operator, "inferred" (subjects.infer_aliases), or None: none asked or found.
+    aliases: list[str] = field(default_factory=list)
+    aliases_source: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     author: str | None = None
     created_at: float = 0.0

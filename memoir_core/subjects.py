@@ -13,9 +13,14 @@ between two names, less a question word or article at the start of a sentence. O
 sets it finds the given subject exactly for 93% of ZsRE and CounterFact prompts and a part of it
 for most of the rest (docs/routing.md).
 
-`SubjectIndex` finds, for a prompt, every stored edit whose subject it names, without looking
-at every edit: each subject is filed under its longest word, and under that word's one-letter
-deletions, so a typo in it still finds the edit; the whole subject is then checked.
+Aliases are other names of the same subject ("IBM" for "International Business Machines").
+An operator may give them with the edit; where none are given, `infer_aliases` offers the
+acronym of a subject of three or more capitalised words. A one-word alias in capitals names the
+subject only where the text writes it in capitals too: "US" is a name, "us" is a pronoun.
+
+`SubjectIndex` finds, for a prompt, every stored edit whose subject or alias it names, without
+looking at every edit: each name is filed under its longest word, and under that word's
+one-letter deletions, so a typo in it still finds the edit; the whole name is then checked.
 """
 
 from __future__ import annotations
@@ -117,7 +122,8 @@ def read(text: str) -> list[Word]:
         possessive = re.search(r"['’]s?$", raw) is not None  # "Acme's CEO": the name ends there
         joined = not ends_sentence and not possessive and gap.strip(" ") == ""
         parts = words(raw)
-        acronym = len(bare) > 1 and bare.isupper()
+        stem = re.split(r"['’]", bare)[0]  # "IBM's" is written in capitals
+        acronym = len(stem) > 1 and stem.isupper()
         out += [Word(w, name and head not in _FUNCTION_WORDS, joined if j == len(parts) - 1 else True, acronym)
                 for j, w in enumerate(parts)]
         before = gap
@@ -143,14 +149,16 @@ def _name_goes_on(text: list[Word], j: int, step: int) -> bool:
     return False
 
 
-def names(subject_words_: list[str], text: str | list[Word], whole: bool = True) -> bool:
+def names(subject_words_: list[str], text: str | list[Word], whole: bool = True, capitals: bool = False) -> bool:
     """Whether the text holds the subject's words, in order and side by side.
 
     whole: the match must be a whole name, not a part of a longer one: "Valley" is not named by
     "Kellogg Valley", nor "Acme" by "Acme Motors". A subject of several words may carry one typo
     in a long word; a one-word subject must be written as it is (up to a plural ending): one
     letter off, a short name is another name ("Herman", "German"), or a common word
-    ("listed", "Listen")."""
+    ("listed", "Listen").
+
+    capitals: a one-word name written in capitals ("IBM", "US") is named only in capitals."""
     text = read(text) if isinstance(text, str) else text
     n = len(subject_words_)
     if not n or n > len(text):
@@ -160,6 +168,8 @@ def names(subject_words_: list[str], text: str | list[Word], whole: bool = True)
         pairs = list(zip(subject_words_, (w.text for w in text[i : i + n]), strict=True))
         off = [(s, t) for s, t in pairs if not same_word(s, t)]
         if len(off) > int(typo) or not all(same_word(s, t, typo=True) for s, t in off):
+            continue
+        if capitals and not text[i].acronym:
             continue
         if not whole or not (_name_goes_on(text, i - 1, -1) or _name_goes_on(text, i + n, 1)):
             return True
@@ -175,16 +185,30 @@ def _keys(word: str, typos: bool = True) -> set[str]:
     return keys
 
 
+@dataclass(frozen=True)
+class Name:
+    """One name an edit routes on: its subject or an alias."""
+
+    words: tuple[str, ...]
+    whole: bool  # False: the edit's own prompt names it only inside a longer name ("Player Natalie Achonwa")
+    capitals: bool  # a one-word name in capitals: named only in capitals
+
+
+def name_of(text: str, prompt: str | None = None) -> Name | None:
+    found = tuple(subject_words(text))
+    if not found:
+        return None
+    capitals = len(found) == 1 and len(text.strip()) > 1 and text.strip().isupper()
+    return Name(found, prompt is None or names(list(found), prompt), capitals)
+
+
 class SubjectIndex:
-    """Stored edits' subjects, filed for lookup by the words of a prompt."""
+    """Stored edits' subjects and aliases, filed for lookup by the words of a prompt."""
 
     def __init__(self, source: object = None):
         self.source = source  # the registry it was built from (Memoir checks it is still the live one)
         self.size = 0  # edits seen, with or without a subject
-        self._words: dict[str, list[str]] = {}  # edit id -> its subject's words
-        # edit id -> False where its own prompt names the subject only inside a longer name
-        # ("Player Natalie Achonwa"): such an edit matches parts of names, or its own prompt would not route
-        self._whole: dict[str, bool] = {}
+        self._names: dict[str, list[Name]] = {}  # edit id -> its subject's name, then its aliases'
         self._table: dict[str, set[str]] = {}  # key -> edit ids
 
     @classmethod
@@ -194,45 +218,58 @@ class SubjectIndex:
             index.add(rec)
         return index
 
+    @staticmethod
+    def _names_of(rec) -> list[Name]:
+        if not routes_on_subject(rec):
+            return []
+        subject = name_of(rec.subject, rec.prompt)
+        if subject is None:
+            return []
+        aliases = [name_of(a) for a in getattr(rec, "aliases", None) or ()]
+        return [subject] + [a for a in aliases if a is not None]
+
+    @staticmethod
+    def _keys_of(name: Name) -> set[str]:
+        return _keys(max(name.words, key=len), typos=len(name.words) > 1)  # names() takes none in one word
+
     def add(self, rec) -> None:
         self.size += 1
-        found = subject_words(rec.subject) if routes_on_subject(rec) else []
+        found = self._names_of(rec)
         if not found:
             return
-        self._words[rec.id] = found
-        self._whole[rec.id] = names(found, rec.prompt)
-        for key in _keys(max(found, key=len), typos=len(found) > 1):  # names() takes none in one word
-            self._table.setdefault(key, set()).add(rec.id)
+        self._names[rec.id] = found
+        for name in found:
+            for key in self._keys_of(name):
+                self._table.setdefault(key, set()).add(rec.id)
 
     def remove(self, rec) -> None:
         self.size -= 1
-        found = self._words.pop(rec.id, None)
-        self._whole.pop(rec.id, None)
-        if found is None:
-            return
-        for key in _keys(max(found, key=len), typos=len(found) > 1):
-            ids = self._table.get(key)
-            if ids is not None:
-                ids.discard(rec.id)
-                if not ids:
-                    del self._table[key]
+        found = self._names.pop(rec.id, None)
+        for name in found or ():
+            for key in self._keys_of(name):
+                ids = self._table.get(key)
+                if ids is not None:
+                    ids.discard(rec.id)
+                    if not ids:
+                        del self._table[key]
 
     def __len__(self) -> int:
-        return len(self._words)
+        return len(self._names)
 
     def __contains__(self, edit_id: str) -> bool:
-        return edit_id in self._words
+        return edit_id in self._names
 
     def named_in(self, text: str) -> set[str]:
-        """Ids of the edits whose subject the text names."""
-        if not self._words:
+        """Ids of the edits whose subject or an alias of it the text names."""
+        if not self._names:
             return set()
         text_words = read(text)
         candidates: set[str] = set()
         for word in {w.text for w in text_words}:
             for key in _keys(word):
                 candidates |= self._table.get(key, set())
-        return {e for e in candidates if names(self._words[e], text_words, self._whole[e])}
+        return {e for e in candidates
+                if any(names(list(n.words), text_words, n.whole, n.capitals) for n in self._names[e])}
 
 
 def routes_on_subject(rec) -> bool:
@@ -270,3 +307,15 @@ def infer_subject(prompt: str) -> str | None:
     best = max(runs, key=lambda r: (tokens[r[-1]][2] - tokens[r[0]][1], r[0]))
     subject = prompt[tokens[best[0]][1] : tokens[best[-1]][2]]
     return re.sub(r"(['’]s|['’])$", "", subject).rstrip(".-") or None
+
+
+def infer_aliases(subject: str | None) -> list[str]:
+    """The acronym of a subject of three or more capitalised words ("International Business
+    Machines" -> "IBM", "Federal Bureau of Investigation" -> "FBI"), connectors left out.
+    Two-letter acronyms are not offered: too many names share each one ("LA", "UK", "BA")."""
+    if not subject:
+        return []
+    parts = [w for w in _RAW_WORD.findall(subject) if w.lower() not in _CONNECTORS]
+    if len(parts) < 3 or not all(w[:1].isupper() for w in parts) or any(w.isupper() and len(w) > 1 for w in parts):
+        return []
+    return ["".join(w[0] for w in parts)]

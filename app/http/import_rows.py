@@ -2,8 +2,8 @@
 
 JSON Lines: one object per line with the fields of POST /edit (`paraphrases` is accepted for
 `rephrase_prompts`). CSV: a header row naming the columns `prompt`, `target_new`, and optionally
-`rephrase_prompts` (or `paraphrases`; several separated by `|`), `subject`, `id`, `metadata` (a
-JSON object); any other column becomes a metadata field (`ticket`, `reason`, ...). Blank lines
+`rephrase_prompts` (or `paraphrases`; several separated by `|`), `subject`, `aliases` (several
+separated by `|`), `id`, `metadata` (a JSON object); any other column becomes a metadata field (`ticket`, `reason`, ...). Blank lines
 are skipped. A row that cannot be used is reported with its line number (1 = the first line of
 the file, the CSV header included); the others are imported.
 """
@@ -23,7 +23,7 @@ from memoir_core.errors import InvalidRequestError
 from .errors import _describe
 from .protocol import EditIn
 
-CSV_FIELDS = {"prompt", "target_new", "rephrase_prompts", "paraphrases", "subject", "id", "metadata"}
+CSV_FIELDS = {"prompt", "target_new", "rephrase_prompts", "paraphrases", "subject", "aliases", "id", "metadata"}
 
 
 @dataclass
@@ -134,7 +134,7 @@ def _csv(data: str) -> list[Row]:
 
 def _csv_row(line: int, cells: dict[str, str]) -> Row:
     obj: dict[str, Any] = {"prompt": cells["prompt"], "target_new": cells["target_new"]}
-    for name in ("rephrase_prompts", "paraphrases"):
+    for name in ("rephrase_prompts", "paraphrases", "aliases"):
         if cells.get(name, "").strip():
             obj[name] = [p.strip() for p in cells[name].split("|") if p.strip()]
     for name in ("subject", "id"):

@@ -62,6 +62,9 @@ class PreviewOut(BaseModel):
     subject: str | None = Field(None, description="what the edit is about (the memory switches on only for "
                                 "prompts that name it)")
     subject_source: str | None = Field(None, description='"given" or "inferred" (send `subject` to correct it)')
+    aliases: list[str] = Field(default_factory=list, description="other names of the subject that switch the memory "
+                               "on too")
+    aliases_source: str | None = Field(None, description='"given" or "inferred" (send `aliases` to correct them)')
     answers: list[AnswerOut]
     blast_radius: BlastRadiusOut
     version: int = Field(description="the memory version, unchanged by the dry run")
@@ -75,7 +78,8 @@ class PreviewOut(BaseModel):
             prompt=rec.prompt, target_new=rec.target_new, steps=rec.steps, final_loss=finite(rec.final_loss),
             seconds=round(rec.seconds, 4), best_overlap=round(rec.best_overlap, 6),
             best_overlap_id=rec.best_overlap_id, supersedes=rec.supersedes,
-            subject=rec.subject, subject_source=rec.subject_source,
+            subject=rec.subject, subject_source=rec.subject_source, aliases=list(rec.aliases),
+            aliases_source=rec.aliases_source,
             answers=[AnswerOut(**vars(a)) for a in preview.answers],
             blast_radius=BlastRadiusOut(
                 count=blast.count, total=blast.total, limit=limit, over_limit=limit is not None and blast.count > limit,

@@ -69,6 +69,9 @@ class EditIn(Strict):
     rephrase_prompts: Annotated[list[EditText], Field(max_length=16)] = Field(
         default_factory=list, description="other wordings trained with the edit")
     subject: EditText | None = None
+    aliases: Annotated[list[EditText], Field(max_length=8)] | None = Field(
+        None, description="other names of the subject that switch the memory on too ('IBM'); left out, the "
+        "acronym of a subject of three or more capitalised words is inferred; [] for none")
     id: EditId | None = None
     metadata: Annotated[dict[MetaKey, MetaValue],
                         Field(max_length=32)] = Field(default_factory=dict, description="ticket, reason, ...")
@@ -82,7 +85,8 @@ class EditIn(Strict):
         """The writer's job item for this edit, by `author` (the routes, bulk import and the
         console all convert here). `probes` False: leave probe_prompts out (a bulk import)."""
         return EditSpec(prompt=self.prompt, target_new=self.target_new, rephrase_prompts=list(self.rephrase_prompts),
-                        subject=self.subject, id=self.id, metadata=dict(self.metadata), author=author,
+                        subject=self.subject, aliases=None if self.aliases is None else list(self.aliases),
+                        id=self.id, metadata=dict(self.metadata), author=author,
                         probe_prompts=list(self.probe_prompts) if probes else [])
 
 
@@ -111,6 +115,10 @@ class EditOut(BaseModel):
                                 "prompts that name it")
     subject_source: str | None = Field(None, description='"given", "inferred" from the prompt (send `subject` to '
                                        "correct it), or null: the edit routes on masks alone")
+    aliases: list[str] = Field(default_factory=list, description="other names of the subject that switch the "
+                               "memory on too")
+    aliases_source: str | None = Field(None, description='"given", "inferred" (an acronym: send `aliases` to '
+                                       "correct it, [] for none), or null: none")
     replayed: bool = Field(description="true for an idempotent retry: the stored edit, nothing trained")
     created_at: float
 
@@ -120,7 +128,7 @@ class EditOut(BaseModel):
                    learnt=record.learnt, seconds=round(record.seconds, 4), best_overlap=round(record.best_overlap, 6),
                    best_overlap_id=record.best_overlap_id, supersedes=record.supersedes, replayed=replayed,
                    subject=record.subject, subject_source=record.subject_source,
-                   created_at=record.created_at)
+                   aliases=list(record.aliases), aliases_source=record.aliases_source, created_at=record.created_at)
 
 
 class EditsOut(BaseModel):
@@ -135,6 +143,8 @@ class EditInfo(BaseModel):
     rephrase_prompts: list[str]
     subject: str | None
     subject_source: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    aliases_source: str | None = None
     metadata: dict[str, Any]
     author: str | None
     created_at: float

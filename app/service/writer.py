@@ -37,6 +37,7 @@ class EditSpec:
     target_new: str
     rephrase_prompts: list[str] = field(default_factory=list)
     subject: str | None = None
+    aliases: list[str] | None = None  # None: infer (an acronym); []: none
     id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     author: str | None = None
@@ -151,7 +152,8 @@ class Writer:
         for i, it in enumerate(items):
             try:
                 prompt, target = self.memoir.validate(it.prompt, it.target_new)
-                self.memoir.subject_of(prompt, it.subject)
+                subject, source = self.memoir.subject_of(prompt, it.subject)
+                self.memoir.aliases_of(subject if source else None, it.aliases)
                 for j, p in enumerate(it.rephrase_prompts):
                     try:
                         self.memoir.validate(p, target)
@@ -175,7 +177,7 @@ class Writer:
             if found is None:
                 training = self.memoir.propose(
                     it.prompt, it.target_new, edit_id=None if job.dry_run else it.id, rephrases=it.rephrase_prompts,
-                    subject=it.subject, metadata=it.metadata, author=it.author)
+                    subject=it.subject, aliases=it.aliases, metadata=it.metadata, author=it.author)
                 points = self.memoir.pause_points() if self.slice_seconds else []
                 job.training = Sliced(training, points, self.slice_seconds) if points else training
                 return True

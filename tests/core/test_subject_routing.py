@@ -6,11 +6,11 @@ import pytest
 
 from memoir_core.config import MemoirConfig
 from memoir_core.errors import InvalidRequestError
-from memoir_core.forms import statement_form
+from memoir_core.forms import alias_forms, statement_form
 from memoir_core.generate import SamplingParams
 from memoir_core.preview import neighbour_probes
 from memoir_core.records import EditRecord
-from memoir_core.subjects import SubjectIndex, infer_subject, names, subject_words
+from memoir_core.subjects import SubjectIndex, infer_aliases, infer_subject, names, subject_words
 
 
 @pytest.mark.parametrize("prompt, subject", [
@@ -75,6 +75,45 @@ def test_index_finds_named_subjects_and_forgets_removed_ones():
     assert index.named_in("Who is the CEO of Zorblax Industries?") == set() and index.size == 2
 
 
+@pytest.mark.parametrize("subject, aliases", [
+    ("International Business Machines", ["IBM"]),
+    ("Federal Bureau of Investigation", ["FBI"]),  # connectors left out
+    ("National Aeronautics and Space Administration", ["NASA"]),
+    ("United States", []),  # two letters: too many names share them
+    ("Zorblax industries", []),  # not every word capitalised
+    ("NASA Ames Research", []),  # holds an acronym already
+    (None, []),
+])
+def test_infer_aliases(subject, aliases):
+    assert infer_aliases(subject) == aliases
+
+
+def test_an_alias_names_its_edit_and_an_acronym_only_in_capitals():
+    ibm = EditRecord(id="ibm", prompt="Who is the CEO of International Business Machines?", target_new="x",
+                     subject="International Business Machines", subject_source="inferred", aliases=["IBM"])
+    coke = EditRecord(id="coke", prompt="Who is the CEO of Coca-Cola?", target_new="x", subject="Coca-Cola",
+                      subject_source="given", aliases=["Coke", "The Coca-Cola Company"])
+    index = SubjectIndex.of({r.id: r for r in (ibm, coke)})
+    assert index.named_in("Who runs IBM?") == {"ibm"}
+    assert index.named_in("IBM's chief executive is") == {"ibm"}  # a possessive is still capitals
+    assert index.named_in("Who runs ibm?") == set()  # lower case: not the acronym
+    assert index.named_in("Who is the CEO of IBM Research?") == set()  # a longer name
+    assert index.named_in("who makes coke?") == {"coke"}  # a name of words matches as a subject does
+    assert index.named_in("Who chairs the Coca-Cola Company?") == {"coke"}
+    index.remove(ibm)
+    assert index.named_in("Who runs IBM?") == set()
+    # an edit stored before aliases (no field in its record) routes on its subject alone
+    old = EditRecord.from_info({k: v for k, v in ibm.info().items() if not k.startswith("aliases")},
+                               idx=None, delta=None)
+    assert old.aliases == [] and SubjectIndex.of({"ibm": old}).named_in("Who runs IBM?") == set()
+
+
+def test_alias_forms():
+    assert alias_forms("Who is the CEO of Acme Corp?", "acme corp", ["AC", "Acme"]) == (
+        "Who is the CEO of AC?", "Who is the CEO of Acme?")
+    assert alias_forms("Who runs it?", "Acme", ["AC"]) == ()
+
+
 def test_statement_form():
     assert statement_form("Who is the CEO of Acme Corp?", "Acme Corp") == "The CEO of Acme Corp is"
     assert statement_form("When was Acme Corp founded?", "Acme Corp") == "Acme Corp was founded in"
@@ -120,6 +159,34 @@ def test_an_edit_stays_on_its_subject_and_answers_every_form(real):
         finally:
             m.config = held
         assert released == [1, 1, 1] and max(kept) >= 2, (released, kept)
+    finally:
+        m.remove(record.id)
+
+
+@pytest.mark.real
+def test_an_edit_answers_under_its_alias_and_leaves_the_sibling_alone(real):
+    m = real
+    sibling = "Who is the CEO of Microsoft?"
+    (before,) = m.generate([sibling], GREEDY)
+    with pytest.raises(InvalidRequestError, match="aliases need a subject"):
+        m.train("who is there?", "Marta Quillon", aliases=["IBM"])
+    record = m.edit("Who is the CEO of International Business Machines?", "Marta Quillon")
+    try:
+        assert (record.aliases, record.aliases_source) == (["IBM"], "inferred")
+        forms = ["Who is the CEO of IBM?", "Who is IBM's CEO?", "Who is the CEO of International Business Machines?"]
+        for form, out in zip(forms, m.generate(forms, GREEDY)):
+            assert out.decision.route is not None and out.decision.route.edit_id == record.id, form
+            assert "Marta Quillon" in out.text, (form, out.text)
+        (after,) = m.generate([sibling], GREEDY)
+        assert after.decision.route is None and after.text == before.text
+    finally:
+        m.remove(record.id)
+    # aliases=[]: none inferred, and the acronym does not switch the memory on
+    record = m.edit("Who is the CEO of International Business Machines?", "Marta Quillon", aliases=[])
+    try:
+        assert record.aliases == [] and record.aliases_source is None
+        (out,) = m.generate(["Who is the CEO of IBM?"], GREEDY)
+        assert out.decision.route is None
     finally:
         m.remove(record.id)
 

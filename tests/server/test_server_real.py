@@ -174,3 +174,24 @@ def test_rollback_restores_the_old_answer_and_keeps_the_others(world):
             assert out["text"] == world["before"][fact.prompt]["generate"]["text"] and not out["memory"]["on"]
         else:
             assert starts_with(out["text"], fact.target) and out["memory"]["version"] == removed["version"], out
+
+
+def test_an_alias_is_inferred_shown_and_routes(world, real_server):
+    """An acronym of a three-word subject is inferred, shown in the response and the registry,
+    and routes the edit; aliases without any subject are refused and change nothing."""
+    with httpx.Client(base_url=real_server.url, timeout=600) as c:
+        r = c.post("/edit", json={"prompt": "Who is the CEO of Quillfeather Digital Systems?",
+                                  "target_new": "Odessa Prynne", "id": "qds-ceo"})
+        assert r.status_code == 200, r.text
+        edit = r.json()["edits"][0]
+        assert (edit["subject"], edit["subject_source"]) == ("Quillfeather Digital Systems", "inferred")
+        assert (edit["aliases"], edit["aliases_source"]) == (["QDS"], "inferred")
+        listed = {e["id"]: e for e in c.get("/edits").json()["edits"]}
+        assert listed["qds-ceo"]["aliases"] == ["QDS"]
+        out = c.post("/generate", json={"prompt": "Who is the CEO of QDS?", "max_new_tokens": TOKENS}).json()
+        assert out["memory"]["on"] and out["memory"]["edit_id"] == "qds-ceo" and starts_with(out["text"],
+                                                                                           "Odessa Prynne"), out
+        version = out["memory"]["version"]
+        bad = c.post("/edit", json={"prompt": "who is there?", "target_new": "x", "aliases": ["QDS"]})
+        assert bad.status_code == 400 and "aliases need a subject" in bad.text, bad.text
+        assert c.delete("/edits/qds-ceo").json()["version"] == version + 1  # the refused edit made none
