@@ -14,7 +14,8 @@ one memory, then each is asked again, greedy, 16 tokens:
 Three rules, each on a fresh memory:
   - `aliases`: the default. Subjects of three or more capitalised words infer their acronym;
     the rest give their alias with the edit, as an operator would (`aliases`). The prompt with
-    the alias in the subject's place is trained with the edit (config.alias_rows).
+    a given alias in the subject's place is trained with the edit (config.alias_rows); an
+    inferred acronym only routes.
   - `aliases, no alias rows`: the same names route, but only the edit prompt is trained: does the
     model itself carry the fact from the name to its alias?
   - `no aliases`: `aliases: []`. Subject routing keeps the memory off for every alias prompt;
@@ -91,7 +92,7 @@ def run_rule(model: str, rule: dict, params: SamplingParams) -> dict:
         rec = memoir.edit(forms(name, role)[0], answer, edit_id=f"a{i}", subject=name, aliases=aliases)
         seconds.append(time.perf_counter() - t0)
         inferred += rec.aliases_source == "inferred"
-    counts = {k: [0, 0] for k in ("name", "alias", "sibling")}  # [switched on, answered / changed]
+    counts = {k: [0, 0] for k in ("name", "alias", "sibling", "inferred", "given")}  # [on, answered / changed]
     would_route = 0
     for i, (name, alias, role, _, answer) in enumerate(CASES):
         alias = alias or "".join(w[0] for w in name.split() if w[0].isupper())
@@ -100,6 +101,10 @@ def run_rule(model: str, rule: dict, params: SamplingParams) -> dict:
                 on = seq.decision is not None and seq.decision.route is not None
                 counts[kind][0] += on
                 counts[kind][1] += holds(seq.text, answer)
+                if kind == "alias":
+                    source = "given" if CASES[i][1] else "inferred"
+                    counts[source][0] += on
+                    counts[source][1] += holds(seq.text, answer)
                 if kind == "alias" and seq.decision is not None and seq.decision.best_edit_id == f"a{i}" \
                         and seq.decision.best_overlap >= memoir.tau:
                     would_route += 1
@@ -109,7 +114,9 @@ def run_rule(model: str, rule: dict, params: SamplingParams) -> dict:
     n = {"name": 2 * len(CASES), "alias": 2 * len(CASES), "sibling": len(CASES)}
     return {"name_on": counts["name"][0] / n["name"], "name_answer": counts["name"][1] / n["name"],
             "alias_on": counts["alias"][0] / n["alias"], "alias_answer": counts["alias"][1] / n["alias"],
-            "alias_would_route": would_route / n["alias"], "sibling_on": counts["sibling"][0] / n["sibling"],
+            "alias_would_route": would_route / n["alias"],
+            "inferred_alias_answer": counts["inferred"][1] / (2 * sum(not c[1] for c in CASES)),
+            "given_alias_answer": counts["given"][1] / (2 * sum(bool(c[1]) for c in CASES)), "sibling_on": counts["sibling"][0] / n["sibling"],
             "sibling_changed": counts["sibling"][1] / n["sibling"], "inferred_aliases": inferred,
             "edit_seconds_median": common.summary(seconds)["median"], "n_alias_prompts": n["alias"],
             "n_siblings": n["sibling"]}
@@ -127,7 +134,8 @@ def main() -> None:
     for label, rule in RULES.items():
         results[label] = run_rule(args.model, rule, params)
         print(f"{label}: done", flush=True)
-    columns = ["name_on", "name_answer", "alias_on", "alias_answer", "alias_would_route", "sibling_on",
+    columns = ["name_on", "name_answer", "alias_on", "alias_answer", "inferred_alias_answer", "given_alias_answer",
+               "alias_would_route", "sibling_on",
                "sibling_changed", "inferred_aliases", "edit_seconds_median"]
     print(common.table([{"rule": k, **v} for k, v in results.items()], ["rule"] + columns))
     run.finish(args.out, rules=results, cases=len(CASES))

@@ -56,7 +56,7 @@ class MemoirConfig:
     prefix_lengths: tuple[int, ...] = PREFIX_LENGTHS
     prefix_rows: int | None = 2  # prefixed rows per edit: the first n of the basis's prefixes (None: all)
     statement_rows: bool = True  # also train the statement a question asks to complete (forms.py)
-    alias_rows: bool = True  # also train the prompt with each alias in the subject's place
+    alias_rows: bool = True  # also train the prompt with each given alias in the subject's place
     chat_rows: bool = True  # also train the chat-templated question, so /v1/chat answers change
     continuation_weight: float = 1.0  # KL(base || edited) after the target: the model goes on as before (0: off)
     centre: bool = True  # the memory reads a - mu (mu: the background mean), so edits disturb each other less

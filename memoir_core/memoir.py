@@ -218,7 +218,9 @@ class Memoir(Routing):
             n_prefixes = min(n_prefixes, self.config.prefix_rows)
         statement = statement_form(prompt, subject) if self.config.statement_rows else None
         statements = (statement,) if statement is not None and statement not in rephrases else ()
-        named = alias_forms(prompt, subject, aliases) if self.config.alias_rows else ()
+        # Only given aliases train: an inferred acronym is a guess ("Rose Ann Scamardella" -> "RAS"),
+        # and its row cost every edit that got one some generalization (docs/routing.md).
+        named = alias_forms(prompt, subject, aliases) if self.config.alias_rows and aliases_source == "given" else ()
         rows = edit_rows(self.encoder, self.contexts, prompt, target, n_prefixes, chat=self.config.chat_rows,
                          rephrases=rephrases + tuple(p for p in named if p not in rephrases), statements=statements, after=self.config.continuation_weight > 0)
         prepared = self.trainer.prepare(collate(rows, self.contexts, self.encoder.pad_id, self.device))
