@@ -81,12 +81,15 @@ def forms(name: str, role: str) -> list[str]:
     return [f"Who is the {role} of {name}?", f"Who is {name}'s {role}?"]
 
 
-def run_rule(model: str, rule: dict, params: SamplingParams) -> dict:
-    memoir = common.load_memoir(model, MemoirConfig(alias_rows=rule["alias_rows"]))
-    siblings = [forms(c[3], c[2])[0] for c in CASES]
+def run_rule(model: str, rule: dict, params: SamplingParams, cases: list) -> dict:
+    config = MemoirConfig(alias_rows=rule["alias_rows"])
+    if model == "tiny":
+        config = MemoirConfig(k=32, tau=0.5, max_steps=10, stop_loss=0.05, lr=0.5, alias_rows=rule["alias_rows"])
+    memoir = common.load_memoir(model, config)
+    siblings = [forms(c[3], c[2])[0] for c in cases]
     before = [s.text for s in memoir.generate(siblings, params)]
     seconds, inferred = [], 0
-    for i, (name, alias, role, _, answer) in enumerate(CASES):
+    for i, (name, alias, role, _, answer) in enumerate(cases):
         aliases = [] if rule["aliases"] == "none" else None if alias is None else [alias]
         t0 = time.perf_counter()
         rec = memoir.edit(forms(name, role)[0], answer, edit_id=f"a{i}", subject=name, aliases=aliases)
@@ -94,7 +97,7 @@ def run_rule(model: str, rule: dict, params: SamplingParams) -> dict:
         inferred += rec.aliases_source == "inferred"
     counts = {k: [0, 0] for k in ("name", "alias", "sibling", "inferred", "given")}  # [on, answered / changed]
     would_route = 0
-    for i, (name, alias, role, _, answer) in enumerate(CASES):
+    for i, (name, alias, role, _, answer) in enumerate(cases):
         alias = alias or "".join(w[0] for w in name.split() if w[0].isupper())
         for kind, prompts in (("name", forms(name, role)), ("alias", forms(alias, role))):
             for seq in memoir.generate(prompts, params):
@@ -102,7 +105,7 @@ def run_rule(model: str, rule: dict, params: SamplingParams) -> dict:
                 counts[kind][0] += on
                 counts[kind][1] += holds(seq.text, answer)
                 if kind == "alias":
-                    source = "given" if CASES[i][1] else "inferred"
+                    source = "given" if cases[i][1] else "inferred"
                     counts[source][0] += on
                     counts[source][1] += holds(seq.text, answer)
                 if kind == "alias" and seq.decision is not None and seq.decision.best_edit_id == f"a{i}" \
@@ -111,35 +114,41 @@ def run_rule(model: str, rule: dict, params: SamplingParams) -> dict:
     after = memoir.generate(siblings, params)
     counts["sibling"] = [sum(s.decision is not None and s.decision.route is not None for s in after),
                          sum(s.text != b for s, b in zip(after, before))]
-    n = {"name": 2 * len(CASES), "alias": 2 * len(CASES), "sibling": len(CASES)}
+    n = {"name": 2 * len(cases), "alias": 2 * len(cases), "sibling": len(cases)}
     return {"name_on": counts["name"][0] / n["name"], "name_answer": counts["name"][1] / n["name"],
             "alias_on": counts["alias"][0] / n["alias"], "alias_answer": counts["alias"][1] / n["alias"],
             "alias_would_route": would_route / n["alias"],
-            "inferred_alias_answer": counts["inferred"][1] / (2 * sum(not c[1] for c in CASES)),
-            "given_alias_answer": counts["given"][1] / (2 * sum(bool(c[1]) for c in CASES)), "sibling_on": counts["sibling"][0] / n["sibling"],
+            "inferred_alias_answer": counts["inferred"][1] / max(1, 2 * sum(not c[1] for c in cases)),
+            "given_alias_answer": counts["given"][1] / max(1, 2 * sum(bool(c[1]) for c in cases)), "sibling_on": counts["sibling"][0] / n["sibling"],
             "sibling_changed": counts["sibling"][1] / n["sibling"], "inferred_aliases": inferred,
             "edit_seconds_median": common.summary(seconds)["median"], "n_alias_prompts": n["alias"],
             "n_siblings": n["sibling"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", default="default", help='"tiny": the tests\' random model (a smoke run)')
+    ap.add_argument("--limit", type=int, default=None, help="N subjects, half with an inferred alias (default: all)")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    cases = CASES
+    if args.limit is not None:
+        half = (args.limit + 1) // 2
+        cases = [c for c in CASES if not c[1]][:half] + [c for c in CASES if c[1]][: args.limit - half]
     common.set_torch_threads()
     run = common.Run("aliases", vars(args))
     params = SamplingParams(max_new_tokens=16)
     results = {}
     for label, rule in RULES.items():
-        results[label] = run_rule(args.model, rule, params)
+        results[label] = run_rule(args.model, rule, params, cases)
         print(f"{label}: done", flush=True)
     columns = ["name_on", "name_answer", "alias_on", "alias_answer", "inferred_alias_answer", "given_alias_answer",
-               "alias_would_route", "sibling_on",
-               "sibling_changed", "inferred_aliases", "edit_seconds_median"]
-    print(common.table([{"rule": k, **v} for k, v in results.items()], ["rule"] + columns))
-    run.finish(args.out, rules=results, cases=len(CASES))
+               "alias_would_route", "sibling_on", "sibling_changed", "inferred_aliases", "edit_seconds_median"]
+    rows = [{"rule": k, **v} for k, v in results.items()]
+    print(common.table(rows, ["rule"] + columns))
+    run.finish(args.out, rows=rows, cases=len(cases))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -175,3 +175,12 @@ def test_chat_traffic_asks_every_form_and_swaps_the_subject_for_neighbours():
     assert said[("question", "context")][0]["content"].endswith(" Who is the CEO of Zorblax Industries?")
     assert traffic.contains("It is  marta\nQuillon, since 2020", "Marta Quillon")
     assert not traffic.contains("Marta Quill", "Marta Quillon")
+
+
+def test_aliases(tmp_path):
+    data = run("aliases", tmp_path, "--model", "tiny", "--limit", "2")
+    rules = {row["rule"]: row for row in data["rows"]}
+    assert set(rules) == {"aliases", "aliases, no alias rows", "no aliases"} and data["cases"] == 2
+    # routing is by words, whatever the model: named by alias under the default, never with aliases=[]
+    assert rules["aliases"]["alias_on"] == 1.0 and rules["no aliases"]["alias_on"] == 0.0
+    assert rules["aliases"]["inferred_aliases"] == 1 and rules["no aliases"]["inferred_aliases"] == 0
