@@ -10,7 +10,8 @@ from .tags import RouteTag
 
 def to_vllm(params: SamplingParams, tag: RouteTag | None, eos_ids: set[int]):
     """vLLM's SamplingParams for one request. memoir's end tokens (PromptEncoder.eos_ids: the
-    tokenizer's and the chat turn ends) are stop tokens, so both engines stop at the same place."""
+    tokenizer's and the chat turn ends) are stop tokens, so both engines stop at the same place;
+    ignore_eos ignores all of them, as memoir's decoder does."""
     from vllm import SamplingParams as VllmParams
 
     params.validate()
@@ -26,7 +27,7 @@ def to_vllm(params: SamplingParams, tag: RouteTag | None, eos_ids: set[int]):
         top_k=max(params.top_k, 0),
         seed=params.seed,
         stop=list(params.stop),
-        stop_token_ids=sorted(set(params.stop_token_ids) | set(eos_ids)),
+        stop_token_ids=sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))),
         ignore_eos=params.ignore_eos,
         min_tokens=params.min_tokens,
         repetition_penalty=params.repetition_penalty,

@@ -8,10 +8,13 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed (the `vllm` extra: pip install -e .[vllm])")
 
 from memoir_core import models
+from memoir_core.errors import InvalidRequestError
 from memoir_core.generate import SamplingParams
+from memoir_core.sampling import OutputConstraint
 from memoir_vllm import offline
 from memoir_vllm.client import VllmMemory
 from memoir_vllm.sampling import to_vllm
+from memoir_vllm.tags import RouteTag
 
 pytestmark = pytest.mark.real
 
@@ -90,3 +93,15 @@ def test_an_edit_routes_and_answers_in_vllm_as_in_memoir_and_leaves_the_rest_alo
     # and the memory turned off for the edited prompt itself: back to the base model's answer
     _, off = run(llm, memory, [PROMPT], use_memory=False)
     assert off[0].outputs[0].token_ids == plain[0].outputs[0].token_ids
+
+
+def test_sampling_params_carry_the_route_and_stop_where_memoir_stops():
+    tag = RouteTag("e1", 7, 3)
+    params = to_vllm(SamplingParams(max_new_tokens=5, stop_token_ids=(9,)), tag, {0, 2})
+    assert params.max_tokens == 5 and params.temperature == 0
+    assert params.stop_token_ids == [0, 2, 9]
+    assert RouteTag.from_extra_args(params.extra_args) == tag
+    assert to_vllm(SamplingParams(ignore_eos=True), None, {0, 2}).stop_token_ids == []  # as memoir's decoder
+    assert to_vllm(SamplingParams(), None, {2}).extra_args is None
+    with pytest.raises(InvalidRequestError):
+        to_vllm(SamplingParams(constraint=OutputConstraint()), None, {2})
