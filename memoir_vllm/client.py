@@ -53,8 +53,10 @@ class VllmMemory:
     def install(self) -> list[dict]:
         return self.rpc("memoir_install", args=(module_path(self.memoir), self.memoir.config.release_after_answer))
 
-    def prepare(self, prompts: Sequence[str | Encoded], memory: bool = True) -> list[Prepared]:
-        """Decide each prompt, push the columns of every edit routed to, and build the requests."""
+    def prepare(self, prompts: Sequence[str | Encoded], memory: bool = True, act: bool = True) -> list[Prepared]:
+        """Decide each prompt, push the columns of every edit routed to, and build the requests.
+        memory=False: no routing, every decision off. act=False: routed, but sent untagged (the
+        memory layer disabled: decisions say where it would have acted, as ResidualMemory.disable)."""
         encoded = [self.memoir.encode(p) for p in prompts]
         if memory:
             decisions = self.memoir.route_prompts(encoded)
@@ -63,7 +65,7 @@ class VllmMemory:
         out = []
         for e, decision in zip(encoded, decisions):
             tag = None
-            if decision.route is not None:
+            if decision.route is not None and act:
                 route = decision.route
                 tag = RouteTag(route.edit_id, route.version, e.span[0])
                 self._push(route)
