@@ -31,6 +31,7 @@ class VllmDecoder:
         self.memory.install()
         self.running: list[GenSequence] = []
         self._ids: dict[str, GenSequence] = {}
+        self._keys: dict[str, tuple[str, int]] = {}  # request -> the columns it names
         self._counter = itertools.count()
 
     @staticmethod
@@ -57,6 +58,8 @@ class VllmDecoder:
             req_id = f"memoir-{next(self._counter)}"
             self.engine.add_request(req_id, p.prompt, to_vllm(seq.params, p.tag, eos))
             self._ids[req_id] = seq
+            if p.tag is not None:
+                self._keys[req_id] = p.tag.key
             self.running.append(seq)
         return []
 
@@ -100,3 +103,5 @@ class VllmDecoder:
     def _drop(self, req_id: str) -> None:
         seq = self._ids.pop(req_id)
         self.running = [s for s in self.running if s is not seq]
+        if self._keys.pop(req_id, None) is not None:
+            self.memory.trim(set(self._keys.values()))

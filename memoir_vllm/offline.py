@@ -31,6 +31,9 @@ def engine(model: str, *, plugin: bool = True, dtype: str = "float32", max_model
     if plugin:
         kwargs["worker_extension_cls"] = WORKER_EXTENSION
         kwargs["enforce_eager"] = True
+        # the release after the answer reads each request's sampled tokens before the next step;
+        # async scheduling (a GPU default) runs that step before they are known (CPU: always off)
+        kwargs.setdefault("async_scheduling", False)
     return LLM(model=model, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                seed=0, **kwargs)
 

@@ -64,6 +64,7 @@ class RouteTable:
         return key in self._routes
 
     def drop(self, keys) -> int:
+        """keys: (edit, version) pairs, as lists after the RPC."""
         return sum(self._routes.pop((e, int(v)), None) is not None for e, v in keys)
 
     def held(self) -> list[tuple[str, int]]:

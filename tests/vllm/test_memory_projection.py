@@ -126,3 +126,18 @@ def test_columns_cross_the_rpc_as_bytes_intact():
     cols = torch.randn(K, D_OUT)
     assert torch.equal(unpack(pack(cols)), cols)
     assert torch.equal(unpack(pack(torch.arange(K))), torch.arange(K))
+
+
+def test_columns_on_the_workers_are_trimmed_oldest_first_but_never_a_running_requests():
+    from memoir_vllm.client import VllmMemory
+
+    calls = []
+    memory = VllmMemory(None, lambda method, args: calls.append((method, args)) or [1])
+    routes = [Route(f"e{i}", 1, torch.arange(K), torch.zeros(K, D_OUT), None) for i in range(3)]
+    for route in routes:
+        memory._push(route)
+    memory._push(routes[0])  # asked again: not sent again, and now the most recent
+    assert [c[0] for c in calls] == ["memoir_put_route"] * 3
+    memory.trim(in_use={("e1", 1)}, budget=2 * routes[0].cols.nbytes)
+    assert calls[-1] == ("memoir_drop_routes", ([["e2", 1]],))  # e1 runs, e0 was used last: e2 goes
+    assert memory.pushed == {("e0", 1), ("e1", 1)}
