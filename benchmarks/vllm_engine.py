@@ -10,8 +10,10 @@ Cells, interleaved round by round so load from other processes hits all alike:
   plain, plain-eager         a fixed prompt, generate only
   plugin memory off          an unrelated prompt: memoir routes it (off), vLLM generates untagged
   plugin memory on           the edit's prompt: memoir routes it to the edit, the columns act
-Routing runs on memoir's Hugging Face copy for every request of the plugin cells and is counted
-in their tokens/s (it is reported apart too). Every request asks for --tokens new tokens with
+  ... , routed once          the same requests routed once beforehand: vLLM's generation alone,
+                             what the memory costs inside vLLM's model
+Routing runs on memoir's Hugging Face copy for every request of the first two plugin cells and
+is counted in their tokens/s (it is reported apart too). Every request asks for --tokens new tokens with
 the end token ignored, so all cells write as many tokens.
 
     MEMOIR_THREADS=1 PYTHONPATH=. python benchmarks/vllm_engine.py            (~6 min on 2 cores)
@@ -107,6 +109,11 @@ def main() -> None:
              for name in ("plain", "plain-eager") if name in engines}
     cells["plugin memory off"] = plugin_cell(UNRELATED, "off")
     cells["plugin memory on"] = plugin_cell(PROMPT, "on")
+    for name, prompt in (("off", UNRELATED), ("on", PROMPT)):
+        ready = memory.prepare([prompt])[0]
+        params = to_vllm(greedy, ready.tag, eos)
+        cells[f"plugin memory {name}, routed once"] = \
+            lambda ready=ready, params=params: generate_one(engines["plugin"], ready.prompt, params)
     for fn in cells.values():  # warm-up: first requests pay one-time costs
         fn()
     totals = {name: [0, 0.0] for name in cells}
