@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-TESTED_VLLM = ("0.32.0",)  # vLLM releases the plugin reads the internals of (layer.BatchView)
+TESTED_VLLM = ("0.32.0",)  # vLLM releases whose internals the plugin reads (batch.BatchView)
 WORKER_EXTENSION = "memoir_vllm.worker.MemoirWorkerExtension"
 
 log = logging.getLogger(__name__)
@@ -28,4 +28,4 @@ def register() -> None:
         return
     if version.split("+")[0] not in TESTED_VLLM:
         log.warning("memoir_vllm was tested with vLLM %s, this is %s: per-request memory reads vLLM's "
-                    "batch layout (memoir_vllm/layer.py), check it before serving", ", ".join(TESTED_VLLM), version)
+                    "batch layout (memoir_vllm/batch.py), check it before serving", ", ".join(TESTED_VLLM), version)
