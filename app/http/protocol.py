@@ -226,6 +226,7 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: str
     model: str | None = None
+    engine: str | None = Field(None, description="what generates: builtin or vllm (the engine setting)")
     version: int | None = None
     edits: int | None = None
     writer: str | None = None

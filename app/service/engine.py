@@ -36,7 +36,7 @@ from memoir_core.preview import Preview
 from memoir_core.records import EditRecord
 from memoir_core.state import MemoryStore
 
-from . import limits, telemetry
+from . import decoders, limits, telemetry
 from .engine_errors import EngineStoppedError, QueueFullError
 from .logprobs import logprob_views, token_prompt
 from .streams import Chunk, Group, MemoryInfo, Prompt, Work, resolver
@@ -53,7 +53,7 @@ class Engine:
         limits.apply(memoir, settings)
         self.writer = Writer(memoir, store, settings.max_blast_radius,
                              settings.preview_max_new_tokens, settings.edit_slice_ms / 1000)
-        self.decoder = memoir.decoder(settings.max_batch)
+        self.decoder = decoders.make(memoir, settings)
         self.context = getattr(memoir.model.config, "max_position_embeddings", None)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: deque[Work] = deque()
@@ -77,6 +77,7 @@ class Engine:
             self._stop_by = time.monotonic() + timeout
             self._inbox.put(_STOP)
             self._thread.join(timeout + 1.0)
+        decoders.close(self.decoder)
 
     @property
     def alive(self) -> bool:
@@ -291,6 +292,7 @@ class Engine:
             raise InvalidRequestError(f"the prompt ({n} tokens) plus max_new_tokens ({work.params.max_new_tokens}) "
                                       f"exceeds the model's context of {self.context} tokens")
         work.params.validate()
+        decoders.check(self.decoder, work.params)
         seq = GenSequence(enc.ids, enc.span, work.params, tag=work, tail=enc.tail)
         if work.params.constraint is not None:
             seq.matcher = Matcher(work.params.constraint, encoder.tokenizer, self.memoir.encoder.tokenizer.eos_token_id,
@@ -306,7 +308,7 @@ class Engine:
             log.exception("decoding failed; the running batch is dropped")
             for seq in self.decoder.running:
                 self._fail(seq.tag, error)
-            self.decoder = self.memoir.decoder(self.settings.max_batch)
+            self.decoder = decoders.fresh(self.decoder, self.memoir, self.settings)
             return
         self._dispatch(events)
 

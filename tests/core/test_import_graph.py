@@ -3,7 +3,7 @@
 Every import counts, at module level or inside a function (a lazy import is still an edge);
 imports under `if TYPE_CHECKING:` do not (they never run), nor do packages' __init__ files
 (front doors that load their modules lazily). Layers: memoir_core imports neither
-app nor memoir_cli; app does not import memoir_cli; inside app, the service (app.service) never
+app, memoir_cli nor memoir_vllm (the vLLM plugin sits on top of the core, beside app); app does not import memoir_cli; inside app, the service (app.service) never
 imports the HTTP shell (app.http), and app.settings, read by both, imports neither.
 """
 
@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("memoir_core", "app", "memoir_cli")
+PACKAGES = ("memoir_core", "app", "memoir_cli", "memoir_vllm")
 
 
 def _module(path: Path) -> str:
@@ -102,7 +102,8 @@ def test_no_import_cycle():
 
 def test_the_layers_point_one_way():
     wrong = [(m, t) for m, ts in graph().items() for t in ts
-             if (m.startswith("memoir_core") and t.split(".")[0] in ("app", "memoir_cli"))
+             if (m.startswith("memoir_core") and t.split(".")[0] in ("app", "memoir_cli", "memoir_vllm"))
+             or (m.startswith("memoir_vllm") and t.split(".")[0] in ("app", "memoir_cli"))
              or (m.startswith("app") and t.startswith("memoir_cli"))]
     assert wrong == []
 
