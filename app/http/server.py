@@ -71,7 +71,9 @@ def serve(settings: Settings, make_app: Callable[[Settings], Any]) -> int:
     # One worker: the model and its memory live in this process, and one thread owns them.
     from .slowclients import guarded
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_config=None,
+    # loop="asyncio": uvloop arrives with vLLM's dependencies, and "auto" would take it, changing how
+    # the server meets a full descriptor table (tests/server/test_server_faults.py) with the extra installed.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1, log_config=None, loop="asyncio",
                             http=guarded(settings),
                             access_log=False, log_level=settings.log_level.lower(), lifespan="on",
                             timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)))

@@ -72,7 +72,8 @@ def test_ready_while_catching_up_and_once_cut_off_for_longer_than_the_grace():
     follower = Follower(store=None, engine=engine)
     follower.head = 5
     rt = SimpleNamespace(status="ready", engine=engine, follower=follower, model_name="tiny", error=None,
-                         store=SimpleNamespace(failure=None), settings=SimpleNamespace(cut_off_grace=10.0))
+                         store=SimpleNamespace(failure=None), settings=SimpleNamespace(cut_off_grace=10.0,
+                                                                                       engine="builtin"))
 
     def answer():
         r = asyncio.run(ready(rt))

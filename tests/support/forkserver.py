@@ -38,8 +38,9 @@ def _child(request: dict) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.environ.update(request["env"])
+    # asyncio's loop, as `memoir serve` runs (app/http/server.py), not uvloop where it is installed
     uvicorn.run("tests.support.tiny_server:app", factory=True, host="127.0.0.1", port=request["port"],
-                log_level="warning")
+                log_level="warning", loop="asyncio")
 
 
 def main() -> None:

@@ -93,7 +93,9 @@ def start_all(servers: list[Server], timeout: float = 180) -> list[Server]:
 
 
 def uvicorn_args(target: str, port: int) -> list[str]:
-    return ["-m", "uvicorn", target, "--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    # --loop asyncio, as `memoir serve` runs (app/http/server.py), not uvloop where it is installed
+    return ["-m", "uvicorn", target, "--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            "--loop", "asyncio"]
 
 
 # Torch threads of the test servers. On a CPU shared with other work (the test process, other
