@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import httpx  # noqa: E402
-from edit_memory import DATA, free_port  # noqa: E402
+import common
+import httpx
+from edit_memory import DATA, free_port
 
-from memoir_core.datasets import load_cases  # noqa: E402
+from memoir_core.datasets import load_cases
 
 # Run in the server process: track from the first import, stop on SIGUSR2, then serve on.
 TRACKED = """
