@@ -56,9 +56,11 @@ def metric(url: str, name: str) -> float:
     return float("nan")
 
 
-def start(state: str, port: int, threads: int) -> subprocess.Popen:
+def start(state: str, port: int, threads: int, launcher: tuple[str, ...] = ("-m", "memoir_cli.main")) -> subprocess.Popen:
+    """`memoir serve` on a state directory, once ready; launcher: what runs the CLI (heap_growth.py
+    runs it under a memory tracker)."""
     env = {**os.environ, "PYTHONPATH": str(common.REPO), "MEMOIR_THREADS": str(threads), "MEMOIR_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "memoir_cli.main", "serve", "--port", str(port), "--state-dir",
+    proc = subprocess.Popen([sys.executable, *launcher, "serve", "--port", str(port), "--state-dir",
                              state, "--threads", str(threads), "--log-level", "warning"], cwd=common.REPO, env=env)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 900:

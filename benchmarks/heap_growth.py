@@ -19,7 +19,6 @@ import argparse
 import collections
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 import httpx
-from edit_memory import DATA, free_port
+from edit_memory import DATA, free_port, start, stop
 
 from memoir_core.datasets import load_cases
 
@@ -84,36 +83,19 @@ def held(path: str) -> collections.Counter:
 
 def run(n: int, cases, threads: int, capture: str) -> int:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(common.REPO), "MEMOIR_THREADS": str(threads), "MEMOIR_LOG_LEVEL": "warning"}
     with tempfile.TemporaryDirectory(prefix="memoir-heap-") as state:
-        proc = subprocess.Popen([sys.executable, "-c", TRACKED, capture, "serve", "--port", str(port), "--state-dir",
-                                 state, "--threads", str(threads), "--log-level", "warning"], cwd=common.REPO, env=env)
-        url = f"http://127.0.0.1:{port}"
+        proc = start(state, port, threads, launcher=("-c", TRACKED, capture))
         try:
-            deadline = time.monotonic() + 900
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
-                try:
-                    if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
             for i, case in enumerate(cases[:n]):
-                r = httpx.post(url + "/edit", json={"prompt": case.prompt, "target_new": case.target, "id": f"h{i}"},
-                               timeout=600)
+                r = httpx.post(f"http://127.0.0.1:{port}/edit", timeout=600,
+                               json={"prompt": case.prompt, "target_new": case.target, "id": f"h{i}"})
                 r.raise_for_status()
             time.sleep(2)
             rss = rss_anon(proc.pid)
             proc.send_signal(signal.SIGUSR2)
             time.sleep(5)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
     return rss
 
 

@@ -178,17 +178,18 @@ class Memoir(Routing):
                 raise InvalidRequestError("aliases need a subject: give `subject` with them")
             return [], None
         if aliases is None:
-            inferred = [a for a in infer_aliases(subject) if not names(subject_words(a), subject)]
+            inferred = infer_aliases(subject)
             return (inferred, "inferred") if inferred else ([], None)
         if isinstance(aliases, str) or len(aliases) > MAX_ALIASES:
             raise InvalidRequestError(f"aliases must be a list of at most {MAX_ALIASES} names")
         out: list[str] = []
-        own = name_of(subject)
+        own = subject_words(subject)
         for alias in aliases:
-            if not isinstance(alias, str) or name_of(alias) is None or len(alias) > 200:
+            name = name_of(alias) if isinstance(alias, str) and len(alias) <= 200 else None
+            if name is None:
                 raise InvalidRequestError(f"alias {alias!r} is not a name: a few words, up to 200 characters")
             alias = " ".join(alias.split())
-            if name_of(alias).words != own.words and alias not in out:
+            if list(name.words) != own and alias not in out:
                 out.append(alias)
         return out, ("given" if out else None)
 

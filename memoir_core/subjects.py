@@ -225,7 +225,7 @@ class SubjectIndex:
         subject = name_of(rec.subject, rec.prompt)
         if subject is None:
             return []
-        aliases = [name_of(a) for a in getattr(rec, "aliases", None) or ()]
+        aliases = [name_of(a) for a in rec.aliases]
         return [subject] + [a for a in aliases if a is not None]
 
     @staticmethod
