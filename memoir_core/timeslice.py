@@ -52,7 +52,7 @@ class Sliced:
 
     def __next__(self):
         if self._finished:
-            raise StopIteration(self._result)
+            raise StopIteration(self._take())
         self._deadline = time.perf_counter() + self._slice
         self._caller = self._worker.parent = getcurrent()
         mode = torch.is_grad_enabled()
@@ -65,7 +65,7 @@ class Sliced:
             torch.set_grad_enabled(mode)
         if self._finished:
             self._end()
-            raise StopIteration(self._result)
+            raise StopIteration(self._take())
         return None
 
     def close(self) -> None:
@@ -80,6 +80,16 @@ class Sliced:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        # The worker and this object name each other: left so, a finished edit's whole training
+        # state (its proposal, 1 MB of columns on the default model) lives until the next full
+        # garbage collection, which a server with a large heap runs rarely (benchmarks/README §6).
+        self._worker.sliced = None
+        self._gen = None
+
+    def _take(self):
+        """The generator's return value, handed over once (as a generator's StopIteration)."""
+        result, self._result = self._result, None
+        return result
 
     # -- inside the greenlet ---------------------------------------------------------------------
     def _work(self) -> None:

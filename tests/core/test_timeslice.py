@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import pytest
 import torch
@@ -46,6 +48,33 @@ def test_sliced_pauses_at_module_entries_and_returns_the_generators_value():
     assert sliced_turns > 3 * 4
     # hooks are gone once it ended: the layers run unhooked afterwards
     assert all(not layer._forward_pre_hooks for layer in layers)
+
+
+class _Result:
+    """A return value a weak reference can watch."""
+
+
+def _returns(layers: nn.ModuleList, result: _Result):
+    layers[0](torch.ones(1, 4))
+    yield
+    return result
+
+
+def test_a_finished_sliced_frees_its_result_without_a_garbage_collection():
+    # The server drops a finished edit's Sliced at once; its proposal (a megabyte of trained
+    # columns on the default model) must go with it, not wait for a full collection.
+    layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+    result = _Result()
+    watch = weakref.ref(result)
+    gc.collect()
+    gc.disable()
+    try:
+        got, _ = _drain(Sliced(_returns(layers, result), list(layers), 0.0))
+        assert got is result
+        del got, result
+        assert watch() is None
+    finally:
+        gc.enable()
 
 
 def test_sliced_runs_on_the_callers_thread_and_keeps_its_grad_mode():
