@@ -1,7 +1,8 @@
 # Two commands on a fresh machine:
 #   make serve   install what is needed, then serve the default model on 127.0.0.1:8000
-#   make test    install what is needed, then run the whole test suite
-.PHONY: serve test setup setup-test
+#   make test    install what is needed, then run the test suite (under 15 minutes on 2 cores)
+# make test-slow runs the long durability checks (kill -9 loops, default-model restarts); CI runs both.
+.PHONY: serve test test-slow setup setup-test
 
 setup:
 	scripts/setup.sh
@@ -13,4 +14,7 @@ serve: setup
 	.venv/bin/memoir serve
 
 test: setup-test
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -m "not slow"
+
+test-slow: setup-test
+	.venv/bin/python -m pytest -q -m slow

@@ -5,6 +5,7 @@ over HTTP; the server is stopped and started again on the same directory; the sa
 must give the same greedy outputs, with the same memory versions and routing, and GET /edits
 and /ready the same registry and version. The same again after two DELETEs. A small snapshot
 threshold makes the restart read a snapshot and then replay the journal after it.
+Marked `slow` (three default-model server starts): `make test-slow` and CI run it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 from tests.support.server_utils import THREADS, Server, free_port
 
-pytestmark = [pytest.mark.real, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 TOKENS = 8
 FACTS = [
