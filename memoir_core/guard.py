@@ -98,7 +98,7 @@ class KeyGuard:
             shared = idx[where] == other  # both sorted
             g = quantised(inputs).to(self.cov.device)[:, shared]
             pos = where[shared]
-            out[pos.unsqueeze(1), pos.unsqueeze(0)] -= g.T @ g
+            out[pos.unsqueeze(1), pos.unsqueeze(0)] -= moment(g)
         return (out.double() / GRID**2).float()
 
     def add(self, rec) -> None:
@@ -119,11 +119,28 @@ class KeyGuard:
 
     def _update(self, idx: torch.Tensor, inputs: torch.Tensor, sign: int) -> None:
         idx = idx.to(self.cov.device)
-        f = quantised(inputs).to(self.cov.device)
-        moment = f.T @ f
-        rows = idx.unsqueeze(1).expand(-1, idx.numel())
-        cols = idx.unsqueeze(0).expand(idx.numel(), -1)
-        self.cov.index_put_((rows, cols), moment if sign > 0 else -moment, accumulate=True)
+        m = moment(quantised(inputs).to(self.cov.device))
+        # idx is distinct, so each entry of C is hit once: a flat index_add_ adds the k x k block
+        # in one pass (index_put_ with accumulate sorts its indices first: 0.57 against 0.45 ms at
+        # k = 440 on one core)
+        flat = (idx.unsqueeze(1) * self.width + idx.unsqueeze(0)).reshape(-1)
+        self.cov.view(-1).index_add_(0, flat, (m if sign > 0 else -m).reshape(-1))
+
+
+def moment(f: torch.Tensor) -> torch.Tensor:
+    """f^T f of an int64 factor, exactly, as int64.
+
+    Integer matmul has no BLAS kernel (0.57 ms for a [32, 440] factor on one core); float64 BLAS,
+    conversions included, takes 0.23 ms, and is exact while every product and partial sum is an integer
+    below 2^53, which r x max|f|^2 < 2^53 guarantees whatever order BLAS sums in. Past that
+    (never on the default model: entries of a few units make max|f|^2 about 2^34), int64."""
+    if f.numel() == 0:
+        return torch.zeros(f.shape[1], f.shape[1], dtype=torch.int64, device=f.device)
+    peak = int(f.abs().max())
+    if f.shape[0] * peak * peak < 2**53:
+        d = f.double()
+        return (d.T @ d).long()
+    return f.T @ f
 
 
 def quantised(inputs: torch.Tensor) -> torch.Tensor:
