@@ -16,7 +16,8 @@ at start-up (1 MB of delta, its guard factor, its registry entry); what it says 
 which a restart does not read.
 
 Then the measurement: start `memoir serve` on the store (MEMOIR_STORE=dir), time to /ready and
-RSS at ready; 3 more edits over HTTP and RSS; stop, start again, time to /ready and RSS.
+RSS at ready; 3 more edits over HTTP and RSS; stop, start again, time to /ready and RSS. On a
+reused store those 3 prompts supersede the 3 posted by the run before: the count stays.
 
 --resnapshot rewrites the store's snapshot with the code under test (one synthetic edit rolled
 back and logged again, then a snapshot), so a store made by older code is read the new way.
