@@ -1,7 +1,10 @@
 """Snapshots: the whole live memory at one version, written beside the old one and switched atomically.
 
     snapshots/<version>/registry.json      checked JSON: version, every live edit's info in apply
-                                           order, the bank order, sha256 and size of the two files
+                                           order, the bank order, sha256 and size of the two files,
+                                           and the crc32 of each part of the edits file (header,
+                                           masks, each delta, each inputs factor): start-up reads
+                                           the masks only, the rest is checked when it is read
     snapshots/<version>/edits.safetensors  idx [n, k] int64, delta [n, d_out, k] int32 (apply order),
                                            inputs [n, r, k] fp16 where the edits have them (guard.py;
                                            zeros for an edit stored before them)
