@@ -56,10 +56,12 @@ def metric(url: str, name: str) -> float:
     return float("nan")
 
 
-def start(state: str, port: int, threads: int, launcher: tuple[str, ...] = ("-m", "memoir_cli.main")) -> subprocess.Popen:
+def start(state: str, port: int, threads: int, launcher: tuple[str, ...] = ("-m", "memoir_cli.main"),
+          env: dict[str, str] | None = None) -> subprocess.Popen:
     """`memoir serve` on a state directory, once ready; launcher: what runs the CLI (heap_growth.py
-    runs it under a memory tracker)."""
-    env = {**os.environ, "PYTHONPATH": str(common.REPO), "MEMOIR_THREADS": str(threads), "MEMOIR_LOG_LEVEL": "warning"}
+    runs it under a memory tracker); env: extra variables (restart_scale.py forces the store kind)."""
+    env = {**os.environ, "PYTHONPATH": str(common.REPO), "MEMOIR_THREADS": str(threads), "MEMOIR_LOG_LEVEL": "warning",
+           **(env or {})}
     proc = subprocess.Popen([sys.executable, *launcher, "serve", "--port", str(port), "--state-dir",
                              state, "--threads", str(threads), "--log-level", "warning"], cwd=common.REPO, env=env)
     t0 = time.monotonic()

@@ -173,8 +173,7 @@ class Memory:
     def rebuild_guard(self) -> None:
         """The key guard from the live edits' stored inputs (after a restore that skipped apply)."""
         self.guard = KeyGuard(self.width, self.k, enabled=self.guarded)
-        for rec in self.edits.values():
-            self.guard.add(rec)
+        self.guard.add_all(self.edits.values())
 
     def restore(self, edits: list[EditRecord], version: int, acc: torch.Tensor | None = None,
                 bank_order: list[str] | None = None) -> None:

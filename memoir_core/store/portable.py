@@ -28,10 +28,11 @@ _MEMBER = re.compile(r"^(manifest\.json|basis\.safetensors|CURRENT|journal|snaps
 
 
 def read_view(root: str, attempts: int = 5) -> reader.View | None:
-    """A verified view, retried while a running server compacts files away underneath."""
+    """A fully verified view (every snapshot byte), retried while a running server compacts files
+    away underneath."""
     for attempt in range(attempts):
         try:
-            return reader.read(root, keep_recent=10)
+            return reader.read(root, keep_recent=10, full=True)
         except (FileNotFoundError, StateCorruptError):
             if attempt == attempts - 1 or locked_by(reader.lock_path(root)) is None:
                 raise

@@ -140,10 +140,13 @@ ACCEPT = ("To start anyway without what is lost, start the server with --accept-
           "(MEMOIR_ACCEPT_STATE_LOSS=1); the damaged bytes are kept beside the journal.")
 
 
-def read(root: str, expect: Manifest | None = None, keep_recent: int = 0, accept_loss: bool = False) -> View | None:
-    """The state in `root`, every checksum checked and the journal replayed; None if it holds none.
+def read(root: str, expect: Manifest | None = None, keep_recent: int = 0, accept_loss: bool = False,
+         full: bool = False) -> View | None:
+    """The state in `root`, checksums checked and the journal replayed; None if it holds none.
 
-    accept_loss: a loss of acknowledged edits is reported in View.lost instead of raised."""
+    accept_loss: a loss of acknowledged edits is reported in View.lost instead of raised.
+    full: every byte of the snapshot read and checked now (the operator's tools); otherwise the
+    snapshot's deltas are checked when they are read (snapshot.read)."""
     root = os.path.abspath(root)
     found = read_manifest(root)
     if found is None:
@@ -161,7 +164,7 @@ def read(root: str, expect: Manifest | None = None, keep_recent: int = 0, accept
     view = View(root, manifest, basis, Registry(manifest.k, manifest.d_out, manifest.width),
                 manifest_body=body, basis_raw=basis_raw)
     if current is not None:
-        version, records, order, acc, size = snapshot.read(root, current, dims)
+        version, records, order, acc, size = snapshot.read(root, current, dims, full)
         try:
             view.registry.put(records, order, version)
         except RegistryError as e:

@@ -1,7 +1,10 @@
 """Snapshots: the whole live memory at one version, written beside the old one and switched atomically.
 
     snapshots/<version>/registry.json      checked JSON: version, every live edit's info in apply
-                                           order, the bank order, sha256 and size of the two files
+                                           order, the bank order, sha256 and size of the two files,
+                                           and the crc32 of each part of the edits file (header,
+                                           masks, each delta, each inputs factor): start-up reads
+                                           the masks only, the rest is checked when it is read
     snapshots/<version>/edits.safetensors  idx [n, k] int64, delta [n, d_out, k] int32 (apply order),
                                            inputs [n, r, k] fp16 where the edits have them (guard.py;
                                            zeros for an edit stored before them)
@@ -92,19 +95,29 @@ def _layout(records: list[EditRecord], d_out: int, k: int):
     return entries, shape
 
 
-def _edit_parts(records: list[EditRecord], d_out: int, k: int):
+def _edit_parts(records: list[EditRecord], d_out: int, k: int, crcs: dict[str, Any]):
+    """The edits file's bytes; fills `crcs` with the crc32 of its header, the masks, each delta
+    and each edit's inputs (None: stored without), for the registry (see _read_edits)."""
     n = len(records)
     entries, shape = _layout(records, d_out, k)
     shapes = shape is not None
-    yield tensorfile.header(entries)
-    if n:
-        yield tensorfile.raw(torch.stack([r.idx for r in records]))
+    head = tensorfile.header(entries)
+    crcs.update(head=zlib.crc32(head), delta=[], inputs=[])
+    yield head
+    masks = tensorfile.raw(torch.stack([r.idx for r in records])) if n else memoryview(b"")
+    crcs["idx"] = zlib.crc32(masks)
+    yield masks
     for rec in records:
-        yield tensorfile.raw(rec.delta)
+        part = tensorfile.raw(rec.delta)
+        crcs["delta"].append(zlib.crc32(part))
+        yield part
     if shapes:
         none = torch.zeros(shape, dtype=torch.float16)
         for rec in records:
-            yield tensorfile.raw(rec.inputs.to(torch.float16).contiguous() if rec.has_inputs else none)
+            part = tensorfile.raw(rec.inputs.to(torch.float16).contiguous() if rec.has_inputs else none)
+            # all zeros reads back as "stored without" (_read_edits), whichever way it is read
+            crcs["inputs"].append(zlib.crc32(part) if rec.has_inputs and bytes(part).count(0) < len(part) else None)
+            yield part
 
 
 def repoint(root: str, version: int, records: list[EditRecord], dims: dict[str, int]) -> None:
@@ -137,7 +150,9 @@ def write(root: str, version: int, records: list[EditRecord], order: list[str], 
     tmp = os.path.join(snaps, f"{TMP_MARK}{version}-{os.getpid()}-{secrets.token_hex(4)}")
     fsio.mkdir(tmp)
     try:
-        files = {EDITS: _stream(os.path.join(tmp, EDITS), _edit_parts(records, d_out, k), cancel)}
+        crcs: dict[str, Any] = {}
+        files = {EDITS: _stream(os.path.join(tmp, EDITS), _edit_parts(records, d_out, k, crcs), cancel)}
+        files[EDITS]["crc32"] = crcs
         acc = accumulate(records, d_out, width, cancel)
         files[MEMORY] = _stream(os.path.join(tmp, MEMORY), tensorfile.chunks({"acc": acc}), cancel)
         body = {"version": version, "edits": [r.info() for r in records], "bank_order": list(order),
@@ -168,8 +183,14 @@ def read_current(root: str) -> dict[str, Any] | None:
     return body
 
 
-def read(root: str, current: dict[str, Any], dims: dict[str, int]):
-    """(version, records, bank order, acc, size in bytes) of the snapshot CURRENT names, every checksum checked."""
+def read(root: str, current: dict[str, Any], dims: dict[str, int], full: bool = False):
+    """(version, records, bank order, acc, size in bytes) of the snapshot CURRENT names.
+
+    full: the edits file is read whole and its sha256 checked (verify, export, inspect). Otherwise,
+    where the registry holds the crc32 of each part (snapshots written since it does), only the
+    header and the masks are read and checked; each delta and inputs factor is checked by its
+    crc when it is read (rollback, supersede, the guard at start-up, snapshots): 10,000 edits are
+    10 GB that start-up need not read. A snapshot without crcs is read whole, as before."""
     name = current["snapshot"]
     folder = os.path.join(root, SNAPSHOTS, name)
     rel = f"{SNAPSHOTS}/{name}"
@@ -201,8 +222,12 @@ def read(root: str, current: dict[str, Any], dims: dict[str, int]):
         raise corrupt(root, f"{rel}: tensor acc is missing or not of shape {(d_out, width)}")
     size += len(buf)
     try:
-        idx, deltas, inputs, edits_size = _read_edits(os.path.join(folder, EDITS), n, d_out, k,
-                                                      body["files"].get(EDITS, {}).get("sha256"))
+        spec = body["files"].get(EDITS, {})
+        path = os.path.join(folder, EDITS)
+        if full or "crc32" not in spec:
+            idx, deltas, inputs, edits_size = _read_edits(path, n, d_out, k, spec.get("sha256"))
+        else:
+            idx, deltas, inputs, edits_size = _open_edits(path, n, d_out, k, spec)
     except FileNotFoundError:
         raise corrupt(root, f"{rel}/{EDITS} is missing") from None
     except ValueError as e:
@@ -228,25 +253,8 @@ def _read_edits(path: str, n: int, d_out: int, k: int, want_sha: str | None):
         h.update(data)
         return data
     head = take(8, 0) if size >= 8 else b""
-    if len(head) < 8:
-        raise ValueError("too short for a safetensors file")
-    hlen = int.from_bytes(head, "little")
-    if hlen > min(size - 8, 100 << 20):
-        raise ValueError("its header length runs past its end")
-    spec = json.loads(take(hlen, 8))
-    spec.pop("__metadata__", None)
-    want = {"idx": ("I64", [n, k]), "delta": ("I32", [n, d_out, k])}
-    r = spec.get("inputs", {}).get("shape", [n, 0, k])[1] if "inputs" in spec else None
-    if r is not None:
-        want["inputs"] = ("F16", [n, r, k])
-    at = 0
-    for name, (dtype, shape) in want.items():
-        got = spec.get(name) or {}
-        if got.get("dtype") != dtype or got.get("shape") != shape or got.get("data_offsets", [None])[0] != at:
-            raise ValueError(f"tensor {name} is missing or not of shape {tuple(shape)}")
-        at = got["data_offsets"][1]
-    if set(spec) != set(want) or 8 + hlen + at != size:
-        raise ValueError("it holds other tensors or bytes than idx, delta and inputs")
+    hlen = _header_length(head, size)
+    r = _check_layout(take(hlen, 8), hlen, size, n, d_out, k)
     pos = 8 + hlen
     idx = torch.frombuffer(bytearray(take(8 * n * k, pos)), dtype=torch.int64).view(n, k) if n * k else \
         torch.zeros(n, k, dtype=torch.int64)
@@ -264,4 +272,74 @@ def _read_edits(path: str, n: int, d_out: int, k: int, want_sha: str | None):
         pos += len(data)
     if h.hexdigest() != want_sha:
         raise ValueError("it fails its checksum")
+    return idx, deltas, inputs, size
+
+
+def _header_length(head: bytes, size: int) -> int:
+    if len(head) < 8:
+        raise ValueError("too short for a safetensors file")
+    hlen = int.from_bytes(head, "little")
+    if hlen > min(size - 8, 100 << 20):
+        raise ValueError("its header length runs past its end")
+    return hlen
+
+
+def _check_layout(header: bytes, hlen: int, size: int, n: int, d_out: int, k: int) -> int | None:
+    """The inputs' rank r (None: the file has no inputs), once the header lays out exactly
+    idx, delta and inputs of n edits in this order, ending at the file's end."""
+    try:
+        spec = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"its header is not JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise ValueError("its header is not a JSON object")
+    spec.pop("__metadata__", None)
+    want = {"idx": ("I64", [n, k]), "delta": ("I32", [n, d_out, k])}
+    r = spec.get("inputs", {}).get("shape", [n, 0, k])[1] if "inputs" in spec else None
+    if r is not None:
+        want["inputs"] = ("F16", [n, r, k])
+    at = 0
+    for name, (dtype, shape) in want.items():
+        got = spec.get(name) or {}
+        if got.get("dtype") != dtype or got.get("shape") != shape or got.get("data_offsets", [None])[0] != at:
+            raise ValueError(f"tensor {name} is missing or not of shape {tuple(shape)}")
+        at = got["data_offsets"][1]
+    if set(spec) != set(want) or 8 + hlen + at != size:
+        raise ValueError("it holds other tensors or bytes than idx, delta and inputs")
+    return r
+
+
+def _open_edits(path: str, n: int, d_out: int, k: int, spec: dict[str, Any]):
+    """What _read_edits returns, reading only the header and the masks: each is checked against
+    the crc32 the registry holds for it, and each delta and inputs ref gets its crc from there."""
+    crcs = spec["crc32"]
+    file = ondisk.OpenFile(path)
+    size = file.size()
+    if size != spec.get("bytes"):
+        raise ValueError(f"it is {size} bytes, the registry says {spec.get('bytes')}")
+    head = file.pread(8, 0) if size >= 8 else b""
+    hlen = _header_length(head, size)
+    header = file.pread(hlen, 8)
+    if zlib.crc32(head + header) != crcs.get("head"):
+        raise ValueError("its header fails its checksum")
+    r = _check_layout(header, hlen, size, n, d_out, k)
+    delta_crcs, input_crcs = crcs.get("delta"), crcs.get("inputs")
+    if not isinstance(delta_crcs, list) or len(delta_crcs) != n or \
+            not isinstance(input_crcs, list) or len(input_crcs) != (n if r is not None else 0):
+        raise ValueError("the registry's checksums do not list every edit")
+    pos = 8 + hlen
+    masks = file.pread(8 * n * k, pos)
+    if zlib.crc32(masks) != crcs.get("idx"):
+        raise ValueError("its masks (idx) fail their checksum")
+    idx = torch.frombuffer(bytearray(masks), dtype=torch.int64).view(n, k) if n * k else \
+        torch.zeros(n, k, dtype=torch.int64)
+    pos += 8 * n * k
+    step = 4 * d_out * k
+    deltas = [ondisk.FileRef(file, pos + i * step, (d_out, k), torch.int32, c) for i, c in enumerate(delta_crcs)]
+    pos += n * step
+    inputs: list = [None] * n
+    if r is not None:
+        in_step = 2 * r * k
+        inputs = [None if c is None else ondisk.FileRef(file, pos + i * in_step, (r, k), torch.float16, c)
+                  for i, c in enumerate(input_crcs)]
     return idx, deltas, inputs, size

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from memoir_core.guard import KeyGuard, factor
+from memoir_core.guard import KeyGuard, factor, moment
 from memoir_core.records import EditRecord
 
 
@@ -52,6 +52,30 @@ def test_the_guard_sums_edits_on_their_own_columns_and_forgets_them_exactly():
     off.add(a)
     assert len(off) == 0 and off._cov is None
     assert off.sharing(torch.tensor([1, 2, 4]), 2) == [("a", 2)]  # the column index is kept anyway
+
+
+def test_the_moment_is_exact_in_float64_and_past_2_to_the_53_falls_back_to_int64():
+    gen = torch.Generator().manual_seed(0)
+    small = torch.randint(-(2**17), 2**17, (32, 50), generator=gen)  # the default model's range
+    assert torch.equal(moment(small), small.T @ small) and torch.equal(moment(small, {}), small.T @ small)
+    # float64 would round these: 3 x (2^26 + 1)^2 is odd and above 2^53, where float64 steps by 2
+    big = torch.full((3, 3), 2**26 + 1, dtype=torch.int64)
+    assert torch.equal(moment(big), big.T @ big)
+    assert not torch.equal((big.double().T @ big.double()).long(), big.T @ big)
+
+
+def test_a_rebuild_through_scratch_buffers_sums_what_one_add_at_a_time_does():
+    gen = torch.Generator().manual_seed(1)
+    recs = [_record(sorted(torch.randperm(12, generator=gen)[:5].tolist()),
+                    torch.randn(3, 5, generator=gen).half(), f"e{i}") for i in range(20)]
+    one, all_ = KeyGuard(12, 5), KeyGuard(12, 5)
+    for rec in recs:
+        one.add(rec)
+    all_.add_all(recs)
+    assert torch.equal(one.cov, all_.cov) and len(one) == len(all_) == 20
+    for rec in recs:
+        all_.remove(rec)
+    assert not all_.cov.any()  # every share leaves exactly
 
 
 def test_the_guard_finds_the_edits_sharing_most_columns_and_copies_apart():

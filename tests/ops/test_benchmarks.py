@@ -184,3 +184,16 @@ def test_aliases(tmp_path):
     # routing is by words, whatever the model: named by alias under the default, never with aliases=[]
     assert rules["aliases"]["alias_on"] == 1.0 and rules["no aliases"]["alias_on"] == 0.0
     assert rules["aliases"]["inferred_aliases"] == 1 and rules["no aliases"]["inferred_aliases"] == 0
+
+
+@needs_data
+def test_restart_scale(tmp_path):
+    store = tmp_path / "store"
+    data = run("restart_scale", tmp_path, "--tiny", "--edits", "12", "--store", str(store), "--keep")
+    # 3 trained over HTTP, 9 copies written through the store, 3 more over HTTP after the first start
+    assert data["edits_before"] == 12 and data["edits_after"] == 15
+    assert data["ready_seconds"] > 0 and data["restart_seconds"] > 0 and data["rss_after_restart"] > 0
+    again = run("restart_scale", tmp_path, "--tiny", "--store", str(store), "--resnapshot")
+    # the same 3 prompts posted again supersede the first run's 3: the count stays
+    assert again["edits_before"] == again["edits_after"] == 15 and "resnapshot_seconds" in again
+    assert not store.exists()  # without --keep the store goes
