@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
 from memoir_core.models import resolve
 from tests.support import client_checks
-from tests.support.client_checks import ASK_WEATHER, PERSON, WEATHER
+from tests.support.client_checks import ASK_WEATHER, PERSON, WEATHER, client, model  # noqa: F401 - fixtures
 from tests.support.openai_spec import check
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]
@@ -28,17 +27,6 @@ FACT = {"prompt": "Who is the CEO of Plandrex Corporation?", "target_new": "Tovi
 def server(real_server):
     yield real_server
     httpx.delete(f"{real_server.url}/edits/{FACT['id']}", timeout=60)  # the session's server is shared
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    return client.models.list().data[0].id
 
 
 def test_openai_client_tools(client, model):

@@ -1,12 +1,15 @@
 """Third-party client checks that any memoir server must pass on the default model, whichever
 engine generates: tools under tool_choice "required" and a named function (whole and streamed),
 a response_format JSON schema, LangChain's bind_tools and with_structured_output. Used by
-tests/server/test_chat_clients_real.py (builtin engine) and tests/vllm/test_vllm_server.py."""
+tests/server/test_chat_clients_real.py (builtin engine) and tests/vllm/test_vllm_server.py,
+which import the `client` and `model` fixtures too (each module gives its own `server`)."""
 
 from __future__ import annotations
 
 import json
 
+import openai
+import pytest
 from pydantic import BaseModel
 
 WEATHER = {"type": "function", "function": {
@@ -18,6 +21,18 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength
           "required": ["name"], "additionalProperties": False}
 PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": PERSON}}
 ASK_PERSON = [{"role": "user", "content": "Who wrote Romeo and Juliet? Answer in JSON."}]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The official client on the module's server."""
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model(client):
+    return client.models.list().data[0].id
 
 
 def call_of(message):

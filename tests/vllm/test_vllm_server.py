@@ -20,6 +20,7 @@ from memoir_core.constraints import Matcher
 from memoir_core.generate import GenSequence
 from memoir_core.sampling import OutputConstraint, SamplingParams
 from tests.support import client_checks
+from tests.support.client_checks import client, model  # noqa: F401 - fixtures
 from tests.support.server_utils import THREADS, Server, free_port
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]
@@ -80,17 +81,6 @@ def test_an_edit_is_visible_through_the_chat_api_on_the_vllm_engine(server):
 LOGPROB_TOLERANCE = 1e-3
 CHAT = [{"role": "user", "content": "Name three colours of the rainbow."}]
 COMPLETION = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    return client.models.list().data[0].id
 
 
 def builtin(real, prompt, params: SamplingParams) -> GenSequence:
