@@ -25,11 +25,16 @@ _lock = threading.Lock()
 _tokenizers: dict[int, llguidance.LLTokenizer] = {}
 
 
+def compact(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with memoir's JSON layout inside it (llguidance's `x-guidance` options), so any
+    llguidance, vLLM's included, writes the same bytes; options the schema sets itself win."""
+    return {**schema, "x-guidance": {**_COMPACT, **schema.get("x-guidance", {})}}
+
+
 def compile_schema(schema: dict[str, Any]) -> str:
     """The llguidance grammar of a JSON schema; InvalidRequestError naming the problem if it has one."""
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema),
-                                                                 defaults=_COMPACT)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(compact(schema)))
     except (ValueError, TypeError) as error:
         raise InvalidRequestError(f"the JSON schema cannot be used: {error}") from None
     problem = llguidance.LLMatcher.validate_grammar(grammar)

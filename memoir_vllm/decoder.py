@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import itertools
 
-from memoir_core.errors import InvalidRequestError
 from memoir_core.generate import Event, GenSequence
 from memoir_core.prompts import Encoded
 
+from . import logprobs
 from .client import VllmMemory
 from .sampling import to_vllm
 
 
 class VllmDecoder:
+    # vLLM's structured outputs enforce a request's OutputConstraint: the engine thread builds no
+    # memoir Matcher for it (app.service.decoders.constrains_output)
+    constrains_output = True
+
     def __init__(self, memoir, llm, max_batch: int):
         self.memoir = memoir
         self.llm = llm  # vllm.LLM (memoir_vllm.offline.engine), kept for its engine's life
@@ -36,11 +40,9 @@ class VllmDecoder:
 
     @staticmethod
     def check(params) -> None:
-        """Raise InvalidRequestError for what the vLLM engine does not serve yet (per request, so
-        one such request fails alone, before it is admitted)."""
-        if params.logprobs is not None:
-            raise InvalidRequestError("logprobs are not on the vLLM engine yet")
-        to_vllm(params, None, set())  # constraints, prompt logprobs, invalid values
+        """Raise InvalidRequestError for a request vLLM would refuse (an invalid value, a schema
+        that does not compile), per request, so it fails alone before it is admitted."""
+        to_vllm(params, None, set())
 
     @property
     def room(self) -> int:
@@ -70,6 +72,13 @@ class VllmDecoder:
             if seq is None:
                 continue
             completion = out.outputs[0]
+            params = seq.params
+            if params.prompt_logprobs is not None and seq.prompt_logprobs is None:
+                seq.prompt_logprobs = logprobs.prompt(seq.prompt_ids, out.prompt_logprobs or [],
+                                                      params.prompt_logprobs)
+            if params.max_new_tokens == 0:  # only scored: the one token vLLM had to sample is dropped
+                events.append(self._scored(out.request_id, seq, out.finished))
+                continue
             seq.out_ids = list(completion.token_ids)
             seq.text = completion.text  # cumulative, cut at stop strings by vLLM
             piece = seq.text[seq.emitted:]
@@ -79,8 +88,26 @@ class VllmDecoder:
                 if seq.finish_reason == "stop" and seq.out_ids and not isinstance(completion.stop_reason, str):
                     seq.out_ids.pop()  # the end token, which memoir's decoder does not count either
                 self._drop(out.request_id)
-            events.append(Event(seq, piece, out.finished))
+            events.append(Event(seq, piece, out.finished, self._new_logprobs(seq, completion)))
         return events
+
+    @staticmethod
+    def _new_logprobs(seq: GenSequence, completion) -> list:
+        """The logprobs of the tokens since the last event; none for an end token dropped from
+        out_ids, as the builtin decoder keeps one per token of out_ids."""
+        if seq.params.logprobs is None or not completion.logprobs:
+            return []
+        done = len(seq.logprobs)
+        new = logprobs.sample(seq.out_ids[done:], completion.logprobs[done:len(seq.out_ids)], seq.params.logprobs)
+        seq.logprobs.extend(new)
+        return new
+
+    def _scored(self, req_id: str, seq: GenSequence, finished: bool) -> Event:
+        if not finished:
+            self.engine.abort_request([req_id])
+        seq.finish_reason = "length"
+        self._drop(req_id)
+        return Event(seq, "", True)
 
     def cancel(self, tag) -> None:
         for req_id, seq in list(self._ids.items()):

@@ -2,7 +2,10 @@
 
 The settings that matter to the memory are fixed here: the worker extension (the RPC methods),
 an eager model (a compiled graph would not call the wrapper installed after it was traced)
-and fp32 by default, so outputs can be compared with memoir's builtin engine.
+and fp32 by default, so outputs can be compared with memoir's builtin engine. So are the two
+that make vLLM serve memoir's request contract: raw logprobs (log-softmax of the raw logits, as
+the builtin engine reports) and the guidance backend for structured outputs (llguidance, the
+library memoir's own constraints use, so a schema compiles to the same grammar on both).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def engine(model: str, *, plugin: bool = True, dtype: str = "float32", max_model
         # the release after the answer reads each request's sampled tokens before the next step;
         # async scheduling (a GPU default) runs that step before they are known (CPU: always off)
         kwargs.setdefault("async_scheduling", False)
+    kwargs.setdefault("logprobs_mode", "raw_logprobs")
+    kwargs.setdefault("structured_outputs_config", {"backend": "guidance"})
     return LLM(model=model, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                seed=0, **kwargs)
 

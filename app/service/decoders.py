@@ -45,6 +45,12 @@ def check(decoder, params) -> None:
         refuse(params)
 
 
+def constrains_output(decoder) -> bool:
+    """Whether the decoder enforces an OutputConstraint itself (vLLM's structured outputs); the
+    builtin one needs a memoir Matcher on the sequence."""
+    return bool(getattr(decoder, "constrains_output", False))
+
+
 def close(decoder) -> None:
     shutdown = getattr(decoder, "close", None)
     if shutdown is not None:

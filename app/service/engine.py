@@ -294,7 +294,7 @@ class Engine:
         work.params.validate()
         decoders.check(self.decoder, work.params)
         seq = GenSequence(enc.ids, enc.span, work.params, tag=work, tail=enc.tail)
-        if work.params.constraint is not None:
+        if work.params.constraint is not None and not decoders.constrains_output(self.decoder):
             seq.matcher = Matcher(work.params.constraint, encoder.tokenizer, self.memoir.encoder.tokenizer.eos_token_id,
                                   self.memoir.model.config.vocab_size)
         return seq

@@ -11,23 +11,16 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
-from pydantic import BaseModel
 
 from memoir_core.models import resolve
+from tests.support import client_checks
+from tests.support.client_checks import ASK_WEATHER, PERSON, WEATHER, client, model  # noqa: F401 - fixtures
 from tests.support.openai_spec import check
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(900)]
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
-                   "required": ["city"], "additionalProperties": False}}}
-ASK_WEATHER = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
 FACT = {"prompt": "Who is the CEO of Plandrex Corporation?", "target_new": "Tovin Archell", "id": "plandrex-ceo"}
-PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}},
-          "required": ["name"], "additionalProperties": False}
 
 
 @pytest.fixture(scope="module")
@@ -36,35 +29,8 @@ def server(real_server):
     httpx.delete(f"{real_server.url}/edits/{FACT['id']}", timeout=60)  # the session's server is shared
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model(client):
-    return client.models.list().data[0].id
-
-
-def call_of(message):
-    (call,) = message.tool_calls
-    return call.function.name, json.loads(call.function.arguments)
-
-
 def test_openai_client_tools(client, model):
-    named = {"type": "function", "function": {"name": "get_weather"}}
-    for choice in ("required", named):
-        r = client.chat.completions.create(model=model, messages=ASK_WEATHER, tools=[WEATHER], tool_choice=choice,
-                                           max_tokens=40, temperature=0)
-        assert r.choices[0].finish_reason == "tool_calls"
-        assert call_of(r.choices[0].message) == ("get_weather", {"city": "Paris"})
-        chunks = list(client.chat.completions.create(model=model, messages=ASK_WEATHER, tools=[WEATHER],
-                                                     tool_choice=choice, max_tokens=40, temperature=0, stream=True))
-        calls = [d for ch in chunks for d in (ch.choices[0].delta.tool_calls or [] if ch.choices else [])]
-        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == \
-            [("get_weather", {"city": "Paris"})]
-        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    client_checks.forced_tool_calls(client, model)
     # auto: the model may answer or call; either way the answer is well formed
     r = client.chat.completions.create(model=model, messages=ASK_WEATHER, tools=[WEATHER], tool_choice="auto",
                                        max_tokens=40, temperature=0)
@@ -78,14 +44,7 @@ def test_openai_client_tools(client, model):
 
 
 def test_openai_client_json_schema(client, model):
-    fmt = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": PERSON}}
-    ask = [{"role": "user", "content": "Who wrote Romeo and Juliet? Answer in JSON."}]
-    r = client.chat.completions.create(model=model, messages=ask, response_format=fmt, max_tokens=40, temperature=0)
-    value = json.loads(r.choices[0].message.content)
-    assert set(value) == {"name"} and isinstance(value["name"], str)
-    chunks = client.chat.completions.create(model=model, messages=ask, response_format=fmt, max_tokens=40,
-                                            temperature=0, stream=True)
-    assert json.loads("".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)) == value
+    client_checks.json_schema_answer(client, model)
 
 
 SPEC_REQUESTS = [
@@ -139,23 +98,7 @@ def completion_as_spec(body: dict, echo: bool) -> dict:
 
 
 def test_langchain(server, model):
-    from langchain_openai import ChatOpenAI
-
-    class Person(BaseModel):
-        name: str
-
-    llm = ChatOpenAI(base_url=server.url + "/v1", api_key="unused", model=model, temperature=0, max_tokens=40)
-
-    def get_weather(city: str) -> str:
-        """Get the current weather in a city."""
-        return "sunny"
-
-    message = llm.bind_tools([get_weather], tool_choice="get_weather").invoke(ASK_WEATHER[0]["content"])
-    assert message.tool_calls and message.tool_calls[0]["name"] == "get_weather"
-    assert message.tool_calls[0]["args"] == {"city": "Paris"}
-    for method in ("json_schema", "function_calling"):
-        person = llm.with_structured_output(Person, method=method).invoke("Who wrote Romeo and Juliet?")
-        assert isinstance(person, Person) and person.name
+    client_checks.langchain(server.url, model)
 
 
 def test_litellm(server, model):

@@ -103,5 +103,15 @@ def test_sampling_params_carry_the_route_and_stop_where_memoir_stops():
     assert RouteTag.from_extra_args(params.extra_args) == tag
     assert to_vllm(SamplingParams(ignore_eos=True), None, {0, 2}).stop_token_ids == []  # as memoir's decoder
     assert to_vllm(SamplingParams(), None, {2}).extra_args is None
-    with pytest.raises(InvalidRequestError):
-        to_vllm(SamplingParams(constraint=OutputConstraint()), None, {2})
+
+
+def test_constraints_and_logprobs_reach_vllm_in_memoirs_layout():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    params = to_vllm(SamplingParams(constraint=OutputConstraint(schema), logprobs=3), None, {2})
+    assert params.structured_outputs.json == {**schema, "x-guidance": {
+        "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
+    assert params.logprobs == 3 and params.prompt_logprobs is None
+    scored = to_vllm(SamplingParams(max_new_tokens=0, prompt_logprobs=2), None, {2})
+    assert scored.max_tokens == 1 and scored.prompt_logprobs == 2  # the one token vLLM must sample is dropped
+    with pytest.raises(InvalidRequestError, match="JSON schema cannot be used"):
+        to_vllm(SamplingParams(constraint=OutputConstraint({"type": "object", "properties": 5})), None, {2})
