@@ -1,5 +1,7 @@
 """The vLLM engine with memoir's memory (memoir_vllm) against plain vLLM: start-up and greedy
-output tokens/s at one client, memory on (one edit, routed) and off, back to back.
+output tokens/s, memory on (one edit, routed) and off, back to back, at one client or at
+--batch N requests handed to vLLM together (N clients' worth of continuous batching; memoir routes
+each of them).
 
 Engines, all on the default model in fp32, all alive at once (only one generates at a time):
   plain          vllm.LLM as vLLM sets it up by default (torch.compile on CPU)
@@ -17,6 +19,7 @@ is counted in their tokens/s (it is reported apart too). Every request asks for 
 the end token ignored, so all cells write as many tokens.
 
     MEMOIR_THREADS=1 PYTHONPATH=. python benchmarks/vllm_engine.py            (~6 min on 2 cores)
+    PYTHONPATH=. python benchmarks/vllm_engine.py --no-compiled --batch 16     (16 at a time)
 """
 
 from __future__ import annotations
@@ -41,12 +44,12 @@ def timed_engine(**kwargs):
     return llm, time.perf_counter() - t0
 
 
-def generate_one(llm, prompt: dict, params) -> int:
-    out = llm.generate([prompt], params, use_tqdm=False)
-    n = len(out[0].outputs[0].token_ids)
-    if n != params.max_tokens:  # every cell must do the same work per request
-        raise RuntimeError(f"{n} tokens generated, {params.max_tokens} asked (a stop token was not ignored)")
-    return n
+def generate_all(llm, prompts: list[dict], params) -> int:
+    out = llm.generate(prompts, params, use_tqdm=False)
+    counts = [len(o.outputs[0].token_ids) for o in out]
+    if any(n != params.max_tokens for n in counts):  # every cell must do the same work per request
+        raise RuntimeError(f"{counts} tokens generated, {params.max_tokens} asked (a stop token was not ignored)")
+    return sum(counts)
 
 
 def main() -> None:
@@ -54,6 +57,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=15.0, help="per cell per round")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=1, help="requests handed to vLLM together (clients)")
     ap.add_argument("--no-compiled", action="store_true", help="leave out vLLM's default (compiled) engine")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -99,13 +103,18 @@ def main() -> None:
     def plugin_cell(prompt: str, name: str):
         def one() -> int:
             t = time.perf_counter()
-            prepared = memory.prepare([prompt])[0]
-            routing_ms[name].append((time.perf_counter() - t) * 1000)
-            decisions[name] = prepared.decision.route.edit_id if prepared.decision.route else None
-            return generate_one(engines["plugin"], prepared.prompt, to_vllm(greedy, prepared.tag, eos))
+            prepared = memory.prepare([prompt] * args.batch)
+            routing_ms[name].append((time.perf_counter() - t) * 1000 / args.batch)
+            routes = {p.decision.route.edit_id if p.decision.route else None for p in prepared}
+            if len(routes) != 1:
+                raise RuntimeError(f"one prompt, several decisions: {routes}")
+            decisions[name] = routes.pop()
+            # one tag per request: the same decision, so the same parameters
+            return generate_all(engines["plugin"], [p.prompt for p in prepared],
+                                to_vllm(greedy, prepared[0].tag, eos))
         return one
 
-    cells = {name: (lambda llm=engines[name]: generate_one(llm, plain_prompt, plain_params))
+    cells = {name: (lambda llm=engines[name]: generate_all(llm, [plain_prompt] * args.batch, plain_params))
              for name in ("plain", "plain-eager") if name in engines}
     cells["plugin memory off"] = plugin_cell(UNRELATED, "off")
     cells["plugin memory on"] = plugin_cell(PROMPT, "on")
@@ -113,7 +122,7 @@ def main() -> None:
         ready = memory.prepare([prompt])[0]
         params = to_vllm(greedy, ready.tag, eos)
         cells[f"plugin memory {name}, routed once"] = \
-            lambda ready=ready, params=params: generate_one(engines["plugin"], ready.prompt, params)
+            lambda ready=ready, params=params: generate_all(engines["plugin"], [ready.prompt] * args.batch, params)
     for fn in cells.values():  # warm-up: first requests pay one-time costs
         fn()
     totals = {name: [0, 0.0] for name in cells}
@@ -135,11 +144,11 @@ def main() -> None:
         tps = tokens / seconds
         rows.append({"engine": name, "tokens/s": tps, "x plain-eager": tps / base,
                      "rounds": " ".join(f"{v:.1f}" for v in per_round[name])})
-    print(f"greedy, {args.tokens} new tokens, 1 client, fp32, {common.threads()} thread(s)")
+    print(f"greedy, {args.tokens} new tokens, {args.batch} request(s) at a time, fp32, {common.threads()} thread(s)")
     print(common.table(rows))
     print(common.table([{"engine": k, "start-up s": v} for k, v in startup.items()]))
     routing = {k: common.summary(v) for k, v in routing_ms.items()}
-    print(f"memoir's routing per request (ms, median): off {routing['off']['median']:.1f}, "
+    print(f"memoir's routing per request (ms, median of batches' means): off {routing['off']['median']:.1f}, "
           f"on {routing['on']['median']:.1f}; the edit trained in {edit_seconds:.1f} s")
     run.finish(args.out, throughput=rows, startup_seconds=startup, routing_ms=routing, edit_seconds=edit_seconds)
     for llm in engines.values():
