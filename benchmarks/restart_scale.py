@@ -37,8 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-import httpx  # noqa: E402
-from edit_memory import DATA, free_port, metric, rss, start, stop  # noqa: E402
+from edit_memory import DATA, free_port, metric, post_edit, rss, start, stop  # noqa: E402
 
 from memoir_core.datasets import load_cases  # noqa: E402
 
@@ -63,14 +62,7 @@ class Server:
 
 
 def post_edits(url: str, cases, prefix: str) -> list[float]:
-    seconds = []
-    for i, case in enumerate(cases):
-        t0 = time.perf_counter()
-        r = httpx.post(url + "/edit", json={"prompt": case.prompt, "target_new": case.target, "id": f"{prefix}{i}"},
-                       timeout=900)
-        r.raise_for_status()
-        seconds.append(time.perf_counter() - t0)
-    return seconds
+    return [post_edit(url, case, f"{prefix}{i}") for i, case in enumerate(cases)]
 
 
 def copies(store_dir: str, n: int, seed: int = 0) -> float:
