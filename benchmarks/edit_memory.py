@@ -12,7 +12,9 @@ restart must not read the deltas into RAM.
 Allocator noise: glibc malloc keeps freed memory in its arenas and torch its own caches, so RSS
 moves by a few MB at a time whatever the edits hold; the growth per edit is only meaningful
 over many edits (the issue asks for 1,000). /metrics' memoir:edit_tensor_bytes is reported
-beside it: the tensor bytes the live edits hold, which has no such noise.
+beside it: the tensor bytes the live edits hold, which has no such noise. So are glibc's own
+counts at each reading (memoir:host_heap_*): bytes handed out and not had back ("held") against
+free bytes kept in the arenas, which is the allocator noise named.
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ import httpx  # noqa: E402
 from memoir_core.datasets import load_cases  # noqa: E402
 
 DATA = Path(os.environ.get("MEMOIR_DATA", "/work/shared/data")) / "zsre" / "zsre_edit_dev_500.json"
+
+
+def heap(url: str) -> dict[str, float] | None:
+    """glibc's counts from /metrics (None where the server runs without glibc)."""
+    names = {"in_use": "memoir:host_heap_in_use_bytes", "free": "memoir:host_heap_free_bytes",
+             "mmapped": "memoir:host_heap_mmapped_bytes"}
+    counts = {key: metric(url, name) for key, name in names.items()}
+    return None if any(v != v for v in counts.values()) else counts
+
+
+def held(counts: dict[str, float]) -> float:
+    return counts["in_use"] + counts["mmapped"]
 
 
 def free_port() -> int:
@@ -114,13 +128,17 @@ def main() -> None:
         try:
             ready = rss(proc.pid)
             seconds, trace = [], []
+            heap_trace = []
             for i, case in enumerate(cases):
                 if i == args.warmup:
                     warm, warm_bytes = rss(proc.pid), metric(url, "memoir:edit_tensor_bytes")
+                    warm_heap = heap(url)
                 seconds.append(post_edit(url, case, f"m{i}"))
                 if (i + 1 - args.warmup) % args.every == 0 and i + 1 > args.warmup:
                     trace.append((i + 1 - args.warmup, rss(proc.pid)))
+                    heap_trace.append((i + 1 - args.warmup, heap(url)))
             end, end_bytes = rss(proc.pid), metric(url, "memoir:edit_tensor_bytes")
+            end_heap = heap(url)
             per_edit_planned = metric(url, "memoir:edit_ram_bytes_per_edit")
         finally:
             stop(proc)
@@ -136,12 +154,19 @@ def main() -> None:
                "edit_tensor_bytes_after_restart": restarted_bytes,
                "edit_tensor_bytes_per_edit": (end_bytes - warm_bytes) / args.edits,
                "planned_ram_per_edit": per_edit_planned, "edit_seconds": common.summary(seconds),
-               "rss_trace": trace}
+               "rss_trace": trace, "heap_after_warmup": warm_heap, "heap_end": end_heap, "heap_trace": heap_trace}
+    if warm_heap and end_heap:
+        results["held_growth_per_edit"] = (held(end_heap) - held(warm_heap)) / args.edits
+        results["free_heap_growth_per_edit"] = (end_heap["free"] - warm_heap["free"]) / args.edits
     mb = 1 / 2**20
     print(f"RSS ready {ready * mb:.0f} MB, after {args.warmup} warm-up edits {warm * mb:.0f} MB, after "
           f"{args.edits} more {end * mb:.0f} MB: {growth / 1024:.1f} KB per edit (allocator noise: a few MB "
           f"either way); after a restart with {need} edits {restarted * mb:.0f} MB")
     print("RSS after warm-up + n edits: " + ", ".join(f"{n}: {b * mb:.0f} MB" for n, b in trace))
+    if "held_growth_per_edit" in results:
+        print(f"malloc's count, after warm-up -> end: held (in use + mmapped) {held(warm_heap) * mb:.0f} -> "
+              f"{held(end_heap) * mb:.0f} MB, {results['held_growth_per_edit'] / 1024:.1f} KB per edit; free in "
+              f"the arenas {warm_heap['free'] * mb:.0f} -> {end_heap['free'] * mb:.0f} MB (allocator noise)")
     print(f"tensor bytes held per edit (metrics): {results['edit_tensor_bytes_per_edit']:.0f}; planned RAM per "
           f"edit: {per_edit_planned:.0f}")
     run.finish(args.out, **results)

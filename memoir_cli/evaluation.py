@@ -22,6 +22,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--checkpoint-sample", type=int, default=None, metavar="N",
                    help="score N edits spread over the stream so far at each checkpoint instead of all of them "
                         "(the final point scores all); makes --checkpoints 20 affordable on a long stream")
+    p.add_argument("--final-sample", type=int, default=None, metavar="N",
+                   help="score N edits spread over the whole stream at the end instead of all of them (a 10,000-edit "
+                        "stream's greedy and chat checks of every edit take longer than its edits)")
     p.add_argument("--greedy-checkpoints", action="store_true", help="greedy accuracy at every checkpoint too (slower)")
     p.add_argument("--out", default=None, help="JSON report: settings, metrics, the curve (no records of the data); "
                    "rewritten at each checkpoint with \"partial\": true until the run ends")
@@ -84,7 +87,10 @@ def run_eval(args) -> int:
     memoir = build_memoir(args)
     bar = tqdm(total=len(cases), desc="editing", unit="edit", file=sys.stderr)
 
+    stats: list[dict] = []  # every edit's steps, loss and time, saved with each partial report
+
     def progress(done: int, stat: dict) -> None:
+        stats.append(stat)
         bar.update(1)
         bar.set_postfix(steps=stat["steps"], loss=f"{stat['loss']:.3f}", s=f"{stat['seconds']:.2f}")
 
@@ -104,11 +110,14 @@ def run_eval(args) -> int:
                                             "false_activation_rate") if k in point and point[k] == point[k])
                   + f" unlearnt={point['unlearnt']}")
         if args.out:
-            Path(args.out).write_text(json.dumps({**report_of({}, curve), "partial": True}, indent=2))
+            partial = {**report_of({}, curve), "partial": True}
+            if args.edit_stats:
+                partial["edit_stats"] = stats
+            Path(args.out).write_text(json.dumps(partial, indent=2))
 
     try:  # run_stream checks every case against the memory's limits before the first edit
         result = run_stream(memoir, cases, checkpoints=args.checkpoints, greedy_checkpoints=args.greedy_checkpoints,
-                            checkpoint_sample=args.checkpoint_sample, infer_subjects=args.subjects == "inferred",
+                            checkpoint_sample=args.checkpoint_sample, final_sample=args.final_sample, infer_subjects=args.subjects == "inferred",
                             progress=progress, on_checkpoint=checkpoint)
     except InvalidRequestError as e:
         bar.close()

@@ -211,6 +211,9 @@ def _greedy(memoir: Memoir, prompts: list[Encoded], cases: list[Case]) -> float:
     return _mean(" ".join(t.split()).startswith(" ".join(c.target.split())) for t, c in zip(texts, cases))
 
 
+RECENT = 100  # edits behind each checkpoint's edit-time figures
+
+
 @dataclass
 class StreamResult:
     metrics: dict[str, float]
@@ -234,8 +237,8 @@ def check_cases(memoir: Memoir, cases: list[Case]) -> None:
 
 
 def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, greedy_checkpoints: bool = False,
-               checkpoint_sample: int | None = None, infer_subjects: bool = False,
-               progress: Callable[[int, dict], None] | None = None,
+               checkpoint_sample: int | None = None, final_sample: int | None = None,
+               infer_subjects: bool = False, progress: Callable[[int, dict], None] | None = None,
                on_checkpoint: Callable[[list[dict]], None] | None = None) -> StreamResult:
     """Apply the cases as sequential edits, scoring the edits so far at evenly spaced checkpoints
     (`on_checkpoint` gets the curve so far after each, so a long run can be watched and saved).
@@ -243,9 +246,13 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, gree
     (the memory infers them); the routing figures still read the given ones.
     A checkpoint scores every edit so far, or `checkpoint_sample` of them: scoring all of them at
     each of 20 checkpoints of a 2,000-edit stream costs ten times the final scoring. The final
-    point always scores every edit."""
-    if checkpoint_sample is not None and checkpoint_sample < 2:
-        raise InvalidRequestError(f"checkpoint_sample must be 2 or more, got {checkpoint_sample}")
+    point scores every edit, or `final_sample` of them (on a 10,000-edit stream the greedy and
+    chat checks of every edit would take longer than the edits).
+    Each point also carries the median time and steps of the `RECENT` edits before it, so a
+    long stream shows how edit cost moves as the bank fills."""
+    for name, value in (("checkpoint_sample", checkpoint_sample), ("final_sample", final_sample)):
+        if value is not None and value < 2:
+            raise InvalidRequestError(f"{name} must be 2 or more, got {value}")
     check_cases(memoir, cases)
     evalset = make_eval_set(memoir, cases)
     marks = sorted({max(1, round(len(cases) * (i + 1) / checkpoints)) for i in range(checkpoints)}) if checkpoints else []
@@ -258,6 +265,12 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, gree
         # edits so far whose training ended above the loss that would have let it stop: past
         # about 1,000 CounterFact edits the key guard leaves a growing share of them
         return sum(s["loss"] > settle for s in stats)
+
+    def recent(stats: list[dict]) -> dict[str, float]:
+        window = stats[-RECENT:]
+        return {"recent_edit_seconds_median": statistics.median(s["seconds"] for s in window),
+                "recent_steps_median": statistics.median(s["steps"] for s in window),
+                "recent_unlearnt": unlearnt(window)}
 
     def live(eid: str) -> str:
         while eid in successor:
@@ -277,12 +290,12 @@ def run_stream(memoir: Memoir, cases: list[Case], *, checkpoints: int = 10, gree
         if i + 1 in marks and i + 1 < len(cases):
             point = score(memoir, evalset, upto=i + 1, greedy=greedy_checkpoints,
                           edit_ids=[live(e) for e in ids], sample=checkpoint_sample)
-            curve.append({"edits": i + 1, **point, "unlearnt": unlearnt(stats)})
+            curve.append({"edits": i + 1, **point, "unlearnt": unlearnt(stats), **recent(stats)})
             if on_checkpoint:
                 on_checkpoint(curve)
-    final = score(memoir, evalset, greedy=True, edit_ids=[live(e) for e in ids])
+    final = score(memoir, evalset, greedy=True, edit_ids=[live(e) for e in ids], sample=final_sample)
     final["unlearnt"] = unlearnt(stats)
-    curve.append({"edits": len(cases), **final})
+    curve.append({"edits": len(cases), **final, **recent(stats)})
     secs = sorted(s["seconds"] for s in stats)
     final.update({
         "edits": len(cases),

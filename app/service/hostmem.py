@@ -10,6 +10,10 @@ stored edit then, the routing data alone.
 
 What the heap still strands between edits (freed blocks below a live one, in the engine thread's
 arena) goes back with `trim()`, glibc's malloc_trim, once an edit job has answered.
+
+`heap()` tells the two apart from outside: bytes malloc has handed out and not had back (what
+the process holds) against free bytes it keeps in its arenas (allocator noise). RSS per edit
+minus the first is what the allocator, not the memory, costs.
 """
 
 from __future__ import annotations
@@ -40,6 +44,24 @@ def pin_mmap_threshold(nbytes: int = THRESHOLD) -> bool:
         log.debug("no glibc mallopt here; the mmap threshold stays dynamic")
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, nbytes))
+
+
+class _Mallinfo2(ctypes.Structure):
+    # glibc's struct mallinfo2 (2.33 and newer): every field a size_t
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def heap() -> dict[str, int] | None:
+    """glibc's own count over every arena: `in_use` (handed out from the arenas), `free` (kept in
+    them, resident or not), `mmapped` (large blocks, each its own mapping); None without glibc 2.33+."""
+    fn = getattr(_libc(), "mallinfo2", None)
+    if fn is None:
+        return None
+    fn.restype = _Mallinfo2
+    info = fn()
+    return {"in_use": int(info.uordblks), "free": int(info.fordblks), "mmapped": int(info.hblkhd)}
 
 
 def trim() -> bool:

@@ -26,6 +26,8 @@ names of prometheus-fastapi-instrumentator, which vLLM's server also exposes.
   store         memoir:snapshot_duration_seconds (histogram), memoir:snapshots_total{outcome},
                 memoir:snapshot_last_success_timestamp_seconds
                 memoir:store_<name> for every number in the store's stats()
+  host heap     memoir:host_heap_in_use_bytes, memoir:host_heap_free_bytes, memoir:host_heap_mmapped_bytes
+                (glibc's mallinfo2: what the process holds against what its allocator keeps)
   process       process_* and python_* (prometheus_client's collectors)
 
 Snapshots are observed through the store's observer hook (MemoryStore.observe, given
@@ -54,6 +56,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from memoir_core.capacity import estimate
 from memoir_core.state import MemoryStore
+
+from . import hostmem
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +190,19 @@ class ServerCollector:
         yield _gauge("memoir:snapshot_last_success_timestamp_seconds", "Unix time of the last snapshot that "
                      "succeeded in this process (0: none yet).", _last_snapshot["ok"])
         yield from _store_stats(runtime.store)
+        yield from _host_heap()
+
+
+def _host_heap():
+    counts = hostmem.heap()
+    if counts is None:  # not glibc
+        return
+    yield _gauge("memoir:host_heap_in_use_bytes", "Bytes malloc has handed out from its arenas and not had back.",
+                 counts["in_use"])
+    yield _gauge("memoir:host_heap_free_bytes", "Free bytes malloc keeps in its arenas (allocator noise in RSS "
+                 "where resident).", counts["free"])
+    yield _gauge("memoir:host_heap_mmapped_bytes", "Bytes of blocks malloc mapped one by one (large tensors).",
+                 counts["mmapped"])
 
 
 _per_edit: dict[tuple, int] = {}  # capacity estimate per memory shape (tracemalloc: once)

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import statistics
 
 import pytest
 
@@ -117,6 +118,20 @@ def test_a_sampled_checkpoint_scores_exactly_the_sampled_cases():
     assert [c["scored_cases"] for c in result.checkpoints] == [1, 2, 3]  # the final point scores every edit
     with pytest.raises(InvalidRequestError, match="checkpoint_sample"):
         run_stream(make_memoir("llama"), CASES, checkpoint_sample=1)
+    with pytest.raises(InvalidRequestError, match="final_sample"):
+        run_stream(make_memoir("llama"), CASES, final_sample=0)
+
+
+def test_a_long_stream_may_score_a_sample_at_the_end_and_shows_edit_cost_at_each_point():
+    result = run_stream(make_memoir("llama", max_steps=60, stop_loss=0.05), CASES, checkpoints=3,
+                        final_sample=2)
+    assert [c["scored_cases"] for c in result.checkpoints] == [1, 2, 2]
+    assert result.metrics["scored_cases"] == 2 and "greedy_reliability" in result.metrics
+    for point in result.checkpoints:  # the edits up to each point (all of them: fewer than RECENT)
+        upto = result.edits[:point["edits"]]
+        assert point["recent_edit_seconds_median"] == statistics.median(e["seconds"] for e in upto)
+        assert point["recent_steps_median"] == statistics.median(e["steps"] for e in upto)
+        assert point["recent_unlearnt"] == sum(e["loss"] > 0.25 for e in upto)
 
 
 def test_a_stream_with_a_case_over_the_limits_stops_before_any_edit():
@@ -150,6 +165,10 @@ def test_plot_curve_writes_a_png_with_and_without_perplexity(tmp_path):
     outlier = [*curve, {"edits": 30, "reliability": 0.9, "locality": 0.9, "target_perplexity": 3300.0,
                         "target_perplexity_median": 1.2}]  # log axis; a median on some points only
     for name, points in (("ppl.png", curve), ("plain.png", [{k: v for k, v in p.items() if k != "target_perplexity"}
-                                                            for p in curve]), ("log.png", outlier)):
+                                                            for p in curve]), ("log.png", outlier),
+                         ("cost.png", [{**p, "recent_edit_seconds_median": 0.3 * i, "recent_steps_median": 4,
+                                        "recent_unlearnt": i} for i, p in enumerate(curve)])):
         plot_curve(points, str(tmp_path / name), title="t")
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height = lambda name: int.from_bytes((tmp_path / name).read_bytes()[20:24], "big")  # noqa: E731
+    assert height("cost.png") > height("ppl.png") * 1.3  # the edit-cost panel below the scores
