@@ -132,6 +132,10 @@ def test_a_long_stream_may_score_a_sample_at_the_end_and_shows_edit_cost_at_each
         assert point["recent_edit_seconds_median"] == statistics.median(e["seconds"] for e in upto)
         assert point["recent_steps_median"] == statistics.median(e["steps"] for e in upto)
         assert point["recent_unlearnt"] == sum(e["loss"] > 0.25 for e in upto)
+    # the base model's locality answers are read only for the cases some point scores
+    m = make_memoir("llama")
+    every, some = make_eval_set(m, CASES), make_eval_set(m, CASES, scored={0, 2})
+    assert some.loc_base[1] is None and [some.loc_base[0], some.loc_base[2]] == [every.loc_base[0], every.loc_base[2]]
 
 
 def test_a_stream_with_a_case_over_the_limits_stops_before_any_edit():

@@ -275,6 +275,9 @@ def test_metrics_move_with_edits_and_generations(client):
     # what the stored edit holds in RAM comes and goes with it; the planning figure is always there
     assert delta("memoir:edit_tensor_bytes", m=edited) > 0 and delta("memoir:edit_tensor_bytes") == 0
     assert value(after, "memoir:edit_ram_bytes_per_edit") > 0
+    # glibc's own count: the loaded model alone is hundreds of MB handed out, whether by the arenas or mmap
+    assert value(after, "memoir:host_heap_in_use_bytes") + value(after, "memoir:host_heap_mmapped_bytes") > 2**20
+    assert value(after, "memoir:host_heap_free_bytes") >= 0
     usage = [a["usage"] for a in answers]
     assert delta("memoir:prompt_tokens_total") >= sum(u["prompt_tokens"] for u in usage) + 1
     assert delta("memoir:generation_tokens_total") == sum(u["completion_tokens"] for u in usage) + 6

@@ -92,3 +92,35 @@ def test_trim_gives_back_the_free_pages_live_blocks_strand():
     held, trimmed, _ = map(int, last.split())
     print(f"RSS {held / 2**20:.0f} MB with the freed blocks stranded, {trimmed / 2**20:.0f} MB after trim()")
     assert held - trimmed > 100 * 2**20, f"trim() gave back only {(held - trimmed) / 2**20:.0f} MB"
+
+
+HEAP = r"""
+from app.service.hostmem import heap
+
+if heap() is None:
+    print("SKIP no glibc mallinfo2")
+    raise SystemExit(0)
+held = lambda c: c["in_use"] + c["mmapped"]
+empty = heap()
+blocks = [bytes(64 * 1024) for _ in range(1600)]  # 100 MB handed out by malloc
+full = heap()
+kept = blocks[::50]  # a live block every 3 MB: the rest is freed but stays in the arena
+del blocks
+freed = heap()
+print(held(full) - held(empty), held(full) - held(freed), freed["free"] - full["free"], len(kept))
+"""
+
+
+def test_heap_counts_what_the_process_holds_apart_from_what_malloc_keeps_free():
+    out = subprocess.run([sys.executable, "-c", HEAP], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    if last.startswith("SKIP"):
+        pytest.skip("no glibc mallinfo2 on this platform")
+    grown, given_back, kept_free, _ = map(int, last.split())
+    mb = 2**20
+    assert 100 * mb <= grown < 110 * mb, f"held grew by {grown / mb:.1f} MB for 100 MB of blocks"
+    assert given_back > 95 * mb, f"held fell by only {given_back / mb:.1f} MB when 98 MB were freed"
+    # the freed blocks between the live ones stay in the arena: counted free, not held
+    assert kept_free > 80 * mb, f"free heap grew by only {kept_free / mb:.1f} MB"
