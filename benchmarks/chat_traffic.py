@@ -17,7 +17,12 @@ server to infer), then asks greedily through the OpenAI-compatible API, as a cli
   - statement: the question turned into the statement it asks to complete
     ("What is the capital of X?" -> "The capital of X is"), through /v1/completions;
 - neighbours: the edit question with its subject replaced by an entity no edit is about (the
-  data files' other subjects), bare and as a statement: the memory must stay off.
+  data files' other subjects), bare and as a statement: the memory must stay off;
+- same subject: other questions about the edited subject ("Where is X located?", the dry run's
+  templates, memoir_core.neighbours.RELATIONS), bare, asked once before any edit and once after.
+  Subject routing lets the memory on for these (docs/routing.md); what matters is whether the
+  answer moves: "answer" is then the share that names the edit's target (a leak), "changed" the
+  share whose greedy answer differs from the one before the edits.
 
 Per kind and form it reports the memory-on rate, the share routed to the prompt's own edit and
 the answer rate (the target inside the greedy answer, case-insensitive), over all cases and over
@@ -47,6 +52,7 @@ from tests.support.server_utils import Server, free_port
 
 from memoir_core.datasets import Case, load_cases, sibling, unedited_subjects
 from memoir_core.forms import statement_form
+from memoir_core.neighbours import RELATIONS
 
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a concise assistant. Answer in a few words.",
                   "You answer questions about the world accurately.")
@@ -105,7 +111,14 @@ def probes(cases: list[Case], others: list[str]) -> list[dict]:
             out.append({"kind": "neighbour", "form": "bare", "case": i, "messages": chat_messages("bare", asked, i)})
             if s := statement(asked, other):
                 out.append({"kind": "neighbour", "form": "statement", "case": i, "prompt": s})
-    return out
+    return out + same_subject(cases)
+
+
+def same_subject(cases: list[Case]) -> list[dict]:
+    """Other questions about each edited subject (one template per case, in turn)."""
+    return [{"kind": "same subject", "form": "bare", "case": i,
+             "messages": chat_messages("bare", RELATIONS[i % len(RELATIONS)].format(s=c.subject), i)}
+            for i, c in enumerate(cases) if c.subject]
 
 
 async def ask(c: httpx.AsyncClient, probe: dict, tokens: int) -> tuple[str, dict]:
@@ -128,6 +141,8 @@ def contains(answer: str, target: str) -> bool:
 
 async def run(url: str, cases: list[Case], others: list[str], args) -> dict:
     async with httpx.AsyncClient(base_url=url, timeout=900) as c:
+        # the base model's answers to the same-subject questions, before any edit
+        before = {p["case"]: (await ask(c, p, args.tokens))[0] for p in same_subject(cases)}
         edits, t0 = [], time.perf_counter()
         for i, case in enumerate(cases):
             body = {"prompt": case.prompt, "target_new": case.target, "id": f"case-{i}"}
@@ -148,7 +163,8 @@ async def run(url: str, cases: list[Case], others: list[str], args) -> dict:
             done += 1
             print(f"\r  requests {done}/{len(todo)}", end="", file=sys.stderr, flush=True)
             return {**p, "answer": answer, "on": memory["on"], "own": memory["edit_id"] == f"case-{p['case']}",
-                    "hit": contains(answer, cases[p["case"]].target)}
+                    "hit": contains(answer, cases[p["case"]].target),
+                    "changed": p["kind"] == "same subject" and answer != before[p["case"]]}
 
         answered = await asyncio.gather(*(one(p) for p in todo))
         print(file=sys.stderr)
@@ -158,7 +174,7 @@ async def run(url: str, cases: list[Case], others: list[str], args) -> dict:
     per_subject = Counter(c.subject for c in cases)
     sole = {i for i, c in enumerate(cases) if c.subject is None or per_subject[c.subject] == 1}
     rows = []
-    for kind in ("question", "paraphrase", "neighbour"):
+    for kind in ("question", "paraphrase", "neighbour", "same subject"):
         for form in (*CHAT_FORMS, "statement"):
             got = [a for a in answered if a["kind"] == kind and a["form"] == form]
             if got:
@@ -166,6 +182,7 @@ async def run(url: str, cases: list[Case], others: list[str], args) -> dict:
                              "on": statistics.fmean(a["on"] for a in got),
                              "own": statistics.fmean(a["own"] for a in got),
                              "answer": statistics.fmean(a["hit"] for a in got),
+                             "changed": statistics.fmean(a["changed"] for a in got) if kind == "same subject" else None,
                              "n sole": sum(a["case"] in sole for a in got),
                              "answer, sole": statistics.fmean([a["hit"] for a in got if a["case"] in sole] or [0])})
     seconds = [e["seconds"] for e in edits]
@@ -175,7 +192,11 @@ async def run(url: str, cases: list[Case], others: list[str], args) -> dict:
             "misses": [{k: a[k] for k in ("kind", "form", "case", "answer", "on", "own")} | {
                 "prompt": a.get("prompt") or a["messages"][-1]["content"], "target": cases[a["case"]].target}
                 for a in answered if (a["kind"] == "neighbour") == a["on"] or
-                (a["kind"] != "neighbour" and not a["hit"])][: args.keep_misses]}
+                (a["kind"] in ("question", "paraphrase") and not a["hit"]) or
+                (a["kind"] == "same subject" and a["hit"])][: args.keep_misses],
+            "same_subject_examples": [{"question": a["messages"][-1]["content"], "before": before[a["case"]],
+                                       "after": a["answer"], "target": cases[a["case"]].target, "on": a["on"]}
+                                      for a in answered if a["kind"] == "same subject" and a["changed"]][:40]}
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -237,7 +258,8 @@ def main(argv=None) -> int:
                 server.stop()
     print(f"{report['edits']} edits ({args.subjects} subjects; {report['subjects_inferred']} inferred), "
           f"{report['unlearnt']} unlearnt, edit seconds median {report['edit_seconds'].get('median', 0):.2f}")
-    print(common.table(report["rows"], ["kind", "form", "n", "on", "own", "answer", "n sole", "answer, sole"]))
+    print(common.table(report["rows"], ["kind", "form", "n", "on", "own", "answer", "changed", "n sole",
+                                        "answer, sole"]))
     if args.plot:
         plot(report["rows"], args.plot)
     run_.finish(args.out, **report)

@@ -105,6 +105,8 @@ def summary(values) -> dict:
 
 
 def fmt(v) -> str:
+    if v is None:  # a column that does not apply to the row
+        return ""
     if isinstance(v, float):
         if v != v:
             return "nan"

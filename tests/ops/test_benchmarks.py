@@ -163,11 +163,14 @@ def test_chat_traffic_asks_every_form_and_swaps_the_subject_for_neighbours():
     probes = traffic.probes([case], ["Quellmark Foods"])
     forms = {(p["kind"], p["form"]) for p in probes}
     assert forms == {(k, f) for k in ("question", "paraphrase") for f in traffic.CHAT_FORMS} | {
-        ("question", "statement"), ("neighbour", "bare"), ("neighbour", "statement")}
+        ("question", "statement"), ("neighbour", "bare"), ("neighbour", "statement"), ("same subject", "bare")}
     said = {(p["kind"], p["form"]): p.get("prompt") or p["messages"] for p in probes}
     assert said[("question", "statement")] == "The CEO of Zorblax Industries is"
     assert said[("neighbour", "statement")] == "The CEO of Quellmark Foods is"
     assert said[("neighbour", "bare")] == [{"role": "user", "content": "Who is the CEO of Quellmark Foods?"}]
+    # another question about the edited subject itself, asked before the edits and after
+    assert said[("same subject", "bare")] == [{"role": "user", "content": "Where is Zorblax Industries located?"}]
+    assert traffic.same_subject([Case(prompt="Who runs it?", target="x")]) == []  # no subject: nothing to ask
     earlier = said[("paraphrase", "earlier turn")]
     assert [m["role"] for m in earlier] == ["user", "assistant", "user"]
     assert earlier[-1]["content"] == "Who runs Zorblax Industries?"
