@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 
@@ -238,6 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--threads", default=os.environ.get("MEMOIR_THREADS", "2"), help="torch threads of the server")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a memory config field for the server it starts (MEMOIR_CONFIG), e.g. other_question_rows=4")
     ap.add_argument("--keep-misses", type=int, default=200, help="misses written to the JSON, for reading")
     ap.add_argument("--out")
     ap.add_argument("--plot")
@@ -248,9 +252,16 @@ def main(argv=None) -> int:
     run_ = common.Run("chat_traffic", vars(args))
     with tempfile.TemporaryDirectory(prefix="memoir-chat-traffic-") as state:
         port = free_port()
+        env = {"MEMOIR_THREADS": args.threads}
+        if args.set:
+            from memoir_cli.evaluation import parse_sets
+
+            config = Path(tempfile.gettempdir()) / f"memoir-chat-traffic-config-{os.getpid()}.json"
+            config.write_text(json.dumps(parse_sets(args.set)))
+            env["MEMOIR_CONFIG"] = str(config)
         server = None if args.url else Server(
             ["-m", "memoir_cli.main", "serve", "--port", str(port), "--state-dir", state, "--threads", args.threads,
-             "--log-level", "warning"], {"MEMOIR_THREADS": args.threads}, port).start(900)
+             "--log-level", "warning"], env, port).start(900)
         try:
             report = asyncio.run(run(args.url or server.url, cases, others, args))
         finally:

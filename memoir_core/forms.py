@@ -45,3 +45,34 @@ def alias_forms(prompt: str, subject: str | None, aliases) -> tuple[str, ...]:
     if at < 0:
         return ()
     return tuple(prompt[:at] + alias + prompt[at + len(subject):] for alias in aliases)
+
+
+# Other questions about an edit's subject: their masks keep the edit off for prompts that ask
+# something else about the subject (config.other_question_lead, routing.py). Kept apart from
+# neighbours.RELATIONS, the dry run's and chat_traffic.py's probes, so those measure questions
+# the edit never saw.
+# No question about who holds or runs the subject: "Who owns X?" took "Who runs X?", a paraphrase
+# of "Who is the CEO of X?", away from a CEO edit.
+OTHER_QUESTIONS = ("Tell me about {s}.", "What kind of thing is {s}?", "What does {s} look like?",
+                   "What is the history of {s}?", "How old is {s}?", "Why is {s} important?")
+_WORD = re.compile(r"[a-z0-9]+")
+_FUNCTION_WORDS = frozenset("a an the of is was are were what who whom which when where why how in on at to for by "
+                            "with about me tell kind thing does do did".split())
+
+
+def other_questions(prompt: str, subject: str | None, n: int) -> tuple[str, ...]:
+    """Up to n other questions about the subject, leaving out any that shares a content word
+    with the prompt's own question ("Who owns X?" is not another question for an edit of "Who
+    owns X?"; it may well be a paraphrase)."""
+    if not subject or n <= 0 or subject.casefold() not in prompt.casefold():
+        return ()
+    words = lambda text: set(_WORD.findall(text.casefold())) - _FUNCTION_WORDS  # noqa: E731
+    own = words(prompt) - words(subject)
+    out = []
+    for template in OTHER_QUESTIONS:
+        if words(template.replace("{s}", "")) & own:
+            continue
+        out.append(template.format(s=subject))
+        if len(out) == n:
+            break
+    return tuple(out)

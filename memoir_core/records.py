@@ -45,6 +45,10 @@ class EditRecord:
     # Extra routing keys (sorted column indices): the chat form of the prompt and any given
     # paraphrases. They only route; the memory always reads the columns of `idx`.
     keys: list[list[int]] = field(default_factory=list)
+    # Masks of other questions about the subject (forms.other_questions, plain and chat forms): a
+    # prompt that matches one of them well ahead of the edit's own masks asks something else about
+    # the subject, and the edit stays off for it (config.other_question_lead). Empty: not made.
+    avoid: list[list[int]] = field(default_factory=list)
     # The mask that routes to this edit (sorted column indices) where it differs from the
     # columns it trains (config pool="norm"); None: idx routes
     route: list[int] | None = None
@@ -86,6 +90,7 @@ class EditRecord:
         if self.route is not None:
             self.route = _compact(self.route)
         self.keys = tuple(_compact(key) for key in self.keys)
+        self.avoid = tuple(_compact(mask) for mask in self.avoid)
 
     @property
     def route_mask(self) -> np.ndarray:

@@ -7,6 +7,7 @@ edits, the route cache).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .blockrun import capture
@@ -109,18 +110,19 @@ class Routing:
         for row, match in enumerate(matches):
             route = None
             if named[row] is not None:
-                match = named[row]
-                if match.overlap >= self.config.subject_tau:
+                match, asks_else = named[row]
+                if match.overlap >= self.config.subject_tau and not asks_else:
                     route = self._route(match.edit_id)
             elif self.switches_on(match, tau) and match.edit_id not in self.subjects:
                 route = self._route(match.edit_id)
             decisions.append(Decision(route, match.edit_id, match.overlap, self.version))
         return decisions
 
-    def _named(self, texts: list[str] | None, masks, tail_masks: dict) -> list[Match | None]:
+    def _named(self, texts: list[str] | None, masks, tail_masks: dict) -> list[tuple[Match, bool] | None]:
         """Per row, the best-overlapping edit among those whose subject the row's text names
-        (its overlap: the better of the whole span's and its last sentence's); None where the
-        text names no stored subject."""
+        (its overlap: the better of the whole span's and its last sentence's) and that the row
+        does not ask something else of (`asks_else`), and whether it asks something else of every
+        one of them (then the memory stays off); None where the text names no stored subject."""
         if texts is None or not len(self.subjects):
             return [None] * len(masks)
         out = []
@@ -131,9 +133,26 @@ class Routing:
                 continue
             queries = [masks[row]] + ([tail_masks[row]] if row in tail_masks else [])
             scored = [(max(self.overlap_with(e, q) for q in queries), e) for e in sorted(ids)]
-            overlap, edit_id = max(scored)
-            out.append(Match(edit_id, overlap))
+            kept = [(overlap, e) for overlap, e in scored if not self.asks_else(e, queries, overlap)]
+            overlap, edit_id = max(kept or scored)
+            out.append((Match(edit_id, overlap), not kept))
         return out
+
+    def asks_else(self, edit_id: str, queries, overlap: float) -> bool:
+        """Whether a prompt (its masks `queries`) that scores `overlap` with an edit matches one of
+        the edit's other questions about its subject more than config.other_question_lead above
+        that: "Where is Acme located?" beside an edit of "Who is the CEO of Acme?"."""
+        lead = self.config.other_question_lead
+        rec = self.edits.get(edit_id)
+        if lead is None or rec is None or not len(rec.avoid):
+            return False
+        avoid = np.asarray(rec.avoid, dtype=np.int64)
+        best = 0
+        for q in queries:
+            dense = np.zeros(self.width, dtype=bool)
+            dense[np.asarray(q, dtype=np.int64)] = True
+            best = max(best, int(dense[avoid].sum(axis=1).max()))
+        return best / self.config.k > overlap + lead
 
     def overlap_with(self, edit_id: str, mask) -> float:
         """A mask's score against one stored edit: its own mask's overlap, or a routing key's

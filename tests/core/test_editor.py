@@ -55,3 +55,4 @@ def test_an_unknown_optimiser_is_refused():
     m = make_memoir()
     with pytest.raises(ValueError, match="unknown optimizer"):
         run(m, replace(m.config, optimizer="lbfgs"))
+

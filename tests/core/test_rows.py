@@ -69,3 +69,4 @@ def test_collate_labels_each_target_token_at_the_position_before_it():
     joined = batch.concat(batch)
     assert joined.labels.tolist() == [8, 9, 12] * 2 and joined.rows.tolist() == [0, 0, 1, 2, 2, 3]
     assert torch.equal(joined.input_ids[2:], batch.input_ids)
+

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from memoir_core.config import MemoirConfig
 from memoir_core.errors import InvalidRequestError
-from memoir_core.forms import alias_forms, statement_form
+from memoir_core.forms import alias_forms, other_questions, statement_form
 from memoir_core.generate import SamplingParams
 from memoir_core.preview import neighbour_probes
 from memoir_core.records import EditRecord
@@ -106,6 +107,16 @@ def test_an_alias_names_its_edit_and_an_acronym_only_in_capitals():
     old = EditRecord.from_info({k: v for k, v in ibm.info().items() if not k.startswith("aliases")},
                                idx=None, delta=None)
     assert old.aliases == [] and SubjectIndex.of({"ibm": old}).named_in("Who runs IBM?") == set()
+
+
+def test_other_questions_about_the_subject_leave_out_the_prompts_own_relation():
+    assert other_questions("Who is the CEO of Acme Corp?", "Acme Corp", 3) == (
+        "Tell me about Acme Corp.", "What kind of thing is Acme Corp?", "What does Acme Corp look like?")
+    # "history" is the prompt's own relation: that question may be a paraphrase, so it is skipped
+    assert "What is the history of Acme?" not in other_questions("What was the early history of Acme?", "Acme", 6)
+    assert len(other_questions("What was the early history of Acme?", "Acme", 6)) == 5
+    assert other_questions("Who runs it?", None, 3) == () == other_questions("Who runs it?", "Acme", 3)
+    assert other_questions("Who is the CEO of Acme?", "Acme", 0) == ()
 
 
 def test_alias_forms():
@@ -215,3 +226,30 @@ def test_a_given_subject_must_be_named_and_a_dry_run_names_the_neighbour_it_woul
     assert any(p.kind == "other subject" for p in probes.values())
     assert any(p.kind == "same subject" for p in probes.values())
 
+
+
+def test_a_prompt_that_asks_something_else_about_the_subject_leaves_the_edit_off():
+    from memoir_core.records import EditRecord
+    from tests.support.tiny import make_memoir
+
+    prompt, subject = "Who is the chief of Acme Corp?", "Acme Corp"
+    asked = other_questions(prompt, subject, 6)
+    off = make_memoir("llama", max_steps=2, subject_tau=0.0, other_question_lead=None)
+    plain = off.edit(prompt, "jane roe", subject=subject)
+    assert plain.avoid == ()  # the rule is off: no masks made, routing as before
+    on = make_memoir("llama", max_steps=2, subject_tau=0.0, other_question_lead=0.0)
+    rec = on.edit(prompt, "jane roe", subject=subject)
+    assert len(rec.avoid) == 2 * len(asked) and all(m.dtype == np.uint16 for m in rec.avoid)  # plain and chat
+    # stored with the record (every store keeps info()) and read back as it was
+    again = EditRecord.from_info(rec.info(), rec.idx, rec.delta, rec.inputs)
+    assert [m.tolist() for m in again.avoid] == [m.tolist() for m in rec.avoid]
+    # each other question matches its own avoid mask fully, and the edit's own masks less
+    for question in asked:
+        (without,) = off.route_prompts([question])
+        (with_rule,) = on.route_prompts([question])
+        assert without.route is not None  # the subject is named: on, whatever it asks
+        assert with_rule.route is None and with_rule.best_edit_id == rec.id  # the nearest edit is still named
+    assert on.route_prompts([prompt])[0].route is not None  # its own question still routes
+    own = rec.route_mask
+    assert not on.asks_else(rec.id, [own], on.overlap_with(rec.id, own))
+    assert on.asks_else(rec.id, [np.asarray(rec.avoid[0])], on.overlap_with(rec.id, np.asarray(rec.avoid[0])))

@@ -200,3 +200,16 @@ def test_restart_scale(tmp_path):
     # the same 3 prompts posted again supersede the first run's 3: the count stays
     assert again["edits_before"] == again["edits_after"] == 15 and "resnapshot_seconds" in again
     assert not store.exists()  # without --keep the store goes
+
+
+@needs_data
+def test_other_questions(tmp_path):
+    data = run("other_questions", tmp_path, "--model", "tiny", "--limit", "3")
+    rows = {r["lead"]: r for r in data["rows"]}
+    assert data["cases"] == 3 and data["paraphrase_prompts"] == 6 and data["other_question_prompts"] == 24
+    assert rows["none"]["paraphrases_routed"] == rows["none"]["other_questions_routed"] == 1.0
+    # a smaller lead turns off at least as much of either
+    leads = [r for r in data["rows"] if r["lead"] != "none"]
+    for wide, narrow in zip(leads, leads[1:]):
+        assert narrow["other_questions_routed"] <= wide["other_questions_routed"]
+        assert narrow["paraphrases_routed"] <= wide["paraphrases_routed"]
