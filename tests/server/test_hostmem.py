@@ -82,14 +82,20 @@ print(held, rss(), len(kept))
 """
 
 
-def test_trim_gives_back_the_free_pages_live_blocks_strand():
-    out = subprocess.run([sys.executable, "-c", TRIM], cwd=REPO, capture_output=True, text=True, timeout=60,
+def numbers_from(script: str, missing: str) -> list[int]:
+    """The integers a script prints on its last line, in a fresh process; skipped where it says
+    the platform lacks what it measures."""
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
     if last.startswith("SKIP"):
-        pytest.skip("no glibc malloc_trim on this platform")
-    held, trimmed, _ = map(int, last.split())
+        pytest.skip(f"no glibc {missing} on this platform")
+    return list(map(int, last.split()))
+
+
+def test_trim_gives_back_the_free_pages_live_blocks_strand():
+    held, trimmed, _ = numbers_from(TRIM, "malloc_trim")
     print(f"RSS {held / 2**20:.0f} MB with the freed blocks stranded, {trimmed / 2**20:.0f} MB after trim()")
     assert held - trimmed > 100 * 2**20, f"trim() gave back only {(held - trimmed) / 2**20:.0f} MB"
 
@@ -112,13 +118,7 @@ print(held(full) - held(empty), held(full) - held(freed), freed["free"] - full["
 
 
 def test_heap_counts_what_the_process_holds_apart_from_what_malloc_keeps_free():
-    out = subprocess.run([sys.executable, "-c", HEAP], cwd=REPO, capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    last = out.stdout.strip().splitlines()[-1]
-    if last.startswith("SKIP"):
-        pytest.skip("no glibc mallinfo2 on this platform")
-    grown, given_back, kept_free, _ = map(int, last.split())
+    grown, given_back, kept_free, _ = numbers_from(HEAP, "mallinfo2")
     mb = 2**20
     assert 100 * mb <= grown < 110 * mb, f"held grew by {grown / mb:.1f} MB for 100 MB of blocks"
     assert given_back > 95 * mb, f"held fell by only {given_back / mb:.1f} MB when 98 MB were freed"
