@@ -24,7 +24,7 @@ from .basis import Basis
 from .config import MemoirConfig
 from .contexts import ContextCache
 from .editor import Trainer, TrainOutcome
-from .rows import Row, collate, edit_rows, neighbour_rows, training_contexts
+from .rows import collate, edit_rows, neighbour_rows, training_contexts
 from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
 from .guard import factor
 from .generate import Decoder, GenSequence, SamplingParams
@@ -36,7 +36,8 @@ from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
 from .residual import quantise
 from .routing import Routing
-from .forms import OTHER_QUESTIONS, alias_forms, other_questions, statement_form
+from .avoid import other_question_masks
+from .forms import alias_forms, statement_form
 from .subjects import infer_aliases, infer_subject, name_of, names, subject_words
 from .tophash import TopHash, random_permutation
 
@@ -247,7 +248,7 @@ class Memoir(Routing):
             prepared = prepared.extend(self.trainer.prepare(collate(extra, self.contexts, self.encoder.pad_id,
                                                                     self.device)))
             rows = rows + extra
-        avoid = self._other_question_masks(prompt, subject) if subject_source else []
+        avoid = other_question_masks(self, prompt, subject) if subject_source else []
         t_prep = time.perf_counter()
         yield
         dev_idx = idx.to(self.device)
@@ -280,27 +281,6 @@ class Memoir(Routing):
         )
         return EditProposal(record, outcome, rows=len(rows),
                             timings={"prepare": t_prep - t0, "train": time.perf_counter() - t_prep})
-
-    def _other_question_masks(self, prompt: str, subject: str) -> list[list[int]]:
-        """Masks of other questions about the subject, plain and as chat messages
-        (config.other_question_lead; none when it is off). Read as the edit's own routing keys
-        are: on the training copy, chat rows after the cached chat preamble."""
-        if self.config.other_question_lead is None:
-            return []
-        questions = other_questions(prompt, subject, len(OTHER_QUESTIONS))
-        if not questions:
-            return []
-        pad = [self.encoder.pad_id]  # a stand-in target: collate keeps every own token as input
-        rows = [Row(0, ids, pad, key=len(ids)) for ids in (self.encoder.plain(q).ids for q in questions)]
-        if self.config.chat_rows and self.encoder.has_chat:
-            for q in questions:
-                enc = self.encoder.chat([{"role": "user", "content": q}])
-                preamble = self.contexts.index(enc.ids[: enc.span[0]])
-                if preamble is not None:
-                    rows.append(Row(preamble, enc.ids[enc.span[0]:], pad, key=enc.span[1] - enc.span[0]))
-        prepared = self.trainer.prepare(collate(rows, self.contexts, self.encoder.pad_id, self.device))
-        features = torch.stack([prepared.features(i, r.key, self.pool_centre) for i, r in enumerate(rows)])
-        return self.tophash.masks(features).tolist()
 
     def _keys(self, rows, prepared, idx: torch.Tensor) -> torch.Tensor:
         """The edit's memory inputs on its own columns at every position of its own rows -> [n, k]."""
