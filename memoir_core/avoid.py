@@ -34,8 +34,8 @@ def other_question_masks(memoir: Memoir, prompt: str, subject: str) -> list[list
         for q in questions:
             enc = encoder.chat([{"role": "user", "content": q}])
             preamble = memoir.contexts.index(enc.ids[: enc.span[0]])
-            if preamble is not None:
-                rows.append(Row(preamble, enc.ids[enc.span[0]:], pad, key=enc.span[1] - enc.span[0]))
+            if preamble is not None:  # the mask reads the question's tokens only: the template's tail is not run
+                rows.append(Row(preamble, enc.ids[enc.span[0]:enc.span[1]], pad, key=enc.span[1] - enc.span[0]))
     prepared = memoir.trainer.prepare(collate(rows, memoir.contexts, encoder.pad_id, memoir.device))
     features = torch.stack([prepared.features(i, r.key, memoir.pool_centre) for i, r in enumerate(rows)])
     return memoir.tophash.masks(features).tolist()

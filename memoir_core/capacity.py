@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .forms import OTHER_QUESTIONS
 from .guard import RANK
 from .records import EditRecord
 
 INFO_BYTES = 1500  # an edit's JSON info besides its masks (prompt, target, ids, audit fields)
+AVOID = 2 * len(OTHER_QUESTIONS)  # an edit with a subject: each other question, plain and chat
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Capacity:
         return asdict(self)
 
 
-def _record_bytes(width: int, k: int, keys: int) -> int:
+def _record_bytes(width: int, k: int, keys: int, avoid: int) -> int:
     """RAM of one stored edit's registry entry, counted with tracemalloc."""
     rng = np.random.default_rng(0)
 
@@ -57,7 +59,7 @@ def _record_bytes(width: int, k: int, keys: int) -> int:
         before = tracemalloc.get_traced_memory()[0]
         rec = EditRecord(id="0123456789abcdef", prompt="x" * 60, target_new="y" * 20, author="operator",
                          metadata={}, keys=[mask().tolist() for _ in range(keys)], route=mask().tolist(),
-                         idx=torch.from_numpy(mask().astype(np.int64)))
+                         avoid=[mask().tolist() for _ in range(avoid)], idx=torch.from_numpy(mask().astype(np.int64)))
         rec.spill(delta=Handle(), inputs=Handle())
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -67,15 +69,17 @@ def _record_bytes(width: int, k: int, keys: int) -> int:
 
 
 def estimate(d_out: int, width: int, k: int, *, model_params: int = 0, model_dtype_bytes: int = 4,
-             keys: int = 1, guard: bool = True) -> Capacity:
+             keys: int = 1, avoid: int = AVOID, guard: bool = True) -> Capacity:
     """Costs for a memory of this shape; `keys`: routing keys per edit besides its own mask (the
-    chat form by default: 1; each rephrase adds one)."""
-    record = _record_bytes(width, k, keys)
+    chat form by default: 1; each rephrase adds one); `avoid`: masks of other questions about the
+    subject (EditRecord.avoid; 0 with other_question_lead off)."""
+    record = _record_bytes(width, k, keys, avoid)
     banks = (2 + keys) * 8 * ((width + 63) // 64)  # bank, guard column index, one row per key
     ram = record + banks
     delta = 4 * d_out * k
     inputs = 2 * RANK * k
-    disk = delta + inputs + 8 * k + INFO_BYTES + 6 * k * (1 + keys)  # masks as JSON text
+    avoid_text = avoid * 4 * -(-8 * ((width + 63) // 64) // 3)  # base64 of the bitsets
+    disk = delta + inputs + 8 * k + INFO_BYTES + 6 * k * (1 + keys) + avoid_text  # masks as JSON text
     fixed = 12 * d_out * width + (8 * width * width if guard else 0)
     return Capacity(d_out, width, k, ram, ram + delta + inputs, disk, delta, fixed, model_params * model_dtype_bytes)
 
@@ -92,7 +96,7 @@ def of_model(model, config=None, keys: int = 1) -> Capacity:
     params = sum(p.numel() for p in model.parameters())
     dtype_bytes = next(model.parameters()).element_size()
     return estimate(d_out, width, cfg.k, model_params=params, model_dtype_bytes=dtype_bytes, keys=keys,
-                    guard=cfg.protect > 0)
+                    avoid=AVOID if cfg.other_question_lead is not None else 0, guard=cfg.protect > 0)
 
 
 def parse_bytes(text: str) -> int:

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from . import bitmasks
+
 
 class Stored(Protocol):
     """A tensor kept outside RAM (a state file, a database row): read on demand, never cached."""
@@ -47,8 +49,10 @@ class EditRecord:
     keys: list[list[int]] = field(default_factory=list)
     # Masks of other questions about the subject (forms.other_questions, plain and chat forms): a
     # prompt that matches one of them well ahead of the edit's own masks asks something else about
-    # the subject, and the edit stays off for it (config.other_question_lead). Empty: not made.
-    avoid: list[list[int]] = field(default_factory=list)
+    # the subject, and the edit stays off for it (config.other_question_lead). Held as bitsets
+    # [n, W] uint64 (bitmasks.py); given as column index lists or, from info(), base64 strings.
+    # Empty: not made.
+    avoid: np.ndarray = field(default_factory=lambda: bitmasks.EMPTY)
     # The mask that routes to this edit (sorted column indices) where it differs from the
     # columns it trains (config pool="norm"); None: idx routes
     route: list[int] | None = None
@@ -90,7 +94,7 @@ class EditRecord:
         if self.route is not None:
             self.route = _compact(self.route)
         self.keys = tuple(_compact(key) for key in self.keys)
-        self.avoid = tuple(_compact(mask) for mask in self.avoid)
+        self.avoid = bitmasks.decode(self.avoid)
 
     @property
     def route_mask(self) -> np.ndarray:
@@ -100,7 +104,7 @@ class EditRecord:
     def info(self) -> dict[str, Any]:
         """Every field but the tensors, JSON-ready."""
         return {
-            f.name: (_plain(v) if isinstance(v, (list, tuple, np.ndarray)) else dict(v) if isinstance(v, dict) else v)
+            f.name: (bitmasks.encode(v) if f.name == "avoid" else _plain(v) if isinstance(v, (list, tuple, np.ndarray)) else dict(v) if isinstance(v, dict) else v)
             for f in fields(self)
             if f.name not in TENSORS
             for v in (getattr(self, f.name),)
@@ -117,7 +121,7 @@ TENSORS = ("idx", "delta", "inputs")
 
 def _compact(mask) -> np.ndarray:
     arr = np.asarray(mask)
-    if arr.dtype.kind not in "iu":  # left as given: Registry.check refuses it with a clear message
+    if arr.dtype.kind not in "iu":  # not column indices: kept as given
         return mask
     return arr.astype(np.uint16 if arr.size and 0 <= arr.min() and arr.max() < 2**16 else np.int64)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import bitmasks
 from .blockrun import capture
 from .maskbank import Match
 from .memory_layer import Decision, Route
@@ -146,12 +147,7 @@ class Routing:
         rec = self.edits.get(edit_id)
         if lead is None or rec is None or not len(rec.avoid):
             return False
-        avoid = np.asarray(rec.avoid, dtype=np.int64)
-        best = 0
-        for q in queries:
-            dense = np.zeros(self.width, dtype=bool)
-            dense[np.asarray(q, dtype=np.int64)] = True
-            best = max(best, int(dense[avoid].sum(axis=1).max()))
+        best = max(int(bitmasks.overlaps(rec.avoid, q).max()) for q in queries)
         return best / self.config.k > overlap + lead
 
     def overlap_with(self, edit_id: str, mask) -> float:

@@ -81,6 +81,20 @@ class Registry:
             if self.k and (int(m.min()) < 0 or int(m.max()) >= self.width or not bool((m[1:] > m[:-1]).all())):
                 raise RegistryError(f"edit {rec.id!r}: {name} must be sorted, distinct and within 0..{self.width - 1}")
 
+        if len(rec.avoid) and not self._columns_fit(rec.avoid):
+            raise RegistryError(f"edit {rec.id!r}: avoid must hold masks of {self.k} columns within 0..{self.width - 1}")
+
+    def _columns_fit(self, packed: np.ndarray) -> bool:
+        """Whether bitsets (bitmasks.py) hold k columns each, all below width."""
+        words = -(-self.width // 64)
+        if packed.dtype != np.uint64 or packed.ndim != 2 or packed.shape[1] > words:
+            return False
+        if packed.shape[1] == words and self.width % 64:
+            past = np.uint64(((1 << 64) - 1) ^ ((1 << (self.width % 64)) - 1))
+            if np.any(packed[:, -1] & past):
+                return False
+        return bool(np.all(np.bitwise_count(packed).sum(axis=1) == self.k))
+
     def put(self, records: list[EditRecord], order: list[str], version: int) -> None:
         """Start from a snapshot's live set."""
         ids = [r.id for r in records]

@@ -20,6 +20,14 @@ def test_a_stored_edit_of_the_default_model_costs_a_few_kb_of_ram_and_its_delta_
     assert cost.edits_within(0) == 0
 
 
+def test_an_edits_masks_of_other_questions_cost_bits_not_indices():
+    without = capacity.estimate(576, 1536, 440, avoid=0)
+    with_avoid = capacity.estimate(576, 1536, 440, avoid=12)
+    extra = with_avoid.ram_per_edit - without.ram_per_edit
+    assert 12 * 1536 // 8 <= extra < 12 * 2 * 440  # 192-byte bitsets, under what uint16 indices would hold
+    assert with_avoid.disk_per_edit - without.disk_per_edit == 12 * 256  # a base64 string of 256 characters each
+
+
 @pytest.mark.parametrize("text,value", [("16GiB", 16 << 30), ("512MB", 512 * 10**6), ("2e9", 2 * 10**9),
                                         ("64 KiB", 64 << 10)])
 def test_ram_budgets_read_as_people_write_them(text, value):
