@@ -203,6 +203,20 @@ def test_restart_scale(tmp_path):
 
 
 @needs_data
+def test_relation_masks(tmp_path):
+    data = run("relation_masks", tmp_path, "--model", "tiny", "--limit", "3")
+    assert data["cases"] == 3 and data["paraphrase_prompts"] >= 3 and data["other_question_prompts"] >= 12
+    assert len(data["deltas"]) == data["paraphrase_prompts"] + data["other_question_prompts"]
+    for rule in ("whole", "relation", "sum"):
+        rows = [r for r in data["rows"] if r["rule"] == rule]
+        # a smaller threshold turns off at least as much of either
+        for wide, narrow in zip(rows, rows[1:]):
+            assert narrow["threshold"] < wide["threshold"]
+            assert narrow["other_questions_routed"] <= wide["other_questions_routed"]
+            assert narrow["paraphrases_routed"] <= wide["paraphrases_routed"]
+
+
+@needs_data
 def test_other_questions(tmp_path):
     data = run("other_questions", tmp_path, "--model", "tiny", "--limit", "3")
     rows = {r["lead"]: r for r in data["rows"]}
