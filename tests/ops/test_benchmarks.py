@@ -189,6 +189,7 @@ def test_aliases(tmp_path):
     assert rules["aliases"]["inferred_aliases"] == 1 and rules["no aliases"]["inferred_aliases"] == 0
 
 
+@pytest.mark.slow  # four server starts, 45 s: the suite's 15 minutes on a CPU without bf16 (CI runs it)
 @needs_data
 def test_restart_scale(tmp_path):
     store = tmp_path / "store"
