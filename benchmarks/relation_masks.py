@@ -1,5 +1,7 @@
 """Relation masks: the words around the subject tell an edit's paraphrase from another question
-about its subject better than the whole prompt does (issue 19; measured here, not yet routed on).
+about its subject better than the whole prompt does (issue 19). Routing uses them since
+2026-12-07 (memoir_core/relation.py, config.relation_lead); this script is the offline study
+that rule was chosen from, on served-model masks.
 
     PYTHONPATH=. python benchmarks/relation_masks.py            # 150 ZsRE edits, about 5 min on 2 cores
 
@@ -36,7 +38,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 from other_questions import distinct_cases
 
-from memoir_core.blockrun import capture
 from memoir_core.forms import OTHER_QUESTIONS, other_questions
 from memoir_core.neighbours import RELATIONS
 from memoir_core.tophash import span_mean
@@ -62,23 +63,16 @@ def subject_tokens(encoder, ids: list[int], span: tuple[int, int], subject: str)
 @torch.inference_mode()
 def masks(memoir, encoded, subject: str) -> tuple[list[set[int]], list[set[int]]]:
     """(whole, relation) masks of each Encoded."""
-    width = max(len(e.ids) for e in encoded)
-    ids = torch.full((len(encoded), width), memoir.encoder.pad_id, dtype=torch.long)
-    attention = torch.zeros((len(encoded), width), dtype=torch.long)
-    whole = torch.zeros((len(encoded), width), dtype=torch.bool)
-    relation = torch.zeros((len(encoded), width), dtype=torch.bool)
+    acts = memoir.prompt_acts(encoded, memoir.pool_centre)
+    whole = acts.span
+    relation = torch.zeros_like(whole)
     for i, e in enumerate(encoded):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids)
-        attention[i, : len(e.ids)] = 1
-        whole[i, e.span[0]: e.span[1]] = True
         named = subject_tokens(memoir.encoder, e.ids, e.span, subject)
         outside = [e.span[0] + j for j, inside in enumerate(named) if not inside]
         relation[i, outside or list(range(e.span[0], e.span[1]))] = True
-    acts, _ = capture(memoir.model.base_model, memoir.blocks, memoir.config.layer, memoir.layer,
-                      input_ids=ids.to(memoir.device), attention_mask=attention.to(memoir.device))
     out = []
     for span in (whole, relation):
-        features = span_mean(acts, span, memoir.pool_centre).cpu()
+        features = span_mean(acts.acts, span, memoir.pool_centre).cpu()
         out.append([set(m.tolist()) for m in memoir.tophash.masks(features)])
     return out[0], out[1]
 

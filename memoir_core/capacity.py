@@ -22,6 +22,15 @@ from .records import EditRecord
 
 INFO_BYTES = 1500  # an edit's JSON info besides its masks (prompt, target, ids, audit fields)
 AVOID = 2 * len(OTHER_QUESTIONS)  # an edit with a subject: each other question, plain and chat
+RELATION = AVOID + 2  # ...and with relation masks, those again and the edit prompt's, plain and chat
+
+
+def packed_masks(config) -> int:
+    """Bitset masks an edit with a subject keeps under this config (EditRecord.avoid, avoid_relation,
+    own_relation)."""
+    if config.other_question_lead is None:
+        return 0
+    return AVOID + (RELATION if config.relation_lead is not None else 0)
 
 
 @dataclass
@@ -71,8 +80,8 @@ def _record_bytes(width: int, k: int, keys: int, avoid: int) -> int:
 def estimate(d_out: int, width: int, k: int, *, model_params: int = 0, model_dtype_bytes: int = 4,
              keys: int = 1, avoid: int = AVOID, guard: bool = True) -> Capacity:
     """Costs for a memory of this shape; `keys`: routing keys per edit besides its own mask (the
-    chat form by default: 1; each rephrase adds one); `avoid`: masks of other questions about the
-    subject (EditRecord.avoid; 0 with other_question_lead off)."""
+    chat form by default: 1; each rephrase adds one); `avoid`: bitset masks per edit (other
+    questions about the subject and relation masks: packed_masks; 0 with other_question_lead off)."""
     record = _record_bytes(width, k, keys, avoid)
     banks = (2 + keys) * 8 * ((width + 63) // 64)  # bank, guard column index, one row per key
     ram = record + banks
@@ -96,7 +105,7 @@ def of_model(model, config=None, keys: int = 1) -> Capacity:
     params = sum(p.numel() for p in model.parameters())
     dtype_bytes = next(model.parameters()).element_size()
     return estimate(d_out, width, cfg.k, model_params=params, model_dtype_bytes=dtype_bytes, keys=keys,
-                    avoid=AVOID if cfg.other_question_lead is not None else 0, guard=cfg.protect > 0)
+                    avoid=packed_masks(cfg), guard=cfg.protect > 0)
 
 
 def parse_bytes(text: str) -> int:

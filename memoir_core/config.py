@@ -36,6 +36,9 @@ class MemoirConfig:
     # ...and not for a prompt that matches one of the edit's other questions about its subject
     # (forms.OTHER_QUESTIONS) more than this above the edit's own masks (None: off)
     other_question_lead: float | None = 0.12
+    # ...or, where the edit also keeps relation masks (relation.py), more than this on whole and
+    # relation masks together (None: whole masks alone, and no relation masks made)
+    relation_lead: float | None = 0.20
     release_after_answer: bool = True  # the memory lets go of a sequence once its output holds the target
     tau_growth: float = 0.025  # tau rises by this * (sqrt(2 ln N) - sqrt(2 ln tau_ref_size)) past that size
     tau_ref_size: int = 1000

@@ -42,10 +42,13 @@ class Prepared:
     started: float
     after_logprobs: torch.Tensor | None = None  # [A, V] base model's log-probs after each target
 
-    def features(self, row: int, length: int, centre: torch.Tensor | None = None) -> torch.Tensor:
-        """Routing features of the first `length` own tokens of one row -> [D] fp32 (tophash.span_mean)."""
+    def features(self, row: int, length: int, centre: torch.Tensor | None = None,
+                 keep: list[bool] | None = None) -> torch.Tensor:
+        """Routing features of the first `length` own tokens of one row (of those `keep` marks,
+        where given) -> [D] fp32 (tophash.span_mean)."""
         acts = self.acts[row : row + 1, :length]
-        return span_mean(acts, torch.ones(acts.shape[:2], dtype=torch.bool), centre)[0].cpu()
+        span = torch.ones(acts.shape[:2], dtype=torch.bool) if keep is None else torch.tensor([keep])
+        return span_mean(acts, span, centre)[0].cpu()
 
     def extend(self, other: "Prepared") -> "Prepared":
         """Both preparations as one batch (rows of `other` after ours)."""

@@ -67,7 +67,8 @@ def teacher_forced(memoir: Memoir, contexts: list[Encoded], targets: list[list[i
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         routing = BatchRouting(decide=decide, span=span, active=active, centre=memoir.pool_centre,
                           tail=tail if any(c.tail is not None for c in ctxs) else None,
-                          texts=[memoir.encoder.span_text(c.ids, c.span) for c in ctxs])
+                          texts=[memoir.encoder.span_text(c.ids, c.span) for c in ctxs],
+                          span_ids=[c.ids[c.span[0] : c.span[1]] for c in ctxs])
         with memoir.layer.use(routing):
             hidden = backbone(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
                               use_cache=False).last_hidden_state

@@ -118,7 +118,8 @@ class Decoder:
         cache = DynamicCache(config=self.model.config)
         routing = BatchRouting(decide=self.decide, span=span, active=active, centre=self.centre,
                           tail=tail if any(s.tail is not None for s in sequences) else None,
-                          texts=[self.encoder.span_text(s.prompt_ids, s.span) for s in sequences])
+                          texts=[self.encoder.span_text(s.prompt_ids, s.span) for s in sequences],
+                          span_ids=[s.prompt_ids[s.span[0] : s.span[1]] for s in sequences])
         with self.layer.use(routing):
             scored = any(s.params.prompt_logprobs is not None for s in sequences)
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **{kvcache.CACHE_KW: cache},

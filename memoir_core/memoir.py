@@ -36,7 +36,7 @@ from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
 from .residual import quantise
 from .routing import Routing
-from .avoid import other_question_masks
+from .avoid import OtherQuestions, other_question_masks
 from .forms import alias_forms, statement_form
 from .subjects import infer_aliases, infer_subject, name_of, names, subject_words
 from .tophash import TopHash, random_permutation
@@ -248,7 +248,7 @@ class Memoir(Routing):
             prepared = prepared.extend(self.trainer.prepare(collate(extra, self.contexts, self.encoder.pad_id,
                                                                     self.device)))
             rows = rows + extra
-        avoid = other_question_masks(self, prompt, subject) if subject_source else []
+        asked = other_question_masks(self, prompt, subject) if subject_source else OtherQuestions()
         t_prep = time.perf_counter()
         yield
         dev_idx = idx.to(self.device)
@@ -274,7 +274,8 @@ class Memoir(Routing):
             id=edit_id, prompt=prompt, target_new=target, rephrase_prompts=list(rephrases), subject=subject,
             subject_source=subject_source, aliases=aliases, aliases_source=aliases_source, metadata=dict(metadata or {}), author=author, created_at=time.time(), steps=outcome.steps,
             final_loss=outcome.loss, seconds=time.perf_counter() - t0, best_overlap=other_overlap,
-            best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)], avoid=avoid,
+            best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)], avoid=asked.avoid,
+            avoid_relation=asked.avoid_relation, own_relation=asked.own_relation,
             learnt=bool(outcome.loss <= self.config.settle_ratio * self.config.stop_loss),
             route=route.tolist() if weighted else None,
             idx=idx.long().cpu(), delta=delta.cpu(), inputs=factor(own_keys),

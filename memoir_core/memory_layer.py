@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .relation import PromptActs
 from .tophash import span_mean
 
 
@@ -45,9 +46,9 @@ class Decision:
     version: int
 
 
-# decide(features [B, D], tails, texts): tails, where some rows hold several sentences, is (rows,
-# their last sentence's features [n, D]): a second way in for those rows; texts, each row's span as
-# text, for subject routing
+# decide(features [B, D], tails, texts, acts): tails, where some rows hold several sentences, is
+# (rows, their last sentence's features [n, D]): a second way in for those rows; texts, each row's
+# span as text, for subject routing; acts (relation.PromptActs), for relation masks
 Decide = Callable[..., list[Decision]]
 
 
@@ -63,6 +64,7 @@ class BatchRouting:
     centre: torch.Tensor | None = None  # [D]: norm-weighted features (tophash.span_mean); None: plain mean
     tail: torch.Tensor | None = None  # [B, T] bool, prefill only: the span's last sentence, where it has several
     texts: list[str] | None = None  # prefill only: each row's span as text (subject routing)
+    span_ids: list[list[int]] | None = None  # prefill only: each row's span tokens (relation masks)
     decisions: list[Decision] = field(default_factory=list)
     _groups: list[tuple] | None = None
 
@@ -78,14 +80,16 @@ class BatchRouting:
         """Decide every row from its prompt features; returns the prefill's active mask (used once)."""
         features = span_mean(acts, self.span, self.centre)
         rows = [] if self.tail is None else self.tail.any(dim=1).nonzero()[:, 0].tolist()
+        tails = None
         if rows:
             index = torch.tensor(rows, device=acts.device)
-            tails = span_mean(acts.index_select(0, index), self.tail[rows], self.centre)
-            self.decisions = self.decide(features, (rows, tails), texts=self.texts)
-        else:
-            self.decisions = self.decide(features, texts=self.texts)
+            tails = (rows, span_mean(acts.index_select(0, index), self.tail[rows], self.centre))
+        prompt_acts = None if self.span_ids is None else \
+            PromptActs(acts, self.span, self.tail, self.centre, self.span_ids)
+        extra = {} if prompt_acts is None else {"acts": prompt_acts}
+        self.decisions = self.decide(features, *([tails] if tails else []), texts=self.texts, **extra)
         active = self.active
-        self.decide = self.span = self.active = self.tail = self.texts = None
+        self.decide = self.span = self.active = self.tail = self.texts = self.span_ids = None
         self._groups = None
         return active
 

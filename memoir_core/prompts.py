@@ -111,5 +111,18 @@ class PromptEncoder:
         """The text of a prompt's routed span (the user's last message in a chat)."""
         return self.decode(ids[span[0] : span[1]])
 
+    def token_ends(self, ids: list[int]) -> tuple[str, list[int]]:
+        """decode(ids), and where each token's characters end in it. Token by token where the
+        pieces make up the text, else (a character split across tokens) prefix by prefix."""
+        text = self.decode(ids)
+        pieces = [self.decode([i]) for i in ids]
+        if "".join(pieces) == text:
+            ends, at = [], 0
+            for piece in pieces:
+                at += len(piece)
+                ends.append(at)
+            return text, ends
+        return text, [len(self.decode(ids[: j + 1])) for j in range(len(ids))]
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -53,6 +53,11 @@ class EditRecord:
     # [n, W] uint64 (bitmasks.py); given as column index lists or, from info(), base64 strings.
     # Empty: not made.
     avoid: np.ndarray = field(default_factory=lambda: bitmasks.EMPTY)
+    # Relation masks (relation.py): of the edit's own prompt (first row; then its chat form, which
+    # scores key_margin less) and of each `avoid` question, read without the subject's name. They
+    # sharpen the same rule (config.relation_lead). Bitsets as `avoid`; empty: not made.
+    own_relation: np.ndarray = field(default_factory=lambda: bitmasks.EMPTY)
+    avoid_relation: np.ndarray = field(default_factory=lambda: bitmasks.EMPTY)
     # The mask that routes to this edit (sorted column indices) where it differs from the
     # columns it trains (config pool="norm"); None: idx routes
     route: list[int] | None = None
@@ -94,7 +99,8 @@ class EditRecord:
         if self.route is not None:
             self.route = _compact(self.route)
         self.keys = tuple(_compact(key) for key in self.keys)
-        self.avoid = bitmasks.decode(self.avoid)
+        for name in BITSETS:
+            setattr(self, name, bitmasks.decode(getattr(self, name)))
 
     @property
     def route_mask(self) -> np.ndarray:
@@ -104,7 +110,7 @@ class EditRecord:
     def info(self) -> dict[str, Any]:
         """Every field but the tensors, JSON-ready."""
         return {
-            f.name: (bitmasks.encode(v) if f.name == "avoid" else _plain(v) if isinstance(v, (list, tuple, np.ndarray)) else dict(v) if isinstance(v, dict) else v)
+            f.name: (bitmasks.encode(v) if f.name in BITSETS else _plain(v) if isinstance(v, (list, tuple, np.ndarray)) else dict(v) if isinstance(v, dict) else v)
             for f in fields(self)
             if f.name not in TENSORS
             for v in (getattr(self, f.name),)
@@ -117,6 +123,7 @@ class EditRecord:
 
 
 TENSORS = ("idx", "delta", "inputs")
+BITSETS = ("avoid", "own_relation", "avoid_relation")  # masks held packed (bitmasks.py)
 
 
 def _compact(mask) -> np.ndarray:

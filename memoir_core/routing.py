@@ -15,6 +15,7 @@ from .blockrun import capture
 from .maskbank import Match
 from .memory_layer import Decision, Route
 from .prompts import Encoded
+from .relation import PromptActs, name_free
 from .tophash import span_mean
 
 
@@ -35,32 +36,42 @@ class Routing:
         if isinstance(centre, str):
             centre = self.pool_centre
         out = []
-        pad = self.encoder.pad_id
         for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start : start + batch_size]
-            width = max(len(e.ids) for e in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            span = torch.zeros((len(chunk), width), dtype=torch.bool)
-            for i, e in enumerate(chunk):
-                ids[i, : len(e.ids)] = torch.tensor(e.ids)
-                mask[i, : len(e.ids)] = 1
-                span[i, e.span[0] : e.span[1]] = True
-            acts, _ = capture(self.model.base_model, self.blocks, self.config.layer, self.layer,
-                              input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-            out.append(span_mean(acts, span, centre).cpu())
+            acts = self.prompt_acts(encoded[start : start + batch_size], centre)
+            out.append(span_mean(acts.acts, acts.span, centre).cpu())
         return torch.cat(out)
 
+    def prompt_acts(self, chunk: list[Encoded], centre: torch.Tensor | None) -> PromptActs:
+        """The activations entering the memory for a batch of prompts (memory off)."""
+        pad = self.encoder.pad_id
+        width = max(len(e.ids) for e in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        span = torch.zeros((len(chunk), width), dtype=torch.bool)
+        tail = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for i, e in enumerate(chunk):
+            ids[i, : len(e.ids)] = torch.tensor(e.ids)
+            mask[i, : len(e.ids)] = 1
+            span[i, e.span[0] : e.span[1]] = True
+            if e.tail is not None:
+                tail[i, e.tail[0] : e.tail[1]] = True
+        acts, _ = capture(self.model.base_model, self.blocks, self.config.layer, self.layer,
+                          input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        return PromptActs(acts, span.to(acts.device), tail.to(acts.device) if bool(tail.any()) else None, centre,
+                          [e.ids[e.span[0] : e.span[1]] for e in chunk])
+
+    @torch.inference_mode()
     def route_prompts(self, prompts: list[str | Encoded], batch_size: int = 16) -> list[Decision]:
         """The routing decision of each prompt, as generation would make it (no tokens generated)."""
         encoded = [p if isinstance(p, Encoded) else self.encoder.plain(p) for p in prompts]
         decisions: list[Decision] = []
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
+            acts = self.prompt_acts(chunk, self.pool_centre)
             rows = [i for i, e in enumerate(chunk) if e.tail is not None]
-            tails = (rows, self.features([Encoded(chunk[i].ids, chunk[i].tail) for i in rows])) if rows else None
+            tails = (rows, span_mean(acts.acts[rows], acts.tail[rows], acts.centre).cpu()) if rows else None
             texts = [self.encoder.span_text(e.ids, e.span) for e in chunk]
-            decisions += self.decide(self.features(chunk), tails, texts=texts)
+            decisions += self.decide(span_mean(acts.acts, acts.span, acts.centre).cpu(), tails, texts=texts, acts=acts)
         return decisions
 
     def masks(self, encoded: list[Encoded]) -> torch.Tensor:
@@ -84,9 +95,9 @@ class Routing:
             match.overlap - match.runner_up >= self.config.min_gap
 
     def decide(self, features: torch.Tensor, tails: tuple[list[int], torch.Tensor] | None = None,
-               texts: list[str] | None = None) -> list[Decision]:
+               texts: list[str] | None = None, acts: PromptActs | None = None) -> list[Decision]:
         """Routing of a batch from its prompt features (and, for subject routing, the text of
-        each prompt's span).
+        each prompt's span; for relation masks, the prefill's activations).
 
         An edit that knows its subject (subjects.py) is reached only by a prompt that names it,
         at a mask overlap of at least subject_tau; among the edits a prompt names, the best
@@ -106,7 +117,7 @@ class Routing:
                 full = matches[row]
                 if self.switches_on(match, tau) and (not self.switches_on(full, tau) or match.overlap > full.overlap):
                     matches[row] = match
-        named = self._named(texts, masks, dict(zip(tail_rows, tail_masks if tail_masks is not None else [])))
+        named = self._named(texts, masks, dict(zip(tail_rows, tail_masks if tail_masks is not None else [])), acts)
         decisions = []
         for row, match in enumerate(matches):
             route = None
@@ -119,7 +130,8 @@ class Routing:
             decisions.append(Decision(route, match.edit_id, match.overlap, self.version))
         return decisions
 
-    def _named(self, texts: list[str] | None, masks, tail_masks: dict) -> list[tuple[Match, bool] | None]:
+    def _named(self, texts: list[str] | None, masks, tail_masks: dict, acts: PromptActs | None = None
+               ) -> list[tuple[Match, bool] | None]:
         """Per row, the best-overlapping edit among those whose subject the row's text names
         (its overlap: the better of the whole span's and its last sentence's) and that the row
         does not ask something else of (`asks_else`), and whether it asks something else of every
@@ -134,21 +146,33 @@ class Routing:
                 continue
             queries = [masks[row]] + ([tail_masks[row]] if row in tail_masks else [])
             scored = [(max(self.overlap_with(e, q) for q in queries), e) for e in sorted(ids)]
-            kept = [(overlap, e) for overlap, e in scored if not self.asks_else(e, queries, overlap)]
+            relations = _Relations(self, acts, row, text, len(queries))
+            kept = [(overlap, e) for overlap, e in scored if not self.asks_else(e, queries, overlap, relations(e))]
             overlap, edit_id = max(kept or scored)
             out.append((Match(edit_id, overlap), not kept))
         return out
 
-    def asks_else(self, edit_id: str, queries, overlap: float) -> bool:
-        """Whether a prompt (its masks `queries`) that scores `overlap` with an edit matches one of
-        the edit's other questions about its subject more than config.other_question_lead above
-        that: "Where is Acme located?" beside an edit of "Who is the CEO of Acme?"."""
+    def asks_else(self, edit_id: str, queries, overlap: float, relations: list | None = None) -> bool:
+        """Whether a prompt (its masks `queries`) that scores `overlap` with an edit asks one of the
+        edit's other questions about its subject: "Where is Acme located?" beside an edit of "Who
+        is the CEO of Acme?". Its lead is how much better it matches the nearest other question
+        than the edit. With the prompt's relation masks (`relations`, relation.py) and the edit's,
+        the leads on both add up, and the edit stays off past config.relation_lead; otherwise past
+        config.other_question_lead on whole masks alone."""
         lead = self.config.other_question_lead
         rec = self.edits.get(edit_id)
         if lead is None or rec is None or not len(rec.avoid):
             return False
-        best = max(int(bitmasks.overlaps(rec.avoid, q).max()) for q in queries)
-        return best / self.config.k > overlap + lead
+        k = self.config.k
+        ahead = max(int(bitmasks.overlaps(rec.avoid, q).max()) for q in queries) / k - overlap
+        if relations is None or self.config.relation_lead is None or not len(rec.avoid_relation) \
+                or not len(rec.own_relation):
+            return ahead > lead
+        own, margin = rec.own_relation, self.config.key_margin
+        score = max(max([int(bitmasks.overlaps(own[:1], q)[0]) / k]
+                        + [o / k - margin for o in bitmasks.overlaps(own[1:], q).tolist()]) for q in relations)
+        other = max(int(bitmasks.overlaps(rec.avoid_relation, q).max()) for q in relations) / k
+        return ahead + other - score > self.config.relation_lead
 
     def overlap_with(self, edit_id: str, mask) -> float:
         """A mask's score against one stored edit: its own mask's overlap, or a routing key's
@@ -163,8 +187,33 @@ class Routing:
         """The routing threshold at the current bank size."""
         return self.config.tau_at(len(self.edits))
 
-    def _decide_off(self, features: torch.Tensor, tails=None, texts=None) -> list[Decision]:
+    def _decide_off(self, features: torch.Tensor, tails=None, texts=None, acts=None) -> list[Decision]:
         return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
 
     def _route(self, edit_id: str) -> Route:
         return self.memory.route(edit_id, self._offset)
+
+
+class _Relations:
+    """A row's relation masks for each edit it names, made on first use and shared by the edits
+    whose names cover the same characters of the row."""
+
+    def __init__(self, routing: Routing, acts: PromptActs | None, row: int, text: str, n: int):
+        self.routing, self.acts, self.row, self.text, self.n = routing, acts, row, text, n
+        self.made: dict[tuple, list] = {}
+
+    def __call__(self, edit_id: str) -> list | None:
+        """The row's relation masks (its span's, then its last sentence's where it is routed on
+        too) without the characters naming the edit's subject; None where they cannot be read."""
+        rec = self.routing.edits.get(edit_id)
+        if self.acts is None or rec is None or not len(rec.avoid_relation) \
+                or self.routing.config.relation_lead is None:
+            return None
+        subjects = self.routing.subjects
+        spans = tuple(subjects.spans(edit_id, self.text))
+        if spans not in self.made:
+            ids = self.acts.ids[self.row]
+            keep = name_free(self.routing.encoder, ids, lambda text: subjects.spans(edit_id, text))
+            features = self.acts.relation(self.row, keep)[: self.n]
+            self.made[spans] = list(self.routing.tophash.masks(features).numpy())
+        return self.made[spans]

@@ -98,6 +98,8 @@ class Word:
     name: bool  # written like a name (capitalised, digits, mixed case), not a sentence's first function word
     joined: bool  # only spaces between it and the next word: one name may go on across it
     acronym: bool = False  # all capitals ("CEO"): no name's start across a connector ("CEO of Acme")
+    start: int = 0  # characters [start, end) of the written word it comes from ("Acme's" for "acme")
+    end: int = 0
 
 
 # after these, a full stop does not end a sentence ("Milton F. Pavlic", "St. Louis")
@@ -124,8 +126,8 @@ def read(text: str) -> list[Word]:
         parts = words(raw)
         stem = re.split(r"['’]", bare)[0]  # "IBM's" is written in capitals
         acronym = len(stem) > 1 and stem.isupper()
-        out += [Word(w, name and head not in _FUNCTION_WORDS, joined if j == len(parts) - 1 else True, acronym)
-                for j, w in enumerate(parts)]
+        out += [Word(w, name and head not in _FUNCTION_WORDS, joined if j == len(parts) - 1 else True, acronym,
+                     m.start(), m.end()) for j, w in enumerate(parts)]
         before = gap
     return out
 
@@ -159,10 +161,23 @@ def names(subject_words_: list[str], text: str | list[Word], whole: bool = True,
     ("listed", "Listen").
 
     capitals: a one-word name written in capitals ("IBM", "US") is named only in capitals."""
+    return next(_named_at(subject_words_, text, whole, capitals), None) is not None
+
+
+def named_spans(subject_words_: list[str], text: str, whole: bool = True, capitals: bool = False
+                ) -> list[tuple[int, int]]:
+    """The characters [start, end) of each place where `names` finds the subject in the text."""
+    found = read(text)
+    n = len(subject_words_)
+    return [(found[i].start, found[i + n - 1].end) for i in _named_at(subject_words_, found, whole, capitals)]
+
+
+def _named_at(subject_words_: list[str], text: str | list[Word], whole: bool, capitals: bool):
+    """Index of the first word of each place the text names the subject (`names`)."""
     text = read(text) if isinstance(text, str) else text
     n = len(subject_words_)
     if not n or n > len(text):
-        return False
+        return
     typo = n > 1
     for i in range(len(text) - n + 1):
         pairs = list(zip(subject_words_, (w.text for w in text[i : i + n]), strict=True))
@@ -172,8 +187,7 @@ def names(subject_words_: list[str], text: str | list[Word], whole: bool = True,
         if capitals and not text[i].acronym:
             continue
         if not whole or not (_name_goes_on(text, i - 1, -1) or _name_goes_on(text, i + n, 1)):
-            return True
-    return False
+            yield i
 
 
 def _keys(word: str, typos: bool = True) -> set[str]:
@@ -252,6 +266,11 @@ class SubjectIndex:
                     ids.discard(rec.id)
                     if not ids:
                         del self._table[key]
+
+    def spans(self, edit_id: str, text: str) -> list[tuple[int, int]]:
+        """The characters of the text that name the edit's subject or an alias (named_spans)."""
+        return sorted({span for n in self._names.get(edit_id, ())
+                       for span in named_spans(list(n.words), text, n.whole, n.capitals)})
 
     def __len__(self) -> int:
         return len(self._names)

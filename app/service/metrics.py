@@ -54,7 +54,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from memoir_core.capacity import AVOID, estimate
+from memoir_core.capacity import estimate, packed_masks
 from memoir_core.state import MemoryStore
 
 from . import hostmem
@@ -212,10 +212,9 @@ def _edit_bytes(memoir: Any):
     held = sum(rec.held_bytes() for rec in list(memoir.edits.values()))
     yield _gauge("memoir:edit_tensor_bytes", "Bytes of the live edits' tensors held in RAM (masks; deltas too "
                  "with --store memory: a durable store reads them from disk).", held)
-    key = (memoir.d_out, memoir.width, memoir.config.k, memoir.config.protect > 0,
-           memoir.config.other_question_lead is not None)
+    key = (memoir.d_out, memoir.width, memoir.config.k, memoir.config.protect > 0, packed_masks(memoir.config))
     if key not in _per_edit:
-        _per_edit[key] = estimate(*key[:3], guard=key[3], avoid=AVOID if key[4] else 0).ram_per_edit
+        _per_edit[key] = estimate(*key[:3], guard=key[3], avoid=key[4]).ram_per_edit
     yield _gauge("memoir:edit_ram_bytes_per_edit", "RAM one stored edit costs with a durable store (masks, keys, "
                  "ids; `memoir model info` has the whole estimate).", _per_edit[key])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..records import EditRecord
+from ..records import BITSETS, EditRecord
 
 
 class Accumulator:
@@ -81,8 +81,13 @@ class Registry:
             if self.k and (int(m.min()) < 0 or int(m.max()) >= self.width or not bool((m[1:] > m[:-1]).all())):
                 raise RegistryError(f"edit {rec.id!r}: {name} must be sorted, distinct and within 0..{self.width - 1}")
 
-        if len(rec.avoid) and not self._columns_fit(rec.avoid):
-            raise RegistryError(f"edit {rec.id!r}: avoid must hold masks of {self.k} columns within 0..{self.width - 1}")
+        for name in BITSETS:
+            packed = getattr(rec, name)
+            if len(packed) and not self._columns_fit(packed):
+                raise RegistryError(f"edit {rec.id!r}: {name} must hold masks of {self.k} columns within 0..{self.width - 1}")
+        made = len(rec.avoid_relation) or len(rec.own_relation)  # relation masks come together or not at all
+        if made and (len(rec.avoid_relation) != len(rec.avoid) or not len(rec.own_relation)):
+            raise RegistryError(f"edit {rec.id!r}: avoid_relation must hold one mask per avoid mask, with own_relation")
 
     def _columns_fit(self, packed: np.ndarray) -> bool:
         """Whether bitsets (bitmasks.py) hold k columns each, all below width."""

@@ -41,7 +41,7 @@ def test_model_info_plans_an_8b_llama_without_its_weights():
     info = json.loads(out.stdout)
     assert (info["D"], info["d_out"], info["k"]) == (14336, 4096, 4096)
     assert info["per_edit"]["delta_bytes"] == 4 * 4096 * 4096  # 67 MB: why deltas stay on disk
-    assert info["per_edit"]["ram_bytes"] < 64 << 10
+    assert info["per_edit"]["ram_bytes"] < 96 << 10  # bitset masks, D / 8 bytes each (capacity.packed_masks)
     assert 15e9 < info["fixed"]["model_bytes"] < 17e9  # 8.0B parameters in bf16
     spare = 64 * 2**30 - info["fixed"]["model_bytes"] - info["fixed"]["memory_and_guard_bytes"]
     assert info["ram_budget"]["edits"] == spare // info["per_edit"]["ram_bytes"]

@@ -320,7 +320,7 @@ def test_generation_routes_a_question_after_context_on_its_last_sentence():
     assert prompt.tail is not None
     seen = []
     real_decide = m.decide
-    m.decide = lambda features, tails=None, texts=None: seen.append(tails) or real_decide(features, tails, texts)
+    m.decide = lambda features, tails=None, texts=None, acts=None: seen.append(tails) or real_decide(features, tails, texts, acts)
     out = m.generate([prompt, "numbers one two three"], SamplingParams(max_new_tokens=2))
     (rows, tail_features), = seen
     assert rows == [0] and tail_features.shape == (1, m.width)

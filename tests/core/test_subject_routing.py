@@ -238,7 +238,7 @@ def test_a_prompt_that_asks_something_else_about_the_subject_leaves_the_edit_off
     off = make_memoir("llama", max_steps=2, subject_tau=0.0, other_question_lead=None)
     plain = off.edit(prompt, "jane roe", subject=subject)
     assert len(plain.avoid) == 0  # the rule is off: no masks made, routing as before
-    on = make_memoir("llama", max_steps=2, subject_tau=0.0, other_question_lead=0.0)
+    on = make_memoir("llama", max_steps=2, subject_tau=0.0, other_question_lead=0.0, relation_lead=None)
     rec = on.edit(prompt, "jane roe", subject=subject)
     assert rec.avoid.shape[0] == 2 * len(asked) and rec.avoid.dtype == np.uint64  # plain and chat, as bitsetsets
     # stored with the record (every store keeps info()) and read back as it was

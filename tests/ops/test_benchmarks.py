@@ -228,3 +228,29 @@ def test_other_questions(tmp_path):
     for wide, narrow in zip(leads, leads[1:]):
         assert narrow["other_questions_routed"] <= wide["other_questions_routed"]
         assert narrow["paraphrases_routed"] <= wide["paraphrases_routed"]
+
+
+@needs_data
+def test_edit_ab(tmp_path):
+    data = run("edit_ab", tmp_path, "--model", "tiny", "--edits", "2", "--b", "relation_lead=null")
+    a, b = data["rows"]
+    assert (a["side"], a["set"], b["set"]) == ("A", "(defaults)", "relation_lead=null")
+    assert a["edits"] == b["edits"] == 2 and data["median_ratio"] == b["median_s"] / a["median_s"]
+    with pytest.raises(Exception, match="did you mean relation_lead"):
+        script("edit_ab").main(["--model", "tiny", "--edits", "1", "--b", "relation_leed=0.1"])
+
+
+@needs_data
+def test_routing_rules(tmp_path):
+    data = run("routing_rules", tmp_path, "--model", "tiny", "--limit", "3")
+    rows = {r["rule"]: r for r in data["rows"]}
+    assert data["edits"] == 3 and data["paraphrase_prompts"] == 6 and data["other_question_prompts"] == 24
+    # every rule only adds to what routing turns off
+    assert all(rows["none"]["paraphrases_off"] <= r["paraphrases_off"] for r in rows.values())
+    assert all(rows["none"]["other_questions_routed"] >= r["other_questions_routed"] for r in rows.values())
+    sums = [r for name, r in rows.items() if name.startswith("sum")]
+    for wide, narrow in zip(sums[::-1], sums[-2::-1]):  # a lower threshold turns off at least as much
+        assert narrow["other_questions_routed"] <= wide["other_questions_routed"]
+        assert narrow["paraphrases_off"] >= wide["paraphrases_off"]
+    stream = run("routing_rules", tmp_path, "--model", "tiny", "--stream", "--limit", "2", "--extend-limit", "1")
+    assert stream["edits"] == 3 and stream["other_question_prompts"] == 0
