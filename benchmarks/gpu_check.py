@@ -94,7 +94,10 @@ def check_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> d
     out["edit"], records = gm.edit_times(m, args.edits, args.seed)
     checks.update(gm.correctness(m, [r.prompt for r in records[:4]], OTHER))
     out["correctness"] = {**checks, "all_pass": all(checks[k] for k in gm.PASS)}
-    serve_prompts = [p.replace("What is", "Tell me") for p, _ in gm.facts(max(args.batches), args.seed + 1)]
+    # prompts that route to the synthetic edits below by their masks: none may name a trained
+    # edit's subject, or subject routing (and its other-question rule) decides them instead
+    candidates = [p.replace("What is", "Tell me") for p, _ in gm.facts(max(args.batches) + args.edits, args.seed + 1)]
+    serve_prompts = [p for p in candidates if not m.subjects.named_in(p)][: max(args.batches)]
     stored = gm.store_synthetic(m, max(0, args.stored - len(m.edits)), serve_prompts, args.seed)
     out["stored"] = {**stored, "total": len(m.edits), "synthetic": True}
     out["serving"] = gm.serving(m, serve_prompts, args.batches, args.tokens, args.reps)
