@@ -213,7 +213,7 @@ class _Relations:
         spans = tuple(subjects.spans(edit_id, self.text))
         if spans not in self.made:
             ids = self.acts.ids[self.row]
-            keep = name_free(self.routing.encoder, ids, lambda text: subjects.spans(edit_id, text))
+            keep = name_free(self.routing.encoder, ids, lambda _: list(spans))  # the text is self.text
             features = self.acts.relation(self.row, keep)[: self.n]
             self.made[spans] = list(self.routing.tophash.masks(features).numpy())
         return self.made[spans]
