@@ -40,24 +40,19 @@ from other_questions import distinct_cases
 
 from memoir_core.forms import OTHER_QUESTIONS, other_questions
 from memoir_core.neighbours import RELATIONS
+from memoir_core.relation import name_free
 from memoir_core.tophash import span_mean
 
 THRESHOLDS = {"whole": (0.15, 0.12, 0.10, 0.08, 0.05), "relation": (0.10, 0.08, 0.06, 0.05, 0.04),
               "sum": (0.25, 0.20, 0.17, 0.15, 0.12)}
 
 
-def subject_tokens(encoder, ids: list[int], span: tuple[int, int], subject: str) -> list[bool]:
-    """Per token of the span: whether it carries part of the subject's name (from each token's
-    characters in the decoded span, so plain and chat forms are read alike)."""
-    ends, text = [], ""
-    for j in range(span[0], span[1]):
-        text = encoder.decode(ids[span[0]: j + 1])
-        ends.append(len(text))
-    at = text.casefold().find(subject.casefold())
-    if at < 0:
-        return [False] * len(ends)
-    starts = [0] + ends[:-1]
-    return [a < at + len(subject) and b > at for a, b in zip(starts, ends)]
+def name_spans(subject: str):
+    """The subject's place in a text, found as written (case aside): relation.name_free's spans."""
+    def spans(text: str) -> list[tuple[int, int]]:
+        at = text.casefold().find(subject.casefold())
+        return [] if at < 0 else [(at, at + len(subject))]
+    return spans
 
 
 @torch.inference_mode()
@@ -67,9 +62,8 @@ def masks(memoir, encoded, subject: str) -> tuple[list[set[int]], list[set[int]]
     whole = acts.span
     relation = torch.zeros_like(whole)
     for i, e in enumerate(encoded):
-        named = subject_tokens(memoir.encoder, e.ids, e.span, subject)
-        outside = [e.span[0] + j for j, inside in enumerate(named) if not inside]
-        relation[i, outside or list(range(e.span[0], e.span[1]))] = True
+        keep = name_free(memoir.encoder, e.ids[e.span[0] : e.span[1]], name_spans(subject))
+        relation[i, [e.span[0] + j for j, kept in enumerate(keep) if kept]] = True
     out = []
     for span in (whole, relation):
         features = span_mean(acts.acts, span, memoir.pool_centre).cpu()
