@@ -33,6 +33,16 @@ class Settings(BaseSettings):
                                                "or vLLM's engine with the memory inside it (the vllm extra; "
                                                "docs/engines.md)")
     dtype: str = Field("auto", description="auto, float32, bfloat16, float16")
+    mmap_threshold: int = Field(32 << 20, ge=0, description="bytes: host blocks this large are each their own "
+                                "mapping, given back when freed (glibc); smaller ones come from the heap, which "
+                                "malloc_trim returns after each edit. 0: glibc's dynamic threshold "
+                                "(app/service/hostmem.py)")
+    packed_weights: bool = Field(True, description="fp32 on a CPU: linear layers read their weights in oneDNN's "
+                                 "blocked layout, about 1.5x faster decoding (docs/engines.md); off: plain PyTorch")
+    bf16_steps: bool = Field(True, description="with packed weights, on a CPU with native bf16: decode steps "
+                             "multiply by bf16 copies of the weights (1.3-2.3x faster, +256 MB on the default model); "
+                             "prompts, and so every routing decision, stay fp32. Off: fp32 steps, whose greedy text "
+                             "can differ a few tokens in (docs/engines.md)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's (one per core). "
                                 "On a CPU shared with other work, fewer threads than cores is often much faster")
     # MemoirConfig fields for a fresh memory (a stored memory keeps its layout, app/service/runtime.py):

@@ -39,12 +39,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(server, path: str, timeout: float) -> float:
+    """Seconds until `server.url + path` answers 200; exits with the server's log if it dies
+    first, and stops it if it is not ready in time."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if server.proc.poll() is not None:
+            raise SystemExit(f"the server exited:\n{Path(server.log.name).read_text()[-3000:]}")
+        try:
+            if httpx.get(server.url + path, timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise SystemExit("the server was not ready in time")
+
+
 class Server:
-    def __init__(self, model: str, threads: int):
+    def __init__(self, model: str, threads: int, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(common.REPO), "MEMOIR_STORE": "memory", "MEMOIR_THREADS": str(threads),
-               "MEMOIR_LOG_LEVEL": "warning"}
+               "MEMOIR_LOG_LEVEL": "warning", **(env or {})}
         if model == "tiny":  # the tests' random model: a smoke run only
             args = ["-m", "uvicorn", "tests.support.tiny_server:app", "--factory", "--host", "127.0.0.1",
                     "--port", str(self.port), "--log-level", "warning"]
@@ -56,18 +73,7 @@ class Server:
                                      stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 900) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited:\n{Path(self.log.name).read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise SystemExit("the server was not ready in time")
+        return wait_ready(self, "/ready", timeout)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process so far (Linux /proc)."""

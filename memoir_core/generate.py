@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from . import kvcache
+from . import kvcache, packed
 from .memory_layer import BatchRouting, Decide, Decision, ResidualMemory
 from .sampling import SamplingParams, TokenLogprob
 from .tokens import choose, prompt_scores
@@ -79,6 +79,7 @@ class Decoder:
         self._mask: torch.Tensor | None = None
         self._positions: torch.Tensor | None = None
         self._routing = BatchRouting()
+        self._steps = packed.DecodeSteps(model)  # bf16 copies for one-token steps, where packing made them
 
     # -- scheduling -----------------------------------------------------------------------
     @property
@@ -160,7 +161,7 @@ class Decoder:
             return []
         last = torch.tensor([[s.out_ids[-1]] for s in self.running], device=self.device)
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.running), 1))], dim=1)
-        with self.layer.use(self._routing):
+        with self.layer.use(self._routing), self._steps:
             out = self.model(
                 input_ids=last,
                 attention_mask=self._mask,

@@ -19,7 +19,6 @@ from importlib import resources
 import numpy as np
 import torch
 
-from . import arch
 from .basis import Basis
 from .config import MemoirConfig
 from .contexts import ContextCache
@@ -28,10 +27,10 @@ from .rows import collate, edit_rows, neighbour_rows, training_contexts
 from .errors import EditConflictError, EditNotFoundError, InvalidRequestError
 from .guard import factor
 from .generate import Decoder, GenSequence, SamplingParams
-from . import maskbank
+from . import arch, maskbank, packed
 from .memory_layer import ResidualMemory
 from .memorystate import Memory, MemoryField
-from .precision import train_dtype, training_model
+from .precision import native_bf16, train_dtype, training_model
 from .prompts import Encoded, PromptEncoder
 from .records import EditRecord
 from .residual import quantise
@@ -74,7 +73,8 @@ class Memoir(Routing):
     subjects = MemoryField()  # SubjectIndex of the live edits
 
     def __init__(self, model, tokenizer, config: MemoirConfig | None = None, *, basis: Basis | None = None,
-                 background: Iterable[str] | None = None):
+                 background: Iterable[str] | None = None, pack_weights: bool = False,
+                 bf16_steps: bool = False):
         spec = arch.spec_for(model)
         blocks = arch.get_path(model, spec.blocks)
         probe = arch.get_path(blocks[0], spec.down)  # every block has the same widths
@@ -108,6 +108,13 @@ class Memoir(Routing):
         self.tophash = TopHash(self.config.k, self.basis.permutation, self._route_centre())
         self.colhash = TopHash(self.config.k, self.basis.permutation, self.basis.background_mean)
         self.contexts = ContextCache(self.train_model, training_contexts(self.encoder, self.basis.prefixes, self.config.chat_rows))
+        # Last, once the training copy exists: the served model's products in oneDNN's layout
+        # (packed.py; a no-op off fp32 CPUs). Dense weights stay only where it also trains. Off
+        # unless asked (the server asks): a library caller's model keeps the modules it gave.
+        # bf16 steps only where the CPU computes bf16 natively (emulated, they are slower).
+        self.bf16_steps = pack_weights and bf16_steps and native_bf16(self.device)
+        self.packed_layers = packed.pack(model, keep_dense=self.train_model is model,
+                                         bf16_steps=self.bf16_steps) if pack_weights else 0
 
     # -- the basis --------------------------------------------------------------------------
     def _make_basis(self, texts: list[str]) -> Basis:

@@ -46,7 +46,8 @@ def serve(settings: Settings, make_app: Callable[[Settings], Any]) -> int:
     from .auth import ConfigError, Keys, check_exposure, warn_open_routes
 
     logs.configure(settings.log_format, settings.log_level, replace=True)
-    pin_mmap_threshold()  # before the model loads: freed tensors must not pin RAM per stored edit
+    if settings.mmap_threshold:  # before the model loads: freed tensors must not pin RAM per stored edit
+        pin_mmap_threshold(settings.mmap_threshold)
     try:
         keys = Keys.from_settings(settings)
         check_exposure(settings.host, keys, settings.allow_insecure)

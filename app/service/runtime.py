@@ -22,6 +22,7 @@ from memoir_core.state import Loaded, Manifest, MemoryStore, check_manifest, res
 
 from .engine import Engine
 from .engine_errors import NotReadyError
+from .hostmem import trim
 from .stores import open_store
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,10 @@ def default_builder(settings: Settings) -> Builder:
         model_source.check(models.resolve(settings.model))  # in a second, with a cause, not a traceback
         model, tokenizer = models.load(settings.model, settings.device, settings.dtype)
         if loaded is not None:
-            return Memoir(model, tokenizer, stored_config(loaded.manifest, settings.config), basis=loaded.basis)
-        return Memoir(model, tokenizer, config_from(settings.config))
+            return Memoir(model, tokenizer, stored_config(loaded.manifest, settings.config), basis=loaded.basis,
+                          pack_weights=settings.packed_weights, bf16_steps=settings.bf16_steps)
+        return Memoir(model, tokenizer, config_from(settings.config), pack_weights=settings.packed_weights,
+                      bf16_steps=settings.bf16_steps)
 
     return build
 
@@ -136,6 +139,7 @@ class Runtime:
                                             f"{type(error).__name__}: {error}") from error
             else:
                 self.store.create(Manifest.of(memoir, self.model_name, fingerprint), memoir.basis)
+            trim()  # the blocks building freed (dense weights packing replaced) would otherwise stay resident
             engine = Engine(memoir, self.store, self.settings)
             engine.start()
             shared = shared_log(self.store)

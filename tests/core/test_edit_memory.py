@@ -25,7 +25,9 @@ def tensor_bytes() -> int:
     gc.collect()
     storages = {}
     for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+        if isinstance(obj, torch.Tensor) and obj.is_mkldnn:  # a packed weight (packed.py): no storage to ask
+            storages[("mkldnn", id(obj))] = obj.numel() * obj.element_size()
+        elif isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
             storage = obj.untyped_storage()
             storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from memoir_core.precision import native_bf16
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 ZSRE = Path("/work/shared/data/zsre/zsre_edit_dev_500.json")
 needs_data = pytest.mark.skipif(not ZSRE.exists(), reason=f"{ZSRE} is not here")
@@ -98,6 +100,24 @@ def test_serving(tmp_path):
                "--tokens", "3", "--data", str(ZSRE))
     assert len(data["rows"]) == 2
     assert all(r["requests"] > 0 and r["error_rate"] == 0 for r in data["rows"])
+
+
+@needs_data
+def test_engines(tmp_path):
+    data = run("engines", tmp_path, "--model", "tiny", "--clients", "1,2", "--seconds", "1", "--tokens", "3",
+               "--data", str(ZSRE))
+    assert [r["engine"] for r in data["rows"]] == ["memoir plain", "memoir packed"]
+    assert all(r["tok_s_1"] > 0 and r["tok_s_2"] > 0 and "x_llama_1" not in r for r in data["rows"])
+    assert data["cells"]["memoir packed|2"][0]["tokens"] >= 6  # both clients were answered
+
+
+@needs_data
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_bf16_steps(tmp_path):
+    data = run("bf16_steps", tmp_path, "--model", "tiny", "--quick", "--tokens", "3", "--data", str(ZSRE))
+    assert [r["kind"] for r in data["rows"]] == ["question", "paraphrase", "locality"]
+    assert all(r["same_decision"] == 1.0 for r in data["rows"])  # prompts run at fp32 either way
+    assert [r["batch"] for r in data["speed"]] == [1, 4] and all(r["bf16_ms"] > 0 for r in data["speed"])
 
 
 @needs_data

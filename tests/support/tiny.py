@@ -64,11 +64,11 @@ def tiny_model(kind: str, vocab: int, seed: int = 0):
     return model
 
 
-def make_memoir(kind: str = "llama", **config):
+def make_memoir(kind: str = "llama", pack_weights: bool = False, bf16_steps: bool = False, **config):
     from memoir_core.config import MemoirConfig
     from memoir_core.memoir import Memoir
 
     tok = tiny_tokenizer()
     model = tiny_model(kind, len(tok))
     cfg = MemoirConfig(**{"k": 32, "tau": 0.5, "max_steps": 30, "stop_loss": 0.05, "lr": 0.5, **config})
-    return Memoir(model, tok, cfg, background=CORPUS[:12])
+    return Memoir(model, tok, cfg, background=CORPUS[:12], pack_weights=pack_weights, bf16_steps=bf16_steps)
