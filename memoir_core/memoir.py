@@ -112,9 +112,10 @@ class Memoir(Routing):
         # (packed.py; a no-op off fp32 CPUs). Dense weights stay only where it also trains. Off
         # unless asked (the server asks): a library caller's model keeps the modules it gave.
         # bf16 steps only where the CPU computes bf16 natively (emulated, they are slower).
-        self.bf16_steps = pack_weights and bf16_steps and native_bf16(self.device)
+        low = bf16_steps and native_bf16(self.device)
         self.packed_layers = packed.pack(model, keep_dense=self.train_model is model,
-                                         bf16_steps=self.bf16_steps) if pack_weights else 0
+                                         bf16_steps=low) if pack_weights else 0
+        self.bf16_steps = low and self.packed_layers > 0
 
     # -- the basis --------------------------------------------------------------------------
     def _make_basis(self, texts: list[str]) -> Basis:

@@ -33,14 +33,18 @@ Builder = Callable[[Loaded | None], Memoir]
 
 
 def default_builder(settings: Settings) -> Builder:
+    # bf16 copies serve the builtin decoder's steps; with vLLM decoding, memoir's copy only
+    # routes and trains, so they would be RAM for nothing.
+    bf16_steps = settings.bf16_steps and settings.engine == "builtin"
+
     def build(loaded: Loaded | None) -> Memoir:
         model_source.check(models.resolve(settings.model))  # in a second, with a cause, not a traceback
         model, tokenizer = models.load(settings.model, settings.device, settings.dtype)
         if loaded is not None:
             return Memoir(model, tokenizer, stored_config(loaded.manifest, settings.config), basis=loaded.basis,
-                          pack_weights=settings.packed_weights, bf16_steps=settings.bf16_steps)
+                          pack_weights=settings.packed_weights, bf16_steps=bf16_steps)
         return Memoir(model, tokenizer, config_from(settings.config), pack_weights=settings.packed_weights,
-                      bf16_steps=settings.bf16_steps)
+                      bf16_steps=bf16_steps)
 
     return build
 
