@@ -38,9 +38,9 @@ class Settings(BaseSettings):
                                 "malloc_trim returns after each edit. 0: glibc's dynamic threshold "
                                 "(app/service/hostmem.py)")
     packed_weights: bool = Field(True, description="fp32 on a CPU: linear layers read their weights in oneDNN's "
-                                 "blocked layout, about 1.5x faster decoding (docs/engines.md); off: plain PyTorch")
+                                 "blocked layout, for faster decoding (docs/engines.md); off: plain PyTorch")
     bf16_steps: bool = Field(True, description="with packed weights, on a CPU with native bf16: decode steps "
-                             "multiply by bf16 copies of the weights (1.3-2.3x faster, +256 MB on the default model); "
+                             "multiply by bf16 copies of the weights (faster; the copies cost RAM); "
                              "prompts, and so every routing decision, stay fp32. Off: fp32 steps, whose greedy text "
                              "can differ a few tokens in (docs/engines.md)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's (one per core). "

@@ -111,7 +111,7 @@ class Memoir(Routing):
         # Last, once the training copy exists: the served model's products in oneDNN's layout
         # (packed.py; a no-op off fp32 CPUs). Dense weights stay only where it also trains. Off
         # unless asked (the server asks): a library caller's model keeps the modules it gave.
-        # bf16 steps only where the CPU computes bf16 natively (emulated, they are slower).
+        # bf16 steps only where the CPU computes bf16 natively (elsewhere oneDNN emulates it).
         low = bf16_steps and native_bf16(self.device)
         self.packed_layers = packed.pack(model, keep_dense=self.train_model is model,
                                          bf16_steps=low) if pack_weights else 0

@@ -134,7 +134,7 @@ def _own_weights(model) -> None:
     A CPU model from safetensors is views of one read-only mapping of the file, kept whole while
     any tensor views it. Serving replaces most weights (packed.py drops the dense linear weights
     for oneDNN's copies) and an edit replaces none, so the mapping would stay resident beside
-    the copies: 330 MB more on the default model. Owned tensors are freed one by one."""
+    the copies (docs/engines.md). Owned tensors are freed one by one."""
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.device.type == "cpu":
