@@ -42,13 +42,6 @@ def build(model: str, steps_on: bool):
     return Memoir(m, tok, pack_weights=True, bf16_steps=steps_on)
 
 
-def generate(memoir, encoded, tokens: int):
-    params = SamplingParams(max_new_tokens=tokens)
-    seqs = [GenSequence(e.ids, e.span, params, tail=e.tail) for e in encoded]
-    memoir.decoder(16).run(seqs)
-    return seqs
-
-
 def step_ms(memoir, encoded, batch: int, tokens: int) -> float:
     """Milliseconds per decode step of `batch` sequences (prefill excluded)."""
     params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)
@@ -102,7 +95,7 @@ def main(argv=None) -> int:
         out = {}
         for on in (True, False):
             steps(on)
-            out[on] = generate(memoir, prompts, args.tokens)
+            out[on] = memoir.generate(prompts, SamplingParams(max_new_tokens=args.tokens))
         fast, exact = out[True], out[False]
         same_decision = sum((a.decision.best_edit_id, a.decision.best_overlap, a.decision.route is None)
                             == (b.decision.best_edit_id, b.decision.best_overlap, b.decision.route is None)

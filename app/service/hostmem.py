@@ -8,8 +8,8 @@ grew by 2 MB per stored edit on the default model (benchmarks/gpu_check.py's mem
 fixed threshold keeps large blocks in mmap, returned to the system when freed: about 5 KB per
 stored edit then, the routing data alone. The threshold is a setting (`MEMOIR_MMAP_THRESHOLD`,
 32 MB by default): at glibc's own 128 KB every decode step's KV-cache and logits blocks were
-fresh mappings too, faulted in and unmapped each step, which cost decoding a third of its
-speed at 4 sequences and edits a fifth of theirs (docs/engines.md, benchmarks/README.md §6).
+fresh mappings too, faulted in and unmapped each step, which slowed decoding and edits alike
+(measured in docs/engines.md and benchmarks/README.md §6).
 
 What the heap still strands between edits (freed blocks below a live one, in the engine thread's
 arena) goes back with `trim()`, glibc's malloc_trim, once an edit job has answered.
