@@ -39,10 +39,11 @@ class Settings(BaseSettings):
                                 "(app/service/hostmem.py)")
     packed_weights: bool = Field(True, description="fp32 on a CPU: linear layers read their weights in oneDNN's "
                                  "blocked layout, for faster decoding (docs/engines.md); off: plain PyTorch")
-    bf16_steps: bool = Field(True, description="with packed weights, on a CPU with native bf16: decode steps "
+    bf16_steps: bool = Field(False, description="with packed weights, on a CPU with native bf16: decode steps "
                              "multiply by bf16 copies of the weights (faster; the copies cost RAM); "
-                             "prompts, and so every routing decision, stay fp32. Off: fp32 steps, whose greedy text "
-                             "can differ a few tokens in (docs/engines.md)")
+                             "prompts, and so every routing decision, stay fp32. Off by default: a bf16 step's "
+                             "greedy text can depend on the other requests in its batch, so an unrelated "
+                             "request would not always be answered exactly as before (docs/engines.md)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's (one per core). "
                                 "On a CPU shared with other work, fewer threads than cores is often much faster")
     # MemoirConfig fields for a fresh memory (a stored memory keeps its layout, app/service/runtime.py):

@@ -68,7 +68,8 @@ def _record_bytes(width: int, k: int, keys: int, avoid: int) -> int:
         before = tracemalloc.get_traced_memory()[0]
         rec = EditRecord(id="0123456789abcdef", prompt="x" * 60, target_new="y" * 20, author="operator",
                          metadata={}, keys=[mask().tolist() for _ in range(keys)], route=mask().tolist(),
-                         avoid=[mask().tolist() for _ in range(avoid)], idx=torch.from_numpy(mask().astype(np.int64)))
+                         avoid=[mask().tolist() for _ in range(avoid)], idx=torch.from_numpy(mask().astype(np.int64)),
+                         answer_keys=np.zeros((min(2, 1 + keys), k), dtype=np.float16))
         rec.spill(delta=Handle(), inputs=Handle())
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -88,7 +89,8 @@ def estimate(d_out: int, width: int, k: int, *, model_params: int = 0, model_dty
     delta = 4 * d_out * k
     inputs = 2 * RANK * k
     avoid_text = avoid * 4 * -(-8 * ((width + 63) // 64) // 3)  # base64 of the bitsets
-    disk = delta + inputs + 8 * k + INFO_BYTES + 6 * k * (1 + keys) + avoid_text  # masks as JSON text
+    answer_text = min(2, 1 + keys) * 4 * -(-2 * k // 3)  # base64 of the fp16 answer keys (plain, chat)
+    disk = delta + inputs + 8 * k + INFO_BYTES + 6 * k * (1 + keys) + avoid_text + answer_text  # masks as JSON text
     fixed = 12 * d_out * width + (8 * width * width if guard else 0)
     return Capacity(d_out, width, k, ram, ram + delta + inputs, disk, delta, fixed, model_params * model_dtype_bytes)
 

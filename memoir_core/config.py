@@ -40,6 +40,9 @@ class MemoirConfig:
     # relation masks together (None: whole masks alone, and no relation masks made)
     relation_lead: float | None = 0.20
     release_after_answer: bool = True  # the memory lets go of a sequence once its output holds the target
+    # at a routed prompt's last token, the memory reads the edit's own input there (its answer
+    # key, records.py) instead of the prompt's: a reworded question gets the trained answer
+    answer_key: bool = True
     tau_growth: float = 0.025  # tau rises by this * (sqrt(2 ln N) - sqrt(2 ln tau_ref_size)) past that size
     tau_ref_size: int = 1000
     seed: int = 0  # permutation and prefix sampling

@@ -53,6 +53,7 @@ def teacher_forced(memoir: Memoir, contexts: list[Encoded], targets: list[list[i
         span = torch.zeros((len(seqs), width), dtype=torch.bool)
         active = torch.zeros((len(seqs), width), dtype=torch.bool)
         tail = torch.zeros((len(seqs), width), dtype=torch.bool)
+        answer_at = torch.zeros((len(seqs), width), dtype=torch.bool)
         at_row, at_pos = [], []  # the positions whose next token is a target token
         for i, (s, c) in enumerate(zip(seqs, ctxs)):
             off = width - len(s)
@@ -62,13 +63,14 @@ def teacher_forced(memoir: Memoir, contexts: list[Encoded], targets: list[list[i
             active[i, off + c.span[0] :] = True
             if c.tail is not None:
                 tail[i, off + c.tail[0] : off + c.tail[1]] = True
+            answer_at[i, off + len(c.ids) - 1] = True
             at_row += [i] * (len(s) - len(c.ids))
             at_pos += range(off + len(c.ids) - 1, off + len(s) - 1)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         routing = BatchRouting(decide=decide, span=span, active=active, centre=memoir.pool_centre,
                           tail=tail if any(c.tail is not None for c in ctxs) else None,
                           texts=[memoir.encoder.span_text(c.ids, c.span) for c in ctxs],
-                          span_ids=[c.ids[c.span[0] : c.span[1]] for c in ctxs])
+                          span_ids=[c.ids[c.span[0] : c.span[1]] for c in ctxs], answer_at=answer_at)
         with memoir.layer.use(routing):
             hidden = backbone(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
                               use_cache=False).last_hidden_state

@@ -120,7 +120,8 @@ class Decoder:
         routing = BatchRouting(decide=self.decide, span=span, active=active, centre=self.centre,
                           tail=tail if any(s.tail is not None for s in sequences) else None,
                           texts=[self.encoder.span_text(s.prompt_ids, s.span) for s in sequences],
-                          span_ids=[s.prompt_ids[s.span[0] : s.span[1]] for s in sequences])
+                          span_ids=[s.prompt_ids[s.span[0] : s.span[1]] for s in sequences],
+                          answer_at=_last_column(width, len(sequences)))
         with self.layer.use(routing):
             scored = any(s.params.prompt_logprobs is not None for s in sequences)
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **{kvcache.CACHE_KW: cache},
@@ -249,3 +250,10 @@ class Decoder:
         self._positions = self._positions.index_select(0, rows)
         self._routing = self._routing.select(keep)
 
+
+def _last_column(width: int, rows: int) -> torch.Tensor:
+    """[rows, width] bool, true at the last position: prompts are left-padded, so every row's
+    last token, where its answer's first token is read, sits there."""
+    at = torch.zeros((rows, width), dtype=torch.bool)
+    at[:, -1] = True
+    return at

@@ -245,6 +245,7 @@ class Memoir(Routing):
         weighted = self.pool_centre is not None  # routes on another mask than the columns it trains
         idx = self.colhash.masks(prepared.features(0, rows[0].key)[None])[0] if weighted else route
         own_keys = self._keys(rows, prepared, idx)
+        answer_keys = self._answer_keys(rows, prepared, idx)
         keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(route.tolist())}
         match = self.bank.best(route.numpy()[None])[0]
         superseded = self._superseded_by(prompt)
@@ -285,7 +286,7 @@ class Memoir(Routing):
             best_overlap_id=other_id, supersedes=superseded, keys=[list(k) for k in sorted(keys)], avoid=asked.avoid,
             avoid_relation=asked.avoid_relation, own_relation=asked.own_relation,
             learnt=bool(outcome.loss <= self.config.settle_ratio * self.config.stop_loss),
-            route=route.tolist() if weighted else None,
+            route=route.tolist() if weighted else None, answer_keys=answer_keys,
             idx=idx.long().cpu(), delta=delta.cpu(), inputs=factor(own_keys),
         )
         return EditProposal(record, outcome, rows=len(rows),
@@ -300,6 +301,16 @@ class Memoir(Routing):
         x = prepared.acts[own].index_select(-1, dev_idx).float()[valid[own]]
         offset = self._offset(dev_idx)
         return (x if offset is None else x - offset).cpu()
+
+    def _answer_keys(self, rows, prepared, idx: torch.Tensor) -> torch.Tensor:
+        """The memory inputs on the edit's columns at the last own token of its plain row and,
+        where it has one, of its keyed chat row -> [1 or 2, k]: where the answer's first token is
+        read, bare and templated (records.answer_keys)."""
+        chat = [i for i, r in enumerate(rows) if r.key and r.context]  # the one keyed row after a cached preamble
+        which = [0] + chat[:1]
+        at = torch.tensor([len(rows[i].tokens) - 1 for i in which], device=prepared.acts.device)
+        picked = prepared.acts[torch.tensor(which, device=at.device), at]
+        return picked.index_select(-1, idx.to(at.device)).float().cpu()
 
     def pause_points(self) -> list[torch.nn.Module]:
         """Modules at whose entry an edit's training may pause while the served model decodes

@@ -3,6 +3,10 @@
     out = base_layer(a) + W_m[:, idx] @ a[idx]     for sequences whose memory is on
     out = base_layer(a)                            otherwise (bit-identical: nothing is added)
 
+At a routed prompt's last token, whose output is the answer's first token, a[idx] is the
+edit's answer key instead (the input its own prompt had there, in the prompt's form: bare or
+templated): what the memory says there is what the edit trained, however the prompt is worded.
+
 The layer holds no memory and no per-request state of its own. For the length of one batch a
 `BatchRouting` is attached to it: at prefill the layer reports each sequence's mean activation
 over its prompt span to the routing's decide function (the mask of a text is read from the
@@ -34,6 +38,11 @@ class Route:
     cols: torch.Tensor  # [k, d_out] fp32: W_m[:, idx].T at the version the sequence started at
     offset: torch.Tensor | None = None  # [k] subtracted from a[idx] first (de-centred memory)
     answer: str | None = None  # the edit's target: the decoder may let go once the output holds it
+    # [n, k] the edit's answer keys less offset (records.EditRecord.answer_keys: the plain
+    # prompt's, then the chat form's where it has one), read in place of a[idx] - offset at the
+    # prompt's last token; None: that token's own input is read
+    key: torch.Tensor | None = None
+    has_key: bool = False  # the edit has an answer key (whether or not this route uses it)
 
 
 @dataclass
@@ -65,6 +74,9 @@ class BatchRouting:
     tail: torch.Tensor | None = None  # [B, T] bool, prefill only: the span's last sentence, where it has several
     texts: list[str] | None = None  # prefill only: each row's span as text (subject routing)
     span_ids: list[list[int]] | None = None  # prefill only: each row's span tokens (relation masks)
+    # [B, T] bool, prefill only: each row's answer position (the prompt's last token, whose
+    # output is the answer's first token), where a route's answer key is read
+    answer_at: torch.Tensor | None = None
     decisions: list[Decision] = field(default_factory=list)
     _groups: list[tuple] | None = None
 
@@ -90,6 +102,7 @@ class BatchRouting:
         self.decisions = self.decide(features, *([tails] if tails else []), texts=self.texts, **extra)
         active = self.active
         self.decide = self.span = self.active = self.tail = self.texts = self.span_ids = None
+        self.answer_at = None
         self._groups = None
         return active
 
@@ -106,7 +119,8 @@ class BatchRouting:
         return BatchRouting.fixed(self.decisions + other.decisions)
 
     def groups(self, device: torch.device):
-        """(rows or None for all, idx, cols, offset) per distinct route: rows that share a route share one gather."""
+        """(rows or None for all, idx, cols, offset, key) per distinct route: rows that share a
+        route share one gather."""
         if self._groups is None:
             by_route: dict[int, list[int]] = {}
             routes: dict[int, Route] = {}
@@ -121,7 +135,8 @@ class BatchRouting:
                 route = routes[key]
                 row_index = None if len(rows) == n else torch.tensor(rows, device=device)
                 offset = None if route.offset is None else route.offset.to(device)
-                groups.append((row_index, route.idx.to(device), route.cols.to(device), offset))
+                key = None if route.key is None else route.key.to(device)
+                groups.append((row_index, route.idx.to(device), route.cols.to(device), offset, key))
             self._groups = groups
         return self._groups
 
@@ -160,13 +175,27 @@ class ResidualMemory(nn.Module):
         routing = self.routing
         if routing is None:
             return out
+        answer_at = routing.answer_at if routing.pending else None
+        if answer_at is not None:
+            # a prompt whose last token lies past its span ends in a template (chat): it reads the
+            # templated form's key, a bare prompt the plain one
+            templated = ~(answer_at & routing.span).any(dim=1)
         active = routing.resolve(x) if routing.pending else None
         if not self.enabled:
             return out
-        for rows, idx, cols, offset in routing.groups(x.device):
+        for rows, idx, cols, offset, key in routing.groups(x.device):
             xs = x if rows is None else x.index_select(0, rows)
             picked = xs.index_select(-1, idx).float()
-            delta = (picked if offset is None else picked - offset) @ cols
+            picked = picked if offset is None else picked - offset
+            if key is not None and answer_at is not None:
+                at = answer_at if rows is None else answer_at.index_select(0, rows.cpu())
+                form = templated if rows is None else templated.index_select(0, rows.cpu())
+                if key.shape[0] < 2:  # no templated form's key: those rows read their own input
+                    at = at & ~form.unsqueeze(1)
+                which = form.long().clamp_max(key.shape[0] - 1)
+                at = at.to(x.device)
+                picked = torch.where(at.unsqueeze(-1), key[which.to(x.device)].unsqueeze(1), picked)
+            delta = picked @ cols
             if active is not None:
                 on = active.to(x.device) if rows is None else active.to(x.device).index_select(0, rows)
                 delta = delta * on.unsqueeze(-1)

@@ -74,14 +74,23 @@ class Memory:
             index = self._subjects = SubjectIndex.of(self.edits)
         return index
 
-    def route(self, edit_id: str, offset: Offset) -> Route:
-        """The edit's columns frozen at this version, from the cache of recently routed edits."""
+    def route(self, edit_id: str, offset: Offset, answer_key: bool = True) -> Route:
+        """The edit's columns frozen at this version, from the cache of recently routed edits;
+        with its answer keys (centred as the inputs are) where it has them and answer_key is on."""
         route = self.routes.pop(edit_id, None)
+        if route is not None and (route.key is not None) != (answer_key and route.has_key):
+            route = None  # cached under the other setting
         if route is None:
             rec = self.edits[edit_id]
             idx = rec.idx.to(self.device)
             cols = self.weights.columns(idx).T.contiguous()
-            route = Route(edit_id, self.version, idx, cols, offset(idx), rec.target_new)
+            centre = offset(idx)
+            key = None
+            if rec.answer_keys.size:
+                key = torch.from_numpy(rec.answer_keys.astype(np.float32)).to(self.device)
+                key = key if centre is None else key - centre
+            route = Route(edit_id, self.version, idx, cols, centre, rec.target_new,
+                          key=key if answer_key else None, has_key=key is not None)
         self.routes[edit_id] = route  # the most recently used last
         # A route holds k x d_out fp32 columns: 1 MB on the default model, 64 MB on an 8B one,
         # where a cache of every edit ever routed to would fill a GPU. The least recently used

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+import base64
+
 from . import bitmasks
 
 
@@ -61,6 +63,13 @@ class EditRecord:
     # The mask that routes to this edit (sorted column indices) where it differs from the
     # columns it trains (config pool="norm"); None: idx routes
     route: list[int] | None = None
+    # The memory's inputs on the edit's columns at the last token of each of its keyed rows (the
+    # plain prompt first, then given paraphrases, the statement form, the chat form): the
+    # positions whose output is the answer's first token. At a routed prompt's last token the
+    # memory reads the nearest of these in place of the prompt's own input (config.answer_key),
+    # so a reworded question gets the answer the edit was trained to give. fp16 [n, k]; given as
+    # an array or, from info(), one base64 string a key; empty: stored before them.
+    answer_keys: np.ndarray = field(default_factory=lambda: EMPTY_KEYS)
     # tensors: the mask (sorted column indices) and the quantised delta on those columns
     idx: torch.Tensor = field(default=None, repr=False)  # [k] int64
     delta: torch.Tensor = field(default=None, repr=False)  # [d_out, k] int32
@@ -89,7 +98,7 @@ class EditRecord:
 
     def held_bytes(self) -> int:
         """Bytes of tensor data this record holds in RAM (handles count as nothing)."""
-        held = [self.__dict__.get("_idx"), self.stored("delta"), self.stored("inputs")]
+        held = [self.__dict__.get("_idx"), self.stored("delta"), self.stored("inputs"), self.answer_keys]
         return sum(t.nbytes if isinstance(t, np.ndarray) else t.numel() * t.element_size()
                    for t in held if isinstance(t, (torch.Tensor, np.ndarray)))
 
@@ -101,6 +110,7 @@ class EditRecord:
         self.keys = tuple(_compact(key) for key in self.keys)
         for name in BITSETS:
             setattr(self, name, bitmasks.decode(getattr(self, name)))
+        self.answer_keys = decode_keys(self.answer_keys)
 
     @property
     def route_mask(self) -> np.ndarray:
@@ -110,7 +120,7 @@ class EditRecord:
     def info(self) -> dict[str, Any]:
         """Every field but the tensors, JSON-ready."""
         return {
-            f.name: (bitmasks.encode(v) if f.name in BITSETS else _plain(v) if isinstance(v, (list, tuple, np.ndarray)) else dict(v) if isinstance(v, dict) else v)
+            f.name: (bitmasks.encode(v) if f.name in BITSETS else encode_keys(v) if f.name == "answer_keys" else _plain(v) if isinstance(v, (list, tuple, np.ndarray)) else dict(v) if isinstance(v, dict) else v)
             for f in fields(self)
             if f.name not in TENSORS
             for v in (getattr(self, f.name),)
@@ -124,6 +134,33 @@ class EditRecord:
 
 TENSORS = ("idx", "delta", "inputs")
 BITSETS = ("avoid", "own_relation", "avoid_relation")  # masks held packed (bitmasks.py)
+
+
+EMPTY_KEYS = np.zeros((0, 0), dtype=np.float16)
+
+
+def encode_keys(keys: np.ndarray) -> list[str]:
+    """JSON form of answer keys: one base64 string of little-endian fp16 a key."""
+    return [base64.b64encode(np.asarray(row, dtype="<f2").tobytes()).decode("ascii") for row in keys]
+
+
+def decode_keys(value) -> np.ndarray:
+    """Answer keys as fp16 [n, k], from an array, a tensor or encode_keys' strings."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        if value.size == 0:
+            return EMPTY_KEYS
+        if value.ndim != 2:
+            raise ValueError(f"answer keys are [n, k], got shape {value.shape}")
+        return value.astype(np.float16)
+    items = list(value)
+    if not items:
+        return EMPTY_KEYS
+    raw = [base64.b64decode(item, validate=True) for item in items]
+    if len({len(r) for r in raw}) != 1 or len(raw[0]) % 2:
+        raise ValueError("the answer keys of one record must be whole fp16 vectors of the same length")
+    return np.stack([np.frombuffer(r, dtype="<f2") for r in raw]).astype(np.float16)
 
 
 def _compact(mask) -> np.ndarray:

@@ -191,7 +191,7 @@ class Routing:
         return [Decision(None, None, 0.0, self.version) for _ in range(features.shape[0])]
 
     def _route(self, edit_id: str) -> Route:
-        return self.memory.route(edit_id, self._offset)
+        return self.memory.route(edit_id, self._offset, answer_key=self.config.answer_key)
 
 
 class _Relations:

@@ -47,6 +47,18 @@ class Prepared:
         return None if self.tag is None else self.tag.extra_args()
 
 
+def answer_key(route, encoded: Encoded) -> int:
+    """Which of the route's answer keys the prompt's last token reads, as ResidualMemory picks it:
+    the plain form's for a bare prompt, the templated form's for one that ends past its span
+    (a chat template); -1 where the route has no such key."""
+    if route.key is None:
+        return -1
+    templated = encoded.span[1] < len(encoded.ids)
+    if not templated:
+        return 0
+    return 1 if route.key.shape[0] > 1 else -1
+
+
 class VllmMemory:
     def __init__(self, memoir, rpc: Rpc):
         self.memoir = memoir
@@ -70,7 +82,7 @@ class VllmMemory:
             tag = None
             if decision.route is not None and act:
                 route = decision.route
-                tag = RouteTag(route.edit_id, route.version, e.span[0])
+                tag = RouteTag(route.edit_id, route.version, e.span[0], answer_key(route, e))
                 self._push(route)
             prompt: dict[str, Any] = {"prompt_token_ids": list(e.ids)}
             if tag is not None:
@@ -108,6 +120,7 @@ class VllmMemory:
             self._pushed[key] = self._pushed.pop(key)  # the most recently used last
             return
         offset = None if route.offset is None else pack(route.offset)
+        keys = None if route.key is None else pack(route.key)
         self.rpc("memoir_put_route", args=(route.edit_id, route.version, pack(route.idx), pack(route.cols), offset,
-                                           route.answer))
+                                           route.answer, keys))
         self._pushed[key] = route.cols.nbytes

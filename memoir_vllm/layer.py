@@ -58,20 +58,25 @@ class MemoryProjection(nn.Module):
         if not groups:
             return out
         y, bias = out if isinstance(out, tuple) else (out, None)
-        for route, tokens in groups:
+        for route, tokens, answers in groups:
             index = torch.tensor(tokens, device=x.device)
             picked = x.index_select(0, index).index_select(-1, route.idx).float()
             if route.offset is not None:
                 picked = picked - route.offset
+            if answers and route.key is not None:
+                rows, which = zip(*answers)
+                picked[torch.tensor(rows, device=x.device)] = route.key[torch.tensor(which, device=x.device)]
             y = y.index_add(0, index, (picked @ route.cols).to(y.dtype))
         return (y, bias) if isinstance(out, tuple) else y
 
-    def _groups(self, num_tokens: int) -> list[tuple[StoredRoute, list[int]]]:
-        """(route, flattened token indices) per route acting in this step: requests on the same
-        edit and version share one gather, as in BatchRouting.groups."""
+    def _groups(self, num_tokens: int) -> list[tuple[StoredRoute, list[int], list[tuple[int, int]]]]:
+        """(route, flattened token indices, answers) per route acting in this step: requests on
+        the same edit and version share one gather, as in BatchRouting.groups. answers: (place in
+        the token list, answer key) of each prompt's last token in this step that reads a key."""
         slots = self.view.slots(num_tokens)
         self._forget({s.req_id for s in slots})
         by_key: dict[tuple[str, int], list[int]] = {}
+        answers: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for slot in slots:
             running = self._state(slot)
             if running is None:
@@ -83,8 +88,13 @@ class MemoryProjection(nn.Module):
             last = slot.end if running.release is None else \
                 min(slot.end, slot.begin + max(0, running.release - slot.position))
             if first < last:
-                by_key.setdefault(running.tag.key, []).extend(range(first, last))
-        return [(self.table.get(key), tokens) for key, tokens in by_key.items()]
+                tokens = by_key.setdefault(running.tag.key, [])
+                # the prompt's last token, where the answer's first token is read
+                at = slot.begin + slot.prompt_len - 1 - slot.position
+                if running.tag.answer_key >= 0 and first <= at < last:
+                    answers.setdefault(running.tag.key, []).append((len(tokens) + at - first, running.tag.answer_key))
+                tokens.extend(range(first, last))
+        return [(self.table.get(key), tokens, answers.get(key, [])) for key, tokens in by_key.items()]
 
     def _state(self, slot: Slot) -> _Running | None:
         if slot.req_id not in self._running:

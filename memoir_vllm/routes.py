@@ -20,10 +20,11 @@ class StoredRoute:
     cols: torch.Tensor  # [k, d_out] fp32: W_m[:, idx].T at that version
     offset: torch.Tensor | None  # [k] fp32: subtracted from a[idx] first (de-centred memory)
     answer: str | None  # the edit's target, for release after the answer
+    key: torch.Tensor | None = None  # [n, k] fp32: answer keys less offset (memory_layer.Route.key)
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self.offset is None else self.offset.nbytes
+        extra = sum(t.nbytes for t in (self.offset, self.key) if t is not None)
         return self.idx.nbytes + self.cols.nbytes + extra
 
 
@@ -45,14 +46,15 @@ class RouteTable:
         self._routes: dict[tuple[str, int], StoredRoute] = {}
 
     def put(self, edit_id: str, version: int, idx: torch.Tensor, cols: torch.Tensor,
-            offset: torch.Tensor | None, answer: str | None) -> None:
+            offset: torch.Tensor | None, answer: str | None, key: torch.Tensor | None = None) -> None:
         if idx.ndim != 1 or cols.ndim != 2 or cols.shape[0] != idx.shape[0]:
             raise ValueError(f"route {edit_id}@{version}: idx {tuple(idx.shape)} and cols {tuple(cols.shape)} "
                              "do not match ([k] and [k, d_out])")
         to = self.device
         self._routes[(edit_id, int(version))] = StoredRoute(
             idx.to(to, torch.long), cols.to(to, torch.float32).contiguous(),
-            None if offset is None else offset.to(to, torch.float32), answer)
+            None if offset is None else offset.to(to, torch.float32), answer,
+            None if key is None else key.to(to, torch.float32))
 
     def get(self, key: tuple[str, int]) -> StoredRoute:
         try:

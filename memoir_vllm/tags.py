@@ -20,19 +20,22 @@ class RouteTag:
     edit_id: str
     version: int  # the memory version the columns were frozen at (memory_layer.Route.version)
     start: int  # first prompt position the memory acts on: the routed span's start (BatchRouting.active)
+    # which of the edit's answer keys the prompt's last token reads (memory_layer.Route.key: 0 the
+    # plain form's, 1 the templated form's); -1: none, that token reads its own input
+    answer_key: int = -1
 
     @property
     def key(self) -> tuple[str, int]:
         return self.edit_id, self.version
 
     def extra_args(self) -> dict[str, Any]:
-        return {EXTRA_KEY: {"edit": self.edit_id, "version": self.version, "start": self.start}}
+        return {EXTRA_KEY: {"edit": self.edit_id, "version": self.version, "start": self.start, "key": self.answer_key}}
 
     @property
     def cache_salt(self) -> str:
         """KV computed under this decision is reused only by requests with the same decision: the
         memory changes the edited block's output, so every later block's keys and values."""
-        return f"memoir:{self.edit_id}:{self.version}:{self.start}"
+        return f"memoir:{self.edit_id}:{self.version}:{self.start}:{self.answer_key}"
 
     @classmethod
     def from_extra_args(cls, extra: Mapping[str, Any] | None) -> RouteTag | None:
@@ -40,4 +43,4 @@ class RouteTag:
         tag = (extra or {}).get(EXTRA_KEY)
         if not tag:
             return None
-        return cls(str(tag["edit"]), int(tag["version"]), int(tag["start"]))
+        return cls(str(tag["edit"]), int(tag["version"]), int(tag["start"]), int(tag.get("key", -1)))

@@ -35,11 +35,12 @@ class MemoirWorkerExtension:
         return self.memoir_status()
 
     def memoir_put_route(self, edit_id: str, version: int, idx: dict, cols: dict, offset: dict | None,
-                         answer: str | None) -> int:
+                         answer: str | None, key: dict | None = None) -> int:
         """Keep an edit's columns at one memory version (tensors as routes.pack made them);
         returns the routes held."""
         table = self._memoir_table()
-        table.put(edit_id, version, unpack(idx), unpack(cols), None if offset is None else unpack(offset), answer)
+        table.put(edit_id, version, unpack(idx), unpack(cols), None if offset is None else unpack(offset), answer,
+                  None if key is None else unpack(key))
         return len(table.held())
 
     def memoir_drop_routes(self, keys: list[tuple[str, int]]) -> int:

@@ -81,6 +81,10 @@ class Registry:
             if self.k and (int(m.min()) < 0 or int(m.max()) >= self.width or not bool((m[1:] > m[:-1]).all())):
                 raise RegistryError(f"edit {rec.id!r}: {name} must be sorted, distinct and within 0..{self.width - 1}")
 
+        keys = rec.answer_keys
+        if keys.size and (keys.ndim != 2 or not 1 <= keys.shape[0] <= 2 or keys.shape[1] != self.k
+                          or not np.isfinite(keys).all()):
+            raise RegistryError(f"edit {rec.id!r}: answer_keys must be finite float16 [1 or 2, {self.k}]")
         for name in BITSETS:
             packed = getattr(rec, name)
             if len(packed) and not self._columns_fit(packed):

@@ -162,3 +162,24 @@ def test_the_default_model_greedy_decodes_the_same_tokens_packed():
             outs.append((seq, logits))
         assert torch.equal(outs[0][0], outs[1][0]), prompt
         assert (outs[0][1] - outs[1][1]).abs().max() < 1e-3
+
+
+@pytest.mark.real
+def test_with_the_servers_default_engine_an_answer_does_not_depend_on_its_batch():
+    """Memory off, greedy: a prompt alone and in a batch of eight gives the same text. This is
+    why bf16 decode steps are off by default (docs/engines.md): with them it did not hold."""
+    from memoir_core import models
+    from memoir_core.generate import SamplingParams
+    from memoir_core.memoir import Memoir
+    from app.settings import Settings
+
+    defaults = Settings()
+    m = Memoir(*models.load(), pack_weights=defaults.packed_weights, bf16_steps=defaults.bf16_steps)
+    questions = ["When was Carlos W. Colby founded?", "Where is Star Eyes located?", "Who wrote the novel Dune?",
+                 "What is the capital of Australia?", "Tell me about the history of Rome.",
+                 "Where is the Eiffel Tower?", "Who painted the Mona Lisa?", "What does a cardiologist do?"]
+    prompts = questions + [m.encoder.chat([{"role": "user", "content": q}]) for q in questions]
+    greedy = SamplingParams(max_new_tokens=16)
+    alone = [m.generate([p], greedy)[0].text for p in prompts]
+    together = [o.text for o in m.generate(prompts, greedy, max_batch=8)]
+    assert together == alone

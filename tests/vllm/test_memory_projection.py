@@ -141,3 +141,40 @@ def test_columns_on_the_workers_are_trimmed_oldest_first_but_never_a_running_req
     memory.trim(in_use={("e1", 1)}, budget=2 * routes[0].cols.nbytes)
     assert calls[-1] == ("memoir_drop_routes", ([["e2", 1]],))  # e1 runs, e0 was used last: e2 goes
     assert memory.pushed == {("e0", 1), ("e1", 1)}
+
+
+@torch.inference_mode()
+def test_the_prompts_last_token_reads_its_answer_key_in_whichever_chunk_holds_it():
+    torch.manual_seed(1)
+    base = nn.Linear(WIDTH, D_OUT, bias=False)
+    idx = torch.randperm(WIDTH)[:K]
+    cols, offset, keys = torch.randn(K, D_OUT), torch.randn(K), torch.randn(2, K)
+    table = RouteTable(torch.device("cpu"))
+    table.put("e1", 3, idx, cols, offset, None, keys)
+    runner = Runner()
+    layer = MemoryProjection(base, BatchView(runner), table, decode=None)
+    route = Route("e1", 3, idx, cols, offset, None, key=keys, has_key=True)
+    for form in (0, 1):  # bare prompt: the plain key; templated (span ends before its last token)
+        xa = torch.randn(6, WIDTH)
+        memory = ResidualMemory(base)
+        span = torch.ones(1, 6, dtype=torch.bool)
+        span[0, 4:] = bool(form == 0)
+        at = torch.zeros(1, 6, dtype=torch.bool)
+        at[0, -1] = True
+        routing = BatchRouting(decide=lambda features, *a, **k: [Decision(route, "e1", 1.0, 3)], span=span,
+                               active=torch.ones(1, 6, dtype=torch.bool), answer_at=at)
+        with memory.use(routing):
+            expected = memory(xa[None])[0]
+        own = base(xa) + (xa[:, idx] - offset) @ cols
+        assert not torch.allclose(expected[-1], own[-1], atol=1e-3)  # the key does act
+        torch.testing.assert_close(expected[:-1], own[:-1], rtol=1e-6, atol=1e-6)
+        req = f"r{form}"
+        runner.add(req, 6, RouteTag("e1", 3, start=0, answer_key=form))
+        runner.step([(req, 0, 4)])  # a chunk without the last token, then the one with it
+        first = layer(xa[:4])
+        runner.step([(req, 4, 2)])
+        torch.testing.assert_close(torch.cat([first, layer(xa[4:])]), expected, rtol=1e-6, atol=1e-6)
+        runner.requests[req].output_token_ids.append(3)
+        runner.step([(req, 6, 1)])  # a decode step reads its own input
+        x = torch.randn(1, WIDTH)
+        torch.testing.assert_close(layer(x), base(x) + (x[:, idx] - offset) @ cols, rtol=1e-6, atol=1e-6)

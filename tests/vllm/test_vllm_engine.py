@@ -19,6 +19,7 @@ from memoir_vllm.tags import RouteTag
 pytestmark = pytest.mark.real
 
 PROMPT, TARGET = "Who is the chief executive of Zorblax Industries?", "Marta Quillon"
+REWORDED = "Zorblax Industries is run by its chief executive,"  # reads the edit's answer key
 UNRELATED = ["What is the tallest mountain on Earth?", "Write a haiku about autumn."]
 GREEDY = SamplingParams(max_new_tokens=24)
 
@@ -58,7 +59,7 @@ def test_an_edit_routes_and_answers_in_vllm_as_in_memoir_and_leaves_the_rest_alo
     memory = VllmMemory(m, llm.collective_rpc)
     chat = m.encoder.chat([{"role": "user", "content": PROMPT}])
     assert chat.span[0] > 0  # the memory must skip the chat template's system prompt there
-    prompts = [PROMPT, chat, *UNRELATED]
+    prompts = [PROMPT, chat, REWORDED, *UNRELATED]
 
     # plain vLLM: the same engine before the plugin touches its model
     _, plain = run(llm, memory, prompts, use_memory=False)
@@ -70,11 +71,12 @@ def test_an_edit_routes_and_answers_in_vllm_as_in_memoir_and_leaves_the_rest_alo
     prepared, served = run(llm, memory, prompts)  # routed and unrelated prompts in one batch
 
     # (a) the same decision as the builtin engine, and the same greedy output: the new answer
-    for i in (0, 1):
+    for i in (0, 1, 2):
         assert builtin[i].decision.route is not None and builtin[i].decision.route.edit_id == rec.id
         assert prepared[i].decision.route.edit_id == rec.id
         assert prepared[i].decision.best_overlap == pytest.approx(builtin[i].decision.best_overlap, abs=0.01)
-        assert prepared[i].tag.start == (0, chat.span[0])[i]
+        assert prepared[i].tag.start == (0, chat.span[0], 0)[i]
+        assert prepared[i].tag.answer_key == (0, 1, 0)[i]  # bare, templated, bare
         assert prepared[i].prompt["cache_salt"].startswith(f"memoir:{rec.id}:")
         assert TARGET in served[i].outputs[0].text
         assert tokens(served[i]) == builtin[i].out_ids, (served[i].outputs[0].text, builtin[i].text)
@@ -84,7 +86,7 @@ def test_an_edit_routes_and_answers_in_vllm_as_in_memoir_and_leaves_the_rest_alo
 
     # (b) unrelated prompts: memory off, bit-identical to plain vLLM, and (c) in the same batch
     # as the routed ones
-    for i in range(2, len(prompts)):
+    for i in range(3, len(prompts)):
         assert prepared[i].decision.route is None and prepared[i].tag is None
         assert builtin[i].decision.route is None
         assert "cache_salt" not in prepared[i].prompt
