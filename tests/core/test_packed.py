@@ -165,6 +165,7 @@ def test_the_default_model_greedy_decodes_the_same_tokens_packed():
 
 
 @pytest.mark.real
+@pytest.mark.slow  # a second copy of the real model, 16 prompts one by one: CI's slow run has room
 def test_with_the_servers_default_engine_an_answer_does_not_depend_on_its_batch():
     """Memory off, greedy: a prompt alone and in a batch of eight gives the same text. This is
     why bf16 decode steps are off by default (docs/engines.md): with them it did not hold."""
