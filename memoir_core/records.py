@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-
-import base64
 
 from . import bitmasks
 
@@ -63,12 +62,12 @@ class EditRecord:
     # The mask that routes to this edit (sorted column indices) where it differs from the
     # columns it trains (config pool="norm"); None: idx routes
     route: list[int] | None = None
-    # The memory's inputs on the edit's columns at the last token of each of its keyed rows (the
-    # plain prompt first, then given paraphrases, the statement form, the chat form): the
-    # positions whose output is the answer's first token. At a routed prompt's last token the
-    # memory reads the nearest of these in place of the prompt's own input (config.answer_key),
-    # so a reworded question gets the answer the edit was trained to give. fp16 [n, k]; given as
-    # an array or, from info(), one base64 string a key; empty: stored before them.
+    # The memory's inputs on the edit's columns at the last token of its plain prompt and, where
+    # it has one, of its chat form: the positions whose output is the answer's first token. At a
+    # routed prompt's last token the memory reads one of these in place of the prompt's own input
+    # (config.answer_key): the chat form's for a prompt that ends in a template, else the plain
+    # one; so a reworded question gets the answer the edit was trained to give. fp16 [1 or 2, k];
+    # given as an array or, from info(), one base64 string a key; empty: stored before them.
     answer_keys: np.ndarray = field(default_factory=lambda: EMPTY_KEYS)
     # tensors: the mask (sorted column indices) and the quantised delta on those columns
     idx: torch.Tensor = field(default=None, repr=False)  # [k] int64
