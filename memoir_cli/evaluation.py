@@ -76,6 +76,7 @@ def build_memoir(args):
 
 
 def run_eval(args) -> int:
+    build_config(args)  # a bad file or --set fails here, before torch is imported (seconds)
     from memoir_core.datasets import load_cases
     from memoir_core.errors import InvalidRequestError
     from memoir_core.evaluate import run_stream

@@ -78,8 +78,6 @@ def settings_from(args) -> Any:
 def run_serve(args) -> int:
     from pydantic import ValidationError
 
-    from app.http.main import create_app
-    from app.http.server import serve
     from app.settings import PREFIX, warn_unknown_variables
 
     warn_unknown_variables(os.environ)
@@ -96,6 +94,11 @@ def run_serve(args) -> int:
     except ValueError as error:  # --set or the config file
         print(f"memoir serve: error: {error}", file=sys.stderr)
         return 2
+    # The server's modules (torch, transformers: seconds to import) only once the settings hold,
+    # so a mistyped setting fails at once.
+    from app.http.main import create_app
+    from app.http.server import serve
+
     # An app object (not an import string) runs in this process: one worker, which is what a
     # single model owner needs.
     return serve(settings, create_app)

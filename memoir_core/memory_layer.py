@@ -42,7 +42,16 @@ class Route:
     # prompt's, then the chat form's where it has one), read in place of a[idx] - offset at the
     # prompt's last token; None: that token's own input is read
     key: torch.Tensor | None = None
-    has_key: bool = False  # the edit has an answer key (whether or not this route uses it)
+
+    def key_row(self, templated: bool) -> int:
+        """The row of `key` a prompt's last token reads: the plain form's for a bare prompt, the
+        templated form's for one that ends past its span (a chat template); -1: its own input
+        (no key of that form). Both engines choose through this."""
+        if self.key is None:
+            return -1
+        if not templated:
+            return 0
+        return 1 if self.key.shape[0] > 1 else -1
 
 
 @dataclass
@@ -119,8 +128,8 @@ class BatchRouting:
         return BatchRouting.fixed(self.decisions + other.decisions)
 
     def groups(self, device: torch.device):
-        """(rows or None for all, idx, cols, offset, key) per distinct route: rows that share a
-        route share one gather."""
+        """(route, rows or None for all, idx, cols, offset, key) per distinct route, the tensors on
+        `device`: rows that share a route share one gather."""
         if self._groups is None:
             by_route: dict[int, list[int]] = {}
             routes: dict[int, Route] = {}
@@ -136,7 +145,7 @@ class BatchRouting:
                 row_index = None if len(rows) == n else torch.tensor(rows, device=device)
                 offset = None if route.offset is None else route.offset.to(device)
                 key = None if route.key is None else route.key.to(device)
-                groups.append((row_index, route.idx.to(device), route.cols.to(device), offset, key))
+                groups.append((route, row_index, route.idx.to(device), route.cols.to(device), offset, key))
             self._groups = groups
         return self._groups
 
@@ -183,18 +192,17 @@ class ResidualMemory(nn.Module):
         active = routing.resolve(x) if routing.pending else None
         if not self.enabled:
             return out
-        for rows, idx, cols, offset, key in routing.groups(x.device):
+        for route, rows, idx, cols, offset, key in routing.groups(x.device):
             xs = x if rows is None else x.index_select(0, rows)
             picked = xs.index_select(-1, idx).float()
             picked = picked if offset is None else picked - offset
             if key is not None and answer_at is not None:
-                at = answer_at if rows is None else answer_at.index_select(0, rows.cpu())
+                # [rows] the key each row reads at its answer position, -1 for its own input
                 form = templated if rows is None else templated.index_select(0, rows.cpu())
-                if key.shape[0] < 2:  # no templated form's key: those rows read their own input
-                    at = at & ~form.unsqueeze(1)
-                which = form.long().clamp_max(key.shape[0] - 1)
-                at = at.to(x.device)
-                picked = torch.where(at.unsqueeze(-1), key[which.to(x.device)].unsqueeze(1), picked)
+                which = torch.tensor([route.key_row(t) for t in form.tolist()])
+                at = answer_at if rows is None else answer_at.index_select(0, rows.cpu())
+                at = (at & (which >= 0).unsqueeze(1)).to(x.device)
+                picked = torch.where(at.unsqueeze(-1), key[which.clamp_min(0).to(x.device)].unsqueeze(1), picked)
             delta = picked @ cols
             if active is not None:
                 on = active.to(x.device) if rows is None else active.to(x.device).index_select(0, rows)

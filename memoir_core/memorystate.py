@@ -78,7 +78,7 @@ class Memory:
         """The edit's columns frozen at this version, from the cache of recently routed edits;
         with its answer keys (centred as the inputs are) where it has them and answer_key is on."""
         route = self.routes.pop(edit_id, None)
-        if route is not None and (route.key is not None) != (answer_key and route.has_key):
+        if route is not None and (route.key is not None) != (answer_key and self.edits[edit_id].answer_keys.size > 0):
             route = None  # cached under the other setting
         if route is None:
             rec = self.edits[edit_id]
@@ -90,7 +90,7 @@ class Memory:
                 key = torch.from_numpy(rec.answer_keys.astype(np.float32)).to(self.device)
                 key = key if centre is None else key - centre
             route = Route(edit_id, self.version, idx, cols, centre, rec.target_new,
-                          key=key if answer_key else None, has_key=key is not None)
+                          key=key if answer_key else None)
         self.routes[edit_id] = route  # the most recently used last
         # A route holds k x d_out fp32 columns: 1 MB on the default model, 64 MB on an 8B one,
         # where a cache of every edit ever routed to would fill a GPU. The least recently used

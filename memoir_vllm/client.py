@@ -48,15 +48,9 @@ class Prepared:
 
 
 def answer_key(route, encoded: Encoded) -> int:
-    """Which of the route's answer keys the prompt's last token reads, as ResidualMemory picks it:
-    the plain form's for a bare prompt, the templated form's for one that ends past its span
-    (a chat template); -1 where the route has no such key."""
-    if route.key is None:
-        return -1
-    templated = encoded.span[1] < len(encoded.ids)
-    if not templated:
-        return 0
-    return 1 if route.key.shape[0] > 1 else -1
+    """Which of the route's answer keys the prompt's last token reads (Route.key_row, as
+    ResidualMemory picks it): -1 for its own input."""
+    return route.key_row(encoded.span[1] < len(encoded.ids))
 
 
 class VllmMemory:

@@ -20,7 +20,7 @@ def _layer_out(key, span_ends_at_last: list[bool]):
     idx = torch.tensor([1, 3, 4])
     cols = torch.randn(3, 6)
     offset = torch.randn(3)
-    route = Route("e", 1, idx, cols, offset, key=key, has_key=key is not None)
+    route = Route("e", 1, idx, cols, offset, key=key)
     x = torch.randn(2, 5, 8)
     span = torch.ones(2, 5, dtype=torch.bool)
     for row, plain in enumerate(span_ends_at_last):

@@ -94,6 +94,7 @@ def test_inference(tmp_path):
     assert all(r["on_share"] == 1.0 and r["off_share_on"] == 0.0 for r in data["rows"])
 
 
+@pytest.mark.slow  # a benchmark end to end, 16 s: make test-slow (CI)
 @needs_data
 def test_serving(tmp_path):
     data = run("serving", tmp_path, "--model", "tiny", "--clients", "1", "--seconds", "1", "--reps", "1",
@@ -102,6 +103,7 @@ def test_serving(tmp_path):
     assert all(r["requests"] > 0 and r["error_rate"] == 0 for r in data["rows"])
 
 
+@pytest.mark.slow  # a benchmark end to end, 23 s: make test-slow (CI)
 @needs_data
 def test_engines(tmp_path):
     data = run("engines", tmp_path, "--model", "tiny", "--clients", "1,2", "--seconds", "1", "--tokens", "3",
@@ -158,6 +160,7 @@ def test_constrained(tmp_path):
     assert row["tokens"] == {"free": 24, "json": 24} and row["json_tok_s"] > 0
 
 
+@pytest.mark.slow  # the GPU script on CPU, 11 s: make test-slow (CI)
 def test_gpu_check_tiny(tmp_path):
     """benchmarks/gpu_check.py (issue 25's GPU run) at a tiny size on the CPU, in bf16 as on a GPU,
     its server step included: every part runs and every correctness check passes."""

@@ -66,6 +66,7 @@ def assert_same(servers: list[Server], version: int) -> dict:
     return digests[0]
 
 
+@pytest.mark.slow  # kill -9 and a late start: 46 s (CI runs it in make test-slow)
 def test_replicas_converge_after_round_robin_edits_rollback_sigkill_and_a_late_start(pg_url):  # noqa: F811
     servers = start_all([replica(pg_url, n) for n in "abc"])
     try:
@@ -143,6 +144,7 @@ def test_replicas_converge_after_round_robin_edits_rollback_sigkill_and_a_late_s
             s.stop()
 
 
+@pytest.mark.slow  # a kill -9 mid-edit: 30 s (CI runs it in make test-slow)
 def test_a_writer_killed_mid_edit_commits_nowhere_after_the_commit_everywhere(pg_url):  # noqa: F811
     slow = replica(pg_url, "a", MEMOIR_TINY_EDIT_DELAY="4")  # trains 4 s longer
     late = replica(pg_url, "c", MEMOIR_TINY_COMMIT_DELAY="4")  # acknowledges 4 s after the commit

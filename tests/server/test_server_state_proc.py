@@ -150,6 +150,7 @@ def _until_ok(c: httpx.Client, body: dict, timeout: float = 30) -> httpx.Respons
         time.sleep(0.5)
 
 
+@pytest.mark.slow  # server starts on a corrupted journal, 23 s: make test-slow (CI)
 def test_a_flipped_bit_in_the_last_record_stops_the_start_unless_the_loss_is_accepted(tmp_path):
     server = durable(tmp_path).start(180)
     try:

@@ -153,7 +153,7 @@ def test_the_prompts_last_token_reads_its_answer_key_in_whichever_chunk_holds_it
     table.put("e1", 3, idx, cols, offset, None, keys)
     runner = Runner()
     layer = MemoryProjection(base, BatchView(runner), table, decode=None)
-    route = Route("e1", 3, idx, cols, offset, None, key=keys, has_key=True)
+    route = Route("e1", 3, idx, cols, offset, None, key=keys)
     for form in (0, 1):  # bare prompt: the plain key; templated (span ends before its last token)
         xa = torch.randn(6, WIDTH)
         memory = ResidualMemory(base)
