@@ -241,6 +241,20 @@ def test_relation_masks(tmp_path):
 
 
 @needs_data
+def test_answer_key_gate(tmp_path):
+    data = run("answer_key_gate", tmp_path, "--model", "tiny", "--limit", "3")
+    spread = {r["kind"]: r for r in data["spread"]}
+    assert data["cases"] == 3 and spread["paraphrase"]["n"] == 3 and spread["other question, chat"]["n"] == 12
+    assert all(-1 <= r["q5"] <= r["q50"] <= r["q95"] <= 1 for r in data["spread"])
+    for pair in ("paraphrase", "paraphrase, chat"):
+        rows = [r for r in data["rows"] if r["paraphrases"] == pair]
+        # a higher threshold keeps no more paraphrases and drops no fewer other questions
+        for low, high in zip(rows, rows[1:]):
+            assert high["threshold"] > low["threshold"]
+            assert high["paraphrases_kept"] <= low["paraphrases_kept"]
+            assert high["other_questions_dropped"] >= low["other_questions_dropped"]
+
+@needs_data
 def test_other_questions(tmp_path):
     data = run("other_questions", tmp_path, "--model", "tiny", "--limit", "3")
     rows = {r["lead"]: r for r in data["rows"]}
