@@ -17,6 +17,13 @@ form: the case's paraphrase (must keep the key), its statement form, and the dry
 questions about the subject (neighbours.RELATIONS: should lose it), bare and as a chat message.
 It reports quantiles per kind and, per threshold, the share of paraphrases kept and of other
 questions dropped.
+
+The chat kinds are asked in each of chat_traffic.py's chat forms (bare, with a system prompt,
+after an earlier turn, after a context sentence), since a gate must hold in all of them, and read
+at two places: the template's last token ("chat": where the answer is read, against the chat key)
+and the question's own last token ("chat at question": against the edit's chat form at the same
+token). The system prompt, the earlier turn and the context sentence move both inputs: no single
+threshold keeps the paraphrases of every form (docs/routing.md, "What it does not do").
 """
 
 from __future__ import annotations
@@ -29,44 +36,51 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
+from chat_traffic import CHAT_FORMS, chat_messages
 from other_questions import distinct_cases
 
 from memoir_core.forms import statement_form
 from memoir_core.neighbours import RELATIONS
 
 THRESHOLDS = (0.6, 0.7, 0.8, 0.86, 0.9)
-PAIRS = (("paraphrase", "other question"), ("paraphrase, chat", "other question, chat"))
 
 
 @torch.inference_mode()
-def last_input(memoir, encoded) -> torch.Tensor:
-    """The memory's input at the prompt's last token -> [D] fp32 (memory off)."""
-    return memoir.prompt_acts([encoded], None).acts[0, len(encoded.ids) - 1].float().cpu()
+def inputs(memoir, encoded) -> torch.Tensor:
+    """The memory's inputs at every token of the prompt -> [T, D] fp32 (memory off)."""
+    return memoir.prompt_acts([encoded], None).acts[0, : len(encoded.ids)].float().cpu()
 
 
-def cosines(memoir, case) -> list[tuple[str, float]]:
-    """(kind, cosine with the key of its form) of each prompt asked about one case."""
+def cosines(memoir, case, i: int) -> list[tuple[str, float]]:
+    """(kind, cosine with the key of its form) of each prompt asked about one case (the i-th)."""
     mu = memoir.basis.background_mean.float().cpu()
     plain = memoir.encoder.plain
-    chat = lambda q: memoir.encoder.chat([{"role": "user", "content": q}])  # noqa: E731
     idx = memoir.colhash.masks(memoir.features([plain(case.prompt)], centre=None))[0]
+    last = lambda e: len(e.ids) - 1  # noqa: E731
+    question = lambda e: e.span[1] - 1  # noqa: E731
 
-    def on_columns(encoded) -> torch.Tensor:
-        return (last_input(memoir, encoded) - mu)[idx]
+    def at(encoded, where) -> torch.Tensor:
+        return (inputs(memoir, encoded)[where(encoded)] - mu)[idx]
 
-    keys = {"bare": on_columns(plain(case.prompt)), "chat": on_columns(chat(case.prompt))}
+    own = memoir.encoder.chat([{"role": "user", "content": case.prompt}])
+    keys = {"bare": at(plain(case.prompt), last), "chat": at(own, last), "chat at question": at(own, question)}
 
-    def cos(encoded, form: str) -> float:
-        return float(torch.nn.functional.cosine_similarity(on_columns(encoded), keys[form], dim=0))
+    def cos(x: torch.Tensor, form: str) -> float:
+        return float(torch.nn.functional.cosine_similarity(x, keys[form], dim=0))
 
-    out = [("paraphrase", cos(plain(case.rephrases[0]), "bare")),
-           ("paraphrase, chat", cos(chat(case.rephrases[0]), "chat"))]
+    asked = [("paraphrase", case.rephrases[0])] + [("other question", t.format(s=case.subject)) for t in RELATIONS]
+    out = []
+    for kind, q in asked:
+        out.append((kind, cos(at(plain(q), last), "bare")))
+        for form in CHAT_FORMS:
+            e = memoir.encoder.chat(chat_messages(form, q, i))
+            acts = (inputs(memoir, e) - mu)[:, idx]
+            tag = "" if form == "bare" else f" ({form})"
+            out += [(f"{kind}, chat{tag}", cos(acts[last(e)], "chat")),
+                    (f"{kind}, chat at question{tag}", cos(acts[question(e)], "chat at question"))]
     statement = statement_form(case.prompt, case.subject)
     if statement:
-        out.append(("statement", cos(plain(statement), "bare")))
-    for template in RELATIONS:
-        q = template.format(s=case.subject)
-        out += [("other question", cos(plain(q), "bare")), ("other question, chat", cos(chat(q), "chat"))]
+        out.append(("statement", cos(at(plain(statement), last), "bare")))
     return out
 
 
@@ -83,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = distinct_cases(args.data, args.limit)
     asked: list[tuple[str, float]] = []
     for i, case in enumerate(cases):
-        asked += cosines(memoir, case)
+        asked += cosines(memoir, case, i)
         print(f"\r  {i + 1}/{len(cases)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     by_kind: dict[str, list[float]] = {}
@@ -94,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         q = torch.quantile(torch.tensor(values), torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])).tolist()
         spread.append({"kind": kind, "n": len(values), **{f"q{p}": round(v, 3) for p, v in zip((5, 25, 50, 75, 95), q)}})
     rows = []
-    for keep, drop in PAIRS:
+    pairs = [("paraphrase", "other question")] + [
+        (f"paraphrase, {where}{tag}", f"other question, {where}{tag}") for where in ("chat", "chat at question")
+        for tag in ["" if f == "bare" else f" ({f})" for f in CHAT_FORMS]]
+    for keep, drop in pairs:
         for t in THRESHOLDS:
             rows.append({"paraphrases": keep, "threshold": t,
                          "paraphrases_kept": sum(v >= t for v in by_kind[keep]) / len(by_kind[keep]),

@@ -1,6 +1,6 @@
 """Anatomy of one edit: wall and CPU time of each step of `Memoir.propose` (README §1 and §4).
 
-    PYTHONPATH=. python benchmarks/edit_steps.py --edits 12
+    PYTHONPATH=. python benchmarks/edit_steps.py --edits 12 [--set train_dtype=float32]
 
 The server's engine runs an edit one `propose` step at a time between decode steps, so these
 durations are what a new request may wait before its prefill, and what the edit costs. Step 0
@@ -20,6 +20,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
+from memoir_cli.evaluation import parse_sets  # noqa: E402
+from memoir_core.config import MemoirConfig  # noqa: E402
 from memoir_core.datasets import load_cases  # noqa: E402
 
 
@@ -28,11 +30,13 @@ def main(argv=None) -> int:
     ap.add_argument("--edits", type=int, default=12)
     ap.add_argument("--data", default=str(common.ZSRE_DEV))
     ap.add_argument("--model", default="default")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one config field")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     common.set_torch_threads()
     run = common.Run("edit_steps", vars(args))
-    m = common.load_memoir(args.model)
+    m = common.load_memoir(args.model, MemoirConfig.from_dict(parse_sets(args.set)) if args.set else None)
+    run.data["train_dtype"] = str(next(m.train_model.parameters()).dtype).removeprefix("torch.")
     edits = []
     for i, c in enumerate(load_cases(args.data, limit=args.edits)):
         gen = m.propose(c.prompt, c.target, edit_id=f"e{i}")

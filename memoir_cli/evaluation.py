@@ -99,7 +99,7 @@ def run_eval(args) -> int:
         return {
             "data": args.data, "extend": args.extend, "edits": len(cases), "model": args.model or "default",
             "subjects": args.subjects,
-            "config": memoir.config.to_dict(), "metrics": metrics, "checkpoints": curve,
+            "config": memoir.config.to_dict(), "train_dtype": memoir.train_dtype, "metrics": metrics, "checkpoints": curve,
             "wall_seconds": time.time() - t0,
         }
 

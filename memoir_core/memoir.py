@@ -72,8 +72,24 @@ class Memoir(Routing, Proposing):
         self.device = down.base_layer.weight.device
         self.memory = Memory(width, d_out, self.config.k, self.device, guard=self.config.protect > 0)
         maskbank.warm_up()
-        # Edits train on a copy in the training dtype (the model itself when they match).
-        self.train_model = training_model(model, train_dtype(model, self.config.train_dtype))
+        # The served model's products in oneDNN's layout (packed.py; a no-op off fp32 CPUs). Off
+        # unless asked (the server asks): a library caller's model keeps the modules it gave.
+        # bf16 steps only where the CPU computes bf16 natively (elsewhere oneDNN emulates it).
+        low = bf16_steps and native_bf16(self.device)
+        dtype = train_dtype(model, self.config.train_dtype, (width, d_out))
+        self.packed_layers = 0
+        if dtype == next(model.parameters()).dtype:
+            # Edits train on the served model's twin (precision.twin: the same weights), packed
+            # first, with dense weights kept only where an edit's steps run autograd.
+            if pack_weights:
+                self.packed_layers = packed.pack(model, keep_dense=_trained_through(spec.blocks, self.config.layer),
+                                                 bf16_steps=low)
+            self.train_model = training_model(model, dtype)
+        else:  # a copy in the training dtype, made before packing (a packed layer copies as a plain one)
+            self.train_model = training_model(model, dtype)
+            if pack_weights:
+                self.packed_layers = packed.pack(model, keep_dense=False, bf16_steps=low)
+        self.train_dtype = str(dtype).removeprefix("torch.")
         train_blocks = arch.get_path(self.train_model, spec.blocks)
         self.trainer = Trainer(self.train_model, train_blocks, arch.get_path(self.train_model, down_path),
                                self.config.layer, self.config)
@@ -85,13 +101,6 @@ class Memoir(Routing, Proposing):
         self.tophash = TopHash(self.config.k, self.basis.permutation, self._route_centre())
         self.colhash = TopHash(self.config.k, self.basis.permutation, self.basis.background_mean)
         self.contexts = ContextCache(self.train_model, training_contexts(self.encoder, self.basis.prefixes, self.config.chat_rows))
-        # Last, once the training copy exists: the served model's products in oneDNN's layout
-        # (packed.py; a no-op off fp32 CPUs). Dense weights stay only where it also trains. Off
-        # unless asked (the server asks): a library caller's model keeps the modules it gave.
-        # bf16 steps only where the CPU computes bf16 natively (elsewhere oneDNN emulates it).
-        low = bf16_steps and native_bf16(self.device)
-        self.packed_layers = packed.pack(model, keep_dense=self.train_model is model,
-                                         bf16_steps=low) if pack_weights else 0
         self.bf16_steps = low and self.packed_layers > 0
 
     # -- the basis --------------------------------------------------------------------------
@@ -130,8 +139,8 @@ class Memoir(Routing, Proposing):
 
     def pause_points(self) -> list[torch.nn.Module]:
         """Modules at whose entry an edit's training may pause while the served model decodes
-        (timeslice.Sliced): the training copy's blocks and head. None where edits train on the
-        served model itself, whose block list a paused step would leave swapped (blockrun.py)."""
+        (timeslice.Sliced): the training copy's (or twin's) blocks and head. None where edits train
+        on the served model itself, whose block list a paused step would leave swapped (blockrun.py)."""
         if self.train_model is self.model:
             return []
         return [*self.trainer.blocks, self.trainer.head]
@@ -202,3 +211,17 @@ class Memoir(Routing, Proposing):
 
     def _run(self, seqs: list[GenSequence], memory: bool = True, max_batch: int = 16) -> None:
         self.decoder(max_batch, memory).run(seqs)
+
+
+def _trained_through(blocks: str, layer: int):
+    """Which of the model's layers an edit's optimisation steps run with autograd: the blocks after
+    the edited one and what follows them (the head). Blocks up to it run only in the preparation's
+    forward, without autograd, so the served model packed for serving keeps no dense copy of them."""
+    prefix = blocks + "."
+
+    def trained(path: str) -> bool:
+        if not path.startswith(prefix):
+            return True
+        return int(path[len(prefix):].split(".", 1)[0]) > layer
+
+    return trained

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -104,18 +105,22 @@ class DecodeSteps:
             layer.in_low = False
 
 
-def pack(model: nn.Module, keep_dense: bool, bf16_steps: bool = False) -> int:
+def pack(model: nn.Module, keep_dense: bool | Callable[[str], bool], bf16_steps: bool = False) -> int:
     """Replace every fp32 CPU `nn.Linear` in `model` by a `PackedLinear` (with a bf16 copy for
-    decode steps if `bf16_steps`); returns how many. A no-op (0) where this torch cannot pack,
-    or on other devices and dtypes."""
+    decode steps if `bf16_steps`); returns how many. `keep_dense`: for all layers, or a test of
+    each layer's name (the layers autograd runs through). A no-op (0) where this torch cannot
+    pack, or on other devices and dtypes."""
     count = 0
-    for module in list(model.modules()):
+    for name, module in list(model.named_modules()):
         for leaf, child in list(module.named_children()):
             if type(child) is nn.Linear and available(child.weight.device, child.weight.dtype):
-                setattr(module, leaf, PackedLinear(child, keep_dense, low=bf16_steps))
+                path = f"{name}.{leaf}" if name else leaf
+                keep = keep_dense(path) if callable(keep_dense) else keep_dense
+                setattr(module, leaf, PackedLinear(child, keep, low=bf16_steps))
                 count += 1
     if count:
-        log.info("packed %d linear layers for oneDNN (dense weights %s%s)", count, "kept" if keep_dense else "dropped",
+        kept = "kept where edits train through them" if callable(keep_dense) else "kept" if keep_dense else "dropped"
+        log.info("packed %d linear layers for oneDNN (dense weights %s%s)", count, kept,
                  ", bf16 copies for decode steps" if bf16_steps else "")
     return count
 

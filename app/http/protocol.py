@@ -227,6 +227,8 @@ class Ready(BaseModel):
     status: str
     model: str | None = None
     engine: str | None = Field(None, description="what generates: builtin or vllm (the engine setting)")
+    train_dtype: str | None = Field(None, description="what edits train in: float32, bfloat16 or float16 "
+                                    "(train_dtype; auto measures which is faster on this machine)")
     version: int | None = None
     edits: int | None = None
     writer: str | None = None

@@ -86,11 +86,18 @@ def test_memoir_packs_the_served_model_and_edits_still_learn():
     assert out.text.strip().startswith("jane roe")
 
 
-def test_a_memoir_that_trains_on_the_served_model_keeps_its_dense_weights():
+def test_a_memoir_that_trains_on_the_served_model_keeps_dense_weights_where_it_trains_through():
     m = make_memoir(train_dtype="float32", max_steps=60, max_neighbours=0, pack_weights=True)
-    assert m.train_model is m.model
-    served = [x for x in m.model.modules() if isinstance(x, PackedLinear)]
-    assert served and all(x.dense is not None for x in served)
+    assert m.train_model is not m.model  # its twin (precision.twin): the same packed and dense weights
+    twins = [x for x in m.train_model.modules() if isinstance(x, PackedLinear)]
+    assert twins and all(t.packed is s.packed for t, s in
+                         zip(twins, (x for x in m.model.modules() if isinstance(x, PackedLinear))))
+    layer = m.config.layer
+    served = {name: x for name, x in m.model.named_modules() if isinstance(x, PackedLinear)}
+    block = lambda name: int(name.split("layers.")[1].split(".")[0]) if "layers." in name else None  # noqa: E731
+    # dense weights where the optimisation steps run autograd (blocks after L, the head), none before
+    assert all((x.dense is not None) == (block(n) is None or block(n) > layer) for n, x in served.items())
+    assert any(x.dense is None for x in served.values()) and any(x.dense is not None for x in served.values())
     assert m.edit("who is the chief executive of the company", "jane roe").learnt
 
 

@@ -133,7 +133,9 @@ def test_sliced_error_reaches_the_caller_and_close_unwinds_the_worker():
 
 def test_bf16_training_copy_edits_and_pause_points():
     fp32 = make_memoir("llama", train_dtype="float32", max_steps=80, stop_loss=0.05)
-    assert fp32.train_model is fp32.model and fp32.pause_points() == []
+    # fp32 edits train on the served model's twin: the same weights, blocks of its own to pause at
+    assert fp32.train_model is not fp32.model and len(fp32.pause_points()) == len(fp32.blocks) + 1
+    assert next(fp32.train_model.parameters()) is next(fp32.model.parameters())
     m = make_memoir("llama", train_dtype="bfloat16", max_steps=80, stop_loss=0.05)
     assert m.train_model is not m.model
     assert next(m.train_model.parameters()).dtype == torch.bfloat16
@@ -150,3 +152,28 @@ def test_bf16_training_copy_edits_and_pause_points():
     base = fp32.generate(["paris london berlin rome"], SamplingParams(max_new_tokens=6), memory=False)[0]
     again = m.generate(["paris london berlin rome"], SamplingParams(max_new_tokens=6), memory=False)[0]
     assert base.out_ids == again.out_ids
+
+
+def test_an_fp32_edit_pauses_mid_forward_while_the_served_model_decodes():
+    # packed serving, fp32 training: the edit trains on the served model's twin, and the served
+    # model decodes between its slices, mid-forward, exactly as without an edit in progress
+    m = make_memoir("llama", train_dtype="float32", max_steps=80, stop_loss=0.05, pack_weights=True)
+    probe, params = "paris london berlin rome", SamplingParams(max_new_tokens=6)
+    base = m.generate([probe], params, memory=False)[0].out_ids
+    sliced = Sliced(m.propose("who is the chief executive of the company", "jane roe"), m.pause_points(), 0.0)
+    turns, checked = 0, 0
+    while True:
+        try:
+            next(sliced)
+        except StopIteration as stop:
+            proposal = stop.value
+            break
+        turns += 1
+        if turns % 7 == 1:
+            assert m.generate([probe], params, memory=False)[0].out_ids == base
+            checked += 1
+    assert turns > len(m.blocks) and checked >= 3  # paused inside forwards, not only between steps
+    rec = m.commit(proposal)
+    assert rec.final_loss <= 0.05
+    out = m.generate(["who is the chief executive of the company"], SamplingParams(max_new_tokens=4))[0]
+    assert out.decision.best_edit_id == rec.id and out.text.strip().startswith("jane roe")

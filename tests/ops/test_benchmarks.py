@@ -245,8 +245,12 @@ def test_answer_key_gate(tmp_path):
     data = run("answer_key_gate", tmp_path, "--model", "tiny", "--limit", "3")
     spread = {r["kind"]: r for r in data["spread"]}
     assert data["cases"] == 3 and spread["paraphrase"]["n"] == 3 and spread["other question, chat"]["n"] == 12
+    # every chat form, read at the answer and at the question's last token
+    for form in (" (system)", " (earlier turn)", " (context)"):
+        for where in ("chat", "chat at question"):
+            assert spread[f"paraphrase, {where}{form}"]["n"] == 3 and spread[f"other question, {where}{form}"]["n"] == 12
     assert all(-1 <= r["q5"] <= r["q50"] <= r["q95"] <= 1 for r in data["spread"])
-    for pair in ("paraphrase", "paraphrase, chat"):
+    for pair in ("paraphrase", "paraphrase, chat", "paraphrase, chat at question (earlier turn)"):
         rows = [r for r in data["rows"] if r["paraphrases"] == pair]
         # a higher threshold keeps no more paraphrases and drops no fewer other questions
         for low, high in zip(rows, rows[1:]):

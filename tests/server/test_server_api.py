@@ -32,6 +32,8 @@ def test_health_and_ready(client):
     ready = client.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready" and ready.json()["model"] == "tiny"
+    # what edits train in is the engine's own choice, reported as the training copy's dtype
+    assert ready.json()["train_dtype"] in ("float32", "bfloat16")
 
 
 def test_edit_registry_retry_conflict_and_rollback(client):

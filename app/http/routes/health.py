@@ -69,7 +69,7 @@ async def ready(runtime: Runtime = Depends(deps.runtime)):
         note = f"cut off from the edit log for {follower.cut_for():.0f} s ({follower.error}); serving version " \
                f"{memoir.version} meanwhile"
     body = Ready(status="degraded" if failed else "ready", model=runtime.model_name,
-                 engine=runtime.settings.engine, version=memoir.version, edits=len(memoir.edits),
+                 engine=runtime.settings.engine, train_dtype=memoir.train_dtype, version=memoir.version, edits=len(memoir.edits),
                  writer=failed or "ok", error=note)
     if failed:  # generation goes on, but an operator must act (disk space, hardware) and restart
         return JSONResponse(body.model_dump(), status_code=503)
