@@ -67,7 +67,7 @@ def test_the_request_waits_for_the_follower_and_kicks_it():
 def test_ready_while_catching_up_and_once_cut_off_for_longer_than_the_grace():
     from app.http.routes.health import ready
 
-    engine = SimpleNamespace(alive=True, memoir=SimpleNamespace(version=3, edits={}),
+    engine = SimpleNamespace(alive=True, memoir=SimpleNamespace(version=3, edits={}, train_dtype="float32"),
                              writer=SimpleNamespace(failed=None))
     follower = Follower(store=None, engine=engine)
     follower.head = 5
@@ -82,7 +82,8 @@ def test_ready_while_catching_up_and_once_cut_off_for_longer_than_the_grace():
     code, body = answer()
     assert code == 503 and b"catching_up" in body and b"version 3 of 5" in body
     follower.status = "ok"
-    assert answer()[0] == 200
+    code, body = answer()
+    assert code == 200 and body["train_dtype"] == "float32"
     follower._cut_off(OSError("connection refused"))
     code, body = answer()
     assert code == 200 and "cut off from the edit log" in body["error"]  # within the grace: serve on
