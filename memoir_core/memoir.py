@@ -77,18 +77,17 @@ class Memoir(Routing, Proposing):
         # bf16 steps only where the CPU computes bf16 natively (elsewhere oneDNN emulates it).
         low = bf16_steps and native_bf16(self.device)
         dtype = train_dtype(model, self.config.train_dtype, (width, d_out))
+        # In the served dtype, edits train on the model's twin (precision.twin: the same weights),
+        # so it is packed first, keeping dense weights only where an edit's steps run autograd.
+        # A copy in another dtype is made before packing (a packed layer copies as a plain one).
+        twinned = dtype == next(model.parameters()).dtype
         self.packed_layers = 0
-        if dtype == next(model.parameters()).dtype:
-            # Edits train on the served model's twin (precision.twin: the same weights), packed
-            # first, with dense weights kept only where an edit's steps run autograd.
-            if pack_weights:
-                self.packed_layers = packed.pack(model, keep_dense=_trained_through(spec.blocks, self.config.layer),
-                                                 bf16_steps=low)
-            self.train_model = training_model(model, dtype)
-        else:  # a copy in the training dtype, made before packing (a packed layer copies as a plain one)
-            self.train_model = training_model(model, dtype)
-            if pack_weights:
-                self.packed_layers = packed.pack(model, keep_dense=False, bf16_steps=low)
+        if pack_weights and twinned:
+            keep = _trained_through(spec.blocks, self.config.layer)
+            self.packed_layers = packed.pack(model, keep_dense=keep, bf16_steps=low)
+        self.train_model = training_model(model, dtype)
+        if pack_weights and not twinned:
+            self.packed_layers = packed.pack(model, keep_dense=False, bf16_steps=low)
         self.train_dtype = str(dtype).removeprefix("torch.")
         train_blocks = arch.get_path(self.train_model, spec.blocks)
         self.trainer = Trainer(self.train_model, train_blocks, arch.get_path(self.train_model, down_path),

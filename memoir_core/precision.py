@@ -8,8 +8,8 @@ the served model already is bf16 or fp16; edits then train on its twin (the same
 
 Whether bf16 is faster is measured, not read off the CPU's flags: a native-bf16 instruction does
 not make PyTorch's bf16 product faster at an edit's shapes. On an AMD Zen 4 (AVX512-BF16) it ran
-about 2.3x fp32; on an Intel Xeon with AVX512-BF16 and no AMX, 0.6x, and edits took 26% longer on
-the bf16 copy than on the model itself (docs/tuning.md). So "auto" times both products at the
+about 2.3x fp32; on an Intel Xeon with AVX512-BF16 and no AMX, 0.6x, and edits took 35% longer on
+the bf16 copy than in fp32 (docs/tuning.md). So "auto" times both products at the
 shape an edit runs most and takes bf16 only where it wins by BF16_MIN_SPEEDUP.
 """
 
