@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     memoir = common.load_memoir(args.model)
     run.data["setup_seconds"] = time.perf_counter() - t0
     run.data["config"] = memoir.config.to_dict()
-    run.data["train_dtype"] = str(next(memoir.train_model.parameters()).dtype).removeprefix("torch.")
+    run.data["train_dtype"] = memoir.train_dtype
     cases = load_cases(args.data, limit=args.edits)
     n_ref = min(args.ref_edits, len(cases))
     ref = Reference(memoir, args.ref_steps, args.ref_optimizer, args.ref_lr, args.ref_rows == "paper")

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 from memoir_cli.evaluation import parse_sets  # noqa: E402
-from memoir_core.config import MemoirConfig  # noqa: E402
+from memoir_core.config import MemoirConfig, checked  # noqa: E402
 from memoir_core.datasets import load_cases  # noqa: E402
 
 
@@ -35,8 +35,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     common.set_torch_threads()
     run = common.Run("edit_steps", vars(args))
-    m = common.load_memoir(args.model, MemoirConfig.from_dict(parse_sets(args.set)) if args.set else None)
-    run.data["train_dtype"] = str(next(m.train_model.parameters()).dtype).removeprefix("torch.")
+    # checked: a misspelt --set field is refused, not dropped (from_dict alone tolerates it)
+    m = common.load_memoir(args.model, MemoirConfig.from_dict(checked(parse_sets(args.set), "--set")) if args.set else None)
+    run.data["train_dtype"] = m.train_dtype
     edits = []
     for i, c in enumerate(load_cases(args.data, limit=args.edits)):
         gen = m.propose(c.prompt, c.target, edit_id=f"e{i}")
