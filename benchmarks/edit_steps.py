@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     common.set_torch_threads()
     run = common.Run("edit_steps", vars(args))
     # checked: a misspelt --set field is refused, not dropped (from_dict alone tolerates it)
-    m = common.load_memoir(args.model, MemoirConfig.from_dict(checked(parse_sets(args.set), "--set")) if args.set else None)
+    config = MemoirConfig.from_dict(checked(parse_sets(args.set), "--set")) if args.set else None
+    m = common.load_memoir(args.model, config)
     run.data["train_dtype"] = m.train_dtype
     edits = []
     for i, c in enumerate(load_cases(args.data, limit=args.edits)):
