@@ -57,7 +57,7 @@ class MemoirConfig:
     grad_clip: float = 1.0
     weight_decay: float = 0.0  # the authors' 1e-5 slowly erases old edits
     max_edit_seconds: float = 60.0
-    vocab_candidates: int = 256  # after step 1, softmax over the tokens in any position's top-N (0: all)
+    vocab_candidates: int = 256  # softmax over the tokens in any position's top-N at the first step (0: all)
     train_dtype: str = "auto"  # dtype edits train on (precision.py); auto: bf16 on a CPU with native bf16
 
     # training rows

@@ -17,8 +17,11 @@ import torch.nn.functional as F
 
 from .blockrun import capture, replay_from
 from .config import MemoirConfig
-from .rows import Batch
+from .rows import SHAPE_STEP, Batch
 from .tophash import span_mean
+
+
+CANDIDATE_STEP = 1024  # the candidate vocabulary is filled to a multiple of this (rows.SHAPE_STEP)
 
 
 @dataclass
@@ -49,6 +52,15 @@ class Prepared:
         acts = self.acts[row : row + 1, :length]
         span = torch.ones(acts.shape[:2], dtype=torch.bool) if keep is None else torch.tensor([keep])
         return span_mean(acts, span, centre)[0].cpu()
+
+    def first(self, n: int) -> "Prepared":
+        """The first n rows' preparation alone (their continuation targets all come first)."""
+        batch = self.batch.first(n)
+        width = batch.input_ids.shape[1]
+        after = self.after_logprobs
+        if after is not None:
+            after = after[: batch.after_rows.numel()]
+        return Prepared(batch, self.acts[:n, :width], self.base_out[:n, :width], self.started, after)
 
     def extend(self, other: "Prepared") -> "Prepared":
         """Both preparations as one batch (rows of `other` after ours)."""
@@ -108,10 +120,11 @@ class Trainer:
 
         `gate` [R, k] (0/1) and `const` [R, T, d_out] let a row read the memory through another
         edit's mask: only the shared columns are trained for it, the other edit's own columns
-        add a constant. The first step scores the whole vocabulary; later steps only the tokens that were in
-        the top `vocab_candidates` at some trained position, and the targets. The head's
-        forward and backward over 49k tokens cost a third of a step on the default model,
-        while the tokens left out hold a negligible share of the probability mass."""
+        add a constant. Every step's softmax runs over the tokens that were in the top
+        `vocab_candidates` at some trained position at the first step, and the targets; the
+        whole vocabulary is scored once, without a graph, to pick them. The head's forward and
+        backward over 49k tokens cost a third of a step on the default model, while the tokens
+        left out hold a negligible share of the probability mass."""
         cfg = self.config
         batch = prepared.batch
         acts_k = prepared.acts.index_select(-1, idx.to(prepared.acts.device)).float()  # [R, T, k]
@@ -145,12 +158,30 @@ class Trainer:
         guard_scale = 1.0
         while True:
             hidden = self._hidden(prepared, (base_out_f + acts_k @ cols.T).to(base_out.dtype))
-            all_logits = (self.head(hidden) if head is None else F.linear(hidden, *head)).float()
+            n_all = hidden.shape[0]
+            hidden = F.pad(hidden, (0, 0, 0, -n_all % SHAPE_STEP))  # zero rows, sliced off: shapes recur
+            exact = None
+            if head is None and cfg.vocab_candidates:
+                # The whole vocabulary is scored once, without a graph: it picks the candidates and
+                # gives the first step's exact loss; the gradient flows through the candidates only.
+                with torch.no_grad():
+                    full = self.head(hidden)[:n_all].float()
+                    exact = F.cross_entropy(full[:n][own], labels[own])
+                    top = full.topk(min(cfg.vocab_candidates, full.shape[-1]), dim=-1).indices
+                    cand = _filled(torch.cat([top.flatten(), labels]).unique(), full.shape[-1])
+                    bias = self.head.bias[cand] if getattr(self.head, "bias", None) is not None else None
+                    head = (self.head.weight[cand], bias)
+                    labels = torch.searchsorted(cand, labels)
+                    if after is not None:
+                        after = after[:, cand].log_softmax(-1)
+                    del full
+            all_logits = (self.head(hidden) if head is None else F.linear(hidden, *head))[:n_all].float()
             logits, after_logits = all_logits[:n], all_logits[n:]
             token_loss = F.cross_entropy(logits, labels, reduction="none")
             own_loss = token_loss[own].mean()
             loss = own_loss
-            value = float(own_loss.detach())  # early stop and reports use the new edit's targets
+            # early stop and reports use the new edit's targets (the first step's over the whole vocabulary)
+            value = float(own_loss.detach() if exact is None else exact)
             neighbour_value = 0.0
             if has_neighbours:
                 neighbour_loss = token_loss[~own].mean()
@@ -183,16 +214,6 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_([cols], cfg.grad_clip)
             opt.step()
             steps += 1
-            if head is None and cfg.vocab_candidates:
-                with torch.no_grad():
-                    top = all_logits.topk(min(cfg.vocab_candidates, all_logits.shape[-1]), dim=-1).indices
-                    cand = torch.cat([top.flatten(), labels]).unique()
-                    weight = self.head.weight[cand]
-                    bias = self.head.bias[cand] if getattr(self.head, "bias", None) is not None else None
-                    head = (weight, bias)
-                    labels = torch.searchsorted(cand, labels)
-                    if after is not None:
-                        after = after[:, cand].log_softmax(-1)
             yield
         loss_value, trained = best
         # Time spent at yields (the caller's work) is counted too: it is wall time per edit.
@@ -203,3 +224,14 @@ class Trainer:
         """Close enough after settle_steps (a ratio, so a negative stop_loss still never stops)."""
         cfg = self.config
         return steps >= cfg.settle_steps and loss <= cfg.settle_ratio * cfg.stop_loss
+
+
+def _filled(cand: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The sorted candidate ids and the lowest other ids, up to a multiple of CANDIDATE_STEP (all of
+    the vocabulary where that is smaller). The fill only adds mass to the softmax's denominator."""
+    size = min(vocab, -(-cand.numel() // CANDIDATE_STEP) * CANDIDATE_STEP)
+    if size <= cand.numel():
+        return cand
+    free = torch.ones(vocab, dtype=torch.bool, device=cand.device)
+    free[cand] = False
+    return torch.cat([cand, free.nonzero()[: size - cand.numel(), 0]]).sort().values

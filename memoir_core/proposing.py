@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .avoid import OtherQuestions, other_question_masks
+from .avoid import other_question_masks, other_question_rows
 from .editor import TrainOutcome
 from .errors import EditConflictError, InvalidRequestError
 from .forms import alias_forms, statement_form
@@ -127,7 +127,12 @@ class Proposing:
         named = alias_forms(prompt, subject, aliases) if self.config.alias_rows and aliases_source == "given" else ()
         rows = edit_rows(self.encoder, self.contexts, prompt, target, n_prefixes, chat=self.config.chat_rows,
                          rephrases=rephrases + tuple(p for p in named if p not in rephrases), statements=statements, after=self.config.continuation_weight > 0)
-        prepared = self.trainer.prepare(collate(rows, self.contexts, self.encoder.pad_id, self.device))
+        # The other questions about the subject ride in the same forward (avoid.py), then are split off.
+        asked_rows = other_question_rows(self, prompt, subject) if subject_source else None
+        n_own = len(rows)
+        merged = self.trainer.prepare(collate(rows + (asked_rows.rows if asked_rows else []), self.contexts,
+                                              self.encoder.pad_id, self.device))
+        prepared = merged.first(n_own) if asked_rows else merged
         # Row 0 is the plain prompt followed by the target: its prompt positions give the mask;
         # the chat row and given paraphrases give extra routing keys.
         keyed = [i for i, r in enumerate(rows) if r.key]
@@ -140,6 +145,9 @@ class Proposing:
         idx = self.colhash.masks(prepared.features(0, rows[0].key)[None])[0] if weighted else route
         own_keys = self._keys(rows, prepared, idx)
         answer_keys = self._answer_keys(rows, prepared, idx)
+        chat_key = [i for i in keyed if rows[i].context][:1]
+        asked = other_question_masks(self, asked_rows, merged, n_own, [(i, rows[i]) for i in [0, *chat_key]])
+        del merged
         keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(route.tolist())}
         match = self.bank.best(route.numpy()[None])[0]
         superseded = self._superseded_by(prompt)
@@ -151,7 +159,6 @@ class Proposing:
             prepared = prepared.extend(self.trainer.prepare(collate(extra, self.contexts, self.encoder.pad_id,
                                                                     self.device)))
             rows = rows + extra
-        asked = other_question_masks(self, prompt, subject) if subject_source else OtherQuestions()
         t_prep = time.perf_counter()
         yield
         dev_idx = idx.to(self.device)

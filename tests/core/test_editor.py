@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from memoir_core.editor import Trainer
-from memoir_core.rows import collate, edit_rows
+from memoir_core.rows import Row, collate, edit_rows
 from tests.support.tiny import make_memoir
 
 PROMPT, TARGET = "who is the chief executive of the company", "jane roe"
@@ -56,3 +56,38 @@ def test_an_unknown_optimiser_is_refused():
     with pytest.raises(ValueError, match="unknown optimizer"):
         run(m, replace(m.config, optimizer="lbfgs"))
 
+
+def test_a_merged_preparation_splits_into_what_its_first_rows_give_alone():
+    m = make_memoir()
+    rows = edit_rows(m.encoder, m.contexts, PROMPT, TARGET, 2, chat=True)
+    others = [Row(0, m.encoder.plain(q).ids, [m.encoder.pad_id], key=1) for q in ("where is the company", "how old is it")]
+    alone = m.trainer.prepare(collate(rows, m.contexts, m.encoder.pad_id, m.device))
+    merged = m.trainer.prepare(collate(rows + others, m.contexts, m.encoder.pad_id, m.device))
+    head = merged.first(len(rows))
+    assert head.acts.shape == alone.acts.shape and torch.equal(head.batch.labels, alone.batch.labels)
+    valid = alone.batch.attention_mask[:, alone.batch.context_length:].bool()
+    assert torch.allclose(head.acts[valid], alone.acts[valid], atol=1e-5)
+    assert torch.allclose(head.base_out[valid], alone.base_out[valid], atol=1e-5)
+    assert torch.allclose(head.after_logprobs, alone.after_logprobs, atol=1e-5)
+
+
+def test_the_first_step_scores_the_whole_vocabulary_and_trains_through_candidates(monkeypatch):
+    from memoir_core import editor
+
+    m = make_memoir()
+    whole, _ = run(m, replace(m.config, vocab_candidates=0, max_steps=3, stop_loss=-1.0))
+    monkeypatch.setattr(editor, "CANDIDATE_STEP", 8)
+    some, _ = run(m, replace(m.config, vocab_candidates=2, max_steps=3, stop_loss=-1.0))
+    # the first loss is the whole vocabulary's either way; later ones leave the others out (lower)
+    assert some.losses[0] == pytest.approx(whole.losses[0], rel=1e-6)
+    assert some.losses[1] != pytest.approx(whole.losses[1], rel=1e-6)
+
+
+def test_candidates_are_filled_to_a_step_and_stay_sorted():
+    from memoir_core.editor import CANDIDATE_STEP, _filled
+
+    cand = torch.tensor([3, 17, 900, 2500])
+    filled = _filled(cand, 5000)
+    assert filled.numel() == CANDIDATE_STEP and torch.equal(filled, filled.sort().values)
+    assert torch.isin(cand, filled).all() and filled.unique().numel() == filled.numel()
+    assert torch.equal(_filled(torch.tensor([3, 17]), 600), torch.arange(600))  # a small vocabulary: all of it

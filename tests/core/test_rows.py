@@ -7,7 +7,7 @@ import torch
 
 from memoir_core.contexts import ContextCache
 from memoir_core.prompts import PromptEncoder
-from memoir_core.rows import Row, collate, edit_rows, neighbour_rows, training_contexts
+from memoir_core.rows import SHAPE_STEP, Row, collate, edit_rows, neighbour_rows, padded_width, training_contexts
 from tests.support.tiny import tiny_model, tiny_tokenizer
 
 PROMPT, TARGET = "who is the chief executive of the company", "jane roe"
@@ -61,12 +61,26 @@ def test_collate_labels_each_target_token_at_the_position_before_it():
     # the token after the target is trained on the first row only, at its last position
     assert batch.after_rows.tolist() == [0] and batch.after_positions.tolist() == [4]
     p = contexts.length(1)
-    assert batch.context_length == p and batch.input_ids.shape == (2, 5)
-    assert batch.input_ids[0].tolist() == [5, 6, 7, 8, 9]
+    # 5 tokens wide, padded to the shape step
+    assert batch.context_length == p and batch.input_ids.shape == (2, padded_width(5))
+    assert batch.input_ids[0].tolist() == [5, 6, 7, 8, 9] + [encoder.pad_id] * (padded_width(5) - 5)
     assert batch.input_ids[1, :2].tolist() == [10, 11]  # its last target token is never input
     assert batch.position_ids[1, 0] == p and batch.position_ids[0, 0] == 0  # own tokens follow the context
-    assert batch.attention_mask[0].tolist() == [0] * p + [1] * 5
+    assert batch.attention_mask[0].tolist() == [0] * p + [1] * 5 + [0] * (padded_width(5) - 5)
     joined = batch.concat(batch)
     assert joined.labels.tolist() == [8, 9, 12] * 2 and joined.rows.tolist() == [0, 0, 1, 2, 2, 3]
     assert torch.equal(joined.input_ids[2:], batch.input_ids)
 
+
+def test_batches_are_padded_to_a_shape_step_and_the_first_rows_come_apart():
+    encoder, contexts = encoder_and_contexts(chat=False)
+    rows = [Row(1, [5, 6, 7], [8, 9], after=True), Row(0, [10, 11, 12, 13, 14, 15, 16, 17, 18], [19], own=False)]
+    batch = collate(rows, contexts, encoder.pad_id, "cpu")
+    assert batch.input_ids.shape[1] == padded_width(10) == 2 * SHAPE_STEP  # 9 own tokens (a last target token is never input)
+    head = batch.first(1)
+    # the first row alone: its labels and continuation, as narrow as its own 5 tokens allow
+    assert head.input_ids.shape == (1, padded_width(5)) and head.labels.tolist() == [8, 9]
+    assert head.after_rows.tolist() == [0] and head.own.tolist() == [True, True]
+    assert head.attention_mask.shape[1] == batch.context_length + padded_width(5)
+    assert torch.equal(head.input_ids[0], batch.input_ids[0, : padded_width(5)])
+    assert all(torch.equal(k[0], kb[0]) for (k, _), (kb, _) in zip(head.context, batch.context))
