@@ -22,7 +22,7 @@ from .editor import Prepared
 from .forms import OTHER_QUESTIONS, other_questions
 from .relation import name_free
 from .rows import Row
-from .subjects import name_of, named_spans
+from .subjects import Name, name_of, named_spans
 
 if TYPE_CHECKING:
     from .memoir import Memoir
@@ -42,7 +42,7 @@ class AskedRows:
 
     rows: list[Row]  # the questions plain, then (where every one has a cached preamble) as chat messages
     forms: int  # 1 or 2
-    name: object | None  # the subject's name as it appears in the prompt (relation masks), or None
+    name: Name | None  # the subject's name as it appears in the prompt (relation masks), or None
 
 
 def other_question_rows(memoir: Memoir, prompt: str, subject: str) -> AskedRows | None:
