@@ -18,11 +18,12 @@ from .contexts import ContextCache
 from .prompts import PromptEncoder
 
 
-# oneDNN (bf16 matrix products on CPUs) builds a kernel for each matrix shape on its first use:
-# about 1 ms for a forward and 5 ms for a backward product, some 30 ms an edit when every edit
-# brings new shapes. So batches are padded to a multiple of SHAPE_STEP tokens (and the trainer
-# pads target positions and the candidate vocabulary alike): shapes recur, kernels are reused.
+# oneDNN (bf16 matrix products on CPUs) builds a kernel for each matrix shape on its first use, and
+# every edit brought shapes of its own (docs/tuning.md, "Shapes that recur"). So batches are padded
+# to a multiple of SHAPE_STEP tokens, and the trainer pads target positions and the candidate
+# vocabulary alike: shapes recur from edit to edit, and their kernels are reused.
 SHAPE_STEP = 8
+
 
 @dataclass(frozen=True)
 class Row:

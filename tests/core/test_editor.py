@@ -78,7 +78,7 @@ def test_the_first_step_scores_the_whole_vocabulary_and_trains_through_candidate
     whole, _ = run(m, replace(m.config, vocab_candidates=0, max_steps=3, stop_loss=-1.0))
     monkeypatch.setattr(editor, "CANDIDATE_STEP", 8)
     some, _ = run(m, replace(m.config, vocab_candidates=2, max_steps=3, stop_loss=-1.0))
-    # the first loss is the whole vocabulary's either way; later ones leave the others out (lower)
+    # the first loss is the whole vocabulary's either way; later ones are the candidates' alone
     assert some.losses[0] == pytest.approx(whole.losses[0], rel=1e-6)
     assert some.losses[1] != pytest.approx(whole.losses[1], rel=1e-6)
 
