@@ -53,9 +53,9 @@ class Prepared:
         span = torch.ones(acts.shape[:2], dtype=torch.bool) if keep is None else torch.tensor([keep])
         return span_mean(acts, span, centre)[0].cpu()
 
-    def first(self, n: int) -> "Prepared":
+    def first(self, n: int, step: int = SHAPE_STEP) -> "Prepared":
         """The first n rows' preparation alone (their continuation targets all come first)."""
-        batch = self.batch.first(n)
+        batch = self.batch.first(n, step)
         width = batch.input_ids.shape[1]
         after = self.after_logprobs
         if after is not None:

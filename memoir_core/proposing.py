@@ -24,7 +24,7 @@ from .forms import alias_forms, statement_form
 from .guard import factor
 from .records import EditRecord
 from .residual import quantise
-from .rows import collate, edit_rows, neighbour_rows
+from .rows import SHAPE_STEP, collate, edit_rows, neighbour_rows
 from .subjects import infer_aliases, infer_subject, name_of, names, subject_words
 
 MAX_ALIASES = 8  # other names per edit: each trains one more row
@@ -45,6 +45,12 @@ def _normalise(text: str) -> str:
 
 
 class Proposing:
+    @property
+    def shape_step(self) -> int:
+        """The width step of an edit's batches (rows.collate): oneDNN builds its bf16 kernels per
+        shape; fp32 products run in MKL, where padding would only add work."""
+        return 1 if self.train_dtype == "float32" else SHAPE_STEP
+
     def validate(self, prompt: str, target: str) -> tuple[str, str]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidRequestError("prompt must be a non-empty string")
@@ -131,8 +137,8 @@ class Proposing:
         asked_rows = other_question_rows(self, prompt, subject) if subject_source else None
         n_own = len(rows)
         merged = self.trainer.prepare(collate(rows + (asked_rows.rows if asked_rows else []), self.contexts,
-                                              self.encoder.pad_id, self.device))
-        prepared = merged.first(n_own) if asked_rows else merged
+                                              self.encoder.pad_id, self.device, self.shape_step))
+        prepared = merged.first(n_own, self.shape_step) if asked_rows else merged
         # Row 0 is the plain prompt followed by the target: its prompt positions give the mask;
         # the chat row and given paraphrases give extra routing keys.
         keyed = [i for i, r in enumerate(rows) if r.key]
@@ -157,7 +163,7 @@ class Proposing:
             extra = neighbour_rows(self.encoder, self.contexts, rows[0].tokens, rows[0].target,
                                    [(r.id, r.prompt, r.target_new) for r in neighbours], chat=self.config.chat_rows)
             prepared = prepared.extend(self.trainer.prepare(collate(extra, self.contexts, self.encoder.pad_id,
-                                                                    self.device)))
+                                                                    self.device, self.shape_step)))
             rows = rows + extra
         t_prep = time.perf_counter()
         yield

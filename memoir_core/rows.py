@@ -136,11 +136,11 @@ class Batch:
                     position_ids=self.position_ids.index_select(0, rows), **{kvcache.CACHE_KW: cache},
                     use_cache=cache is not None)
 
-    def first(self, n: int) -> "Batch":
-        """The first n rows alone, as narrow as their own tokens allow (collate lays labels out row
-        by row, so theirs come first)."""
+    def first(self, n: int, step: int = SHAPE_STEP) -> "Batch":
+        """The first n rows alone, as narrow as their own tokens allow in steps of `step` (collate
+        lays labels out row by row, so theirs come first)."""
         p = self.context_length
-        width = min(padded_width(int(self.attention_mask[:n, p:].sum(1).max())), self.input_ids.shape[1])
+        width = min(padded_width(int(self.attention_mask[:n, p:].sum(1).max()), step), self.input_ids.shape[1])
         keep = self.rows < n
         after = self.after_rows < n
         ctx = None if self.context is None else [(k[:n], v[:n]) for k, v in self.context]
@@ -181,16 +181,18 @@ class Batch:
                      torch.cat([self.after_positions, other.after_positions]))
 
 
-def padded_width(tokens: int) -> int:
-    """Row widths go up in steps of SHAPE_STEP, so that matrix shapes recur from edit to edit."""
-    return -(-tokens // SHAPE_STEP) * SHAPE_STEP
+def padded_width(tokens: int, step: int = SHAPE_STEP) -> int:
+    """Row widths go up in steps of `step`, so that matrix shapes recur from edit to edit."""
+    return -(-tokens // step) * step
 
 
-def collate(rows: list[Row], contexts: ContextCache, pad_id: int, device) -> Batch:
+def collate(rows: list[Row], contexts: ContextCache, pad_id: int, device, step: int = SHAPE_STEP) -> Batch:
+    """step: the width's step (1: none, where products run in fp32: MKL builds no kernel per shape,
+    and the padding would only add work)."""
     # Positions past the last target token never influence the loss; the last target token is
     # input only for rows that train the position after it.
     lengths = [len(r.tokens) + len(r.target) - (0 if r.after else 1) for r in rows]
-    width = padded_width(max(lengths))
+    width = padded_width(max(lengths), step)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     own_mask = torch.zeros((len(rows), width), dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
