@@ -40,6 +40,12 @@ class EditProposal:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _question_rows(rows) -> list[int]:
+    """The edit's plain row and, where it has one, its keyed chat row (the one keyed row after a
+    cached preamble): where its question is read bare and templated."""
+    return [0] + [i for i, r in enumerate(rows) if r.key and r.context][:1]
+
+
 def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -151,8 +157,7 @@ class Proposing:
         idx = self.colhash.masks(prepared.features(0, rows[0].key)[None])[0] if weighted else route
         own_keys = self._keys(rows, prepared, idx)
         answer_keys = self._answer_keys(rows, prepared, idx)
-        chat_key = [i for i in keyed if rows[i].context][:1]
-        asked = other_question_masks(self, asked_rows, merged, n_own, [(i, rows[i]) for i in [0, *chat_key]])
+        asked = other_question_masks(self, asked_rows, merged, n_own, [(i, rows[i]) for i in _question_rows(rows)])
         del merged
         keys = {tuple(m.tolist()) for m in masks[1:]} - {tuple(route.tolist())}
         match = self.bank.best(route.numpy()[None])[0]
@@ -213,8 +218,7 @@ class Proposing:
         """The memory inputs on the edit's columns at the last own token of its plain row and,
         where it has one, of its keyed chat row -> [1 or 2, k]: where the answer's first token is
         read, bare and templated (records.answer_keys)."""
-        chat = [i for i, r in enumerate(rows) if r.key and r.context]  # the one keyed row after a cached preamble
-        which = [0] + chat[:1]
+        which = _question_rows(rows)
         at = torch.tensor([len(rows[i].tokens) - 1 for i in which], device=prepared.acts.device)
         picked = prepared.acts[torch.tensor(which, device=at.device), at]
         return picked.index_select(-1, idx.to(at.device)).float().cpu()
